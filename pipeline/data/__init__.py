@@ -1,0 +1,1 @@
+"""Data set adapters: each writes the same raw on-disk form (see :mod:`pipeline.data.manifest`)."""

@@ -1,0 +1,119 @@
+"""The raw on-disk form every data set adapter writes, and that extraction reads.
+
+A prepared data set is a folder::
+
+    data/{dataset}/
+        images/...            raw image files (JPEG, PNG, ...)
+        meta.json             {"dataset", "classes": [...], "tag_vocab": [...] | null, "provenance"}
+        manifest.jsonl        one JSON object per pair, in a fixed order (written last)
+
+Each manifest line is::
+
+    {"id": "000123", "image": "images/000123.jpg", "sha256": "...",
+     "caption": "a red ball ...", "tags": ["red", "ball"], "labels": [0, 3], "split": null}
+
+``labels`` are indices into ``meta.json["classes"]``; ``split`` is ``"query"`` or ``"database"``
+where the data set fixes it (MS-COCO val/train), else null and the seeded protocol applies.
+``manifest.jsonl`` is written atomically after everything else, so its presence means the folder
+is complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_output
+
+
+@dataclass
+class Pair:
+    """One image-text pair of a prepared data set."""
+
+    id: str
+    image: str
+    caption: str
+    tags: list[str]
+    labels: list[int]
+    split: str | None = None
+    sha256: str | None = None
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "image": self.image, "sha256": self.sha256, "caption": self.caption,
+                "tags": list(self.tags), "labels": list(self.labels), "split": self.split}
+
+
+@dataclass
+class Manifest:
+    """A prepared data set: its root folder, metadata and pairs."""
+
+    root: Path
+    classes: list[str]
+    pairs: list[Pair]
+    tag_vocab: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def image_path(self, i: int) -> Path:
+        return self.root / self.pairs[i].image
+
+    def label_matrix(self) -> np.ndarray:
+        """Multi-hot labels, n x c uint8."""
+        y = np.zeros((len(self.pairs), len(self.classes)), dtype=np.uint8)
+        for i, p in enumerate(self.pairs):
+            y[i, p.labels] = 1
+        return y
+
+
+def write_manifest(root: str | Path, classes: list[str], pairs: Iterable[Pair],
+                   tag_vocab: list[str] | None = None, meta: dict | None = None) -> Path:
+    """Write ``meta.json`` then ``manifest.jsonl`` (atomically, last) under ``root``."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    meta_obj = dict(meta or {})
+    meta_obj.update({"classes": list(classes), "tag_vocab": tag_vocab})
+    with atomic_output(root / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta_obj, indent=2, sort_keys=True) + "\n")
+    with atomic_output(root / "manifest.jsonl") as tmp:
+        with open(tmp, "w") as f:
+            for p in pairs:
+                f.write(json.dumps(p.to_json(), sort_keys=True) + "\n")
+    return root / "manifest.jsonl"
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read ``manifest.jsonl`` (and ``meta.json`` beside it), checking every line."""
+    path = Path(path)
+    root = path.parent
+    if not path.is_file():
+        raise PipelineError(f"missing manifest: {path} (run the prepare stage first)")
+    meta_path = root / "meta.json"
+    if not meta_path.is_file():
+        raise PipelineError(f"missing {meta_path} beside {path}")
+    meta = json.loads(meta_path.read_text())
+    classes = meta.get("classes")
+    if not classes:
+        raise PipelineError(f"{meta_path}: no 'classes' list")
+    pairs = []
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                pair = Pair(id=str(d["id"]), image=d["image"], caption=d.get("caption") or "",
+                            tags=list(d.get("tags") or []), labels=[int(c) for c in d["labels"]],
+                            split=d.get("split"), sha256=d.get("sha256"))
+            except (ValueError, KeyError, TypeError) as e:
+                raise PipelineError(f"{path}:{lineno}: bad manifest line ({e})") from None
+            if any(c < 0 or c >= len(classes) for c in pair.labels):
+                raise PipelineError(f"{path}:{lineno}: label index out of range 0..{len(classes) - 1}")
+            pairs.append(pair)
+    if not pairs:
+        raise PipelineError(f"{path}: manifest has no pairs")
+    return Manifest(root=root, classes=list(classes), pairs=pairs,
+                    tag_vocab=meta.get("tag_vocab"), meta=meta)

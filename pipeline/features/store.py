@@ -1,0 +1,110 @@
+"""``features.h5``: the contract between extraction and training.
+
+Datasets: ``image`` (n x d_x float32), ``text`` (n x d_y float32), ``labels`` (n x c uint8),
+``query``/``database``/``train`` (int64 row indices), ``ids`` (strings). Optional group
+``image_pca`` (``components``, ``mean``, ``explained_variance_ratio``) so that new images can be
+projected the same way. Attribute ``provenance`` (JSON: config, models and weights, code version,
+seed, source checksums).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_output
+
+SPLITS = ("query", "database", "train")
+
+
+@dataclass
+class Features:
+    """The arrays of a features file, validated."""
+
+    image: np.ndarray
+    text: np.ndarray
+    labels: np.ndarray
+    query: np.ndarray
+    database: np.ndarray
+    train: np.ndarray
+    ids: np.ndarray
+    attrs: dict = field(default_factory=dict)
+    pca: dict | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.image)
+
+
+def check_arrays(image: np.ndarray, text: np.ndarray, labels: np.ndarray, where: str) -> None:
+    """Shapes agree, values are finite, labels are 0/1: else one line naming the problem."""
+    if image.ndim != 2 or text.ndim != 2 or labels.ndim != 2:
+        raise PipelineError(f"{where}: image, text and labels must be 2-D, got shapes "
+                            f"{image.shape}, {text.shape}, {labels.shape}")
+    if not len(image) == len(text) == len(labels):
+        raise PipelineError(f"{where}: row counts differ: image {len(image)}, text {len(text)}, "
+                            f"labels {len(labels)}")
+    if len(image) == 0:
+        raise PipelineError(f"{where}: no rows")
+    for name, a in (("image", image), ("text", text)):
+        bad = ~np.isfinite(a).all(axis=1)
+        if bad.any():
+            raise PipelineError(f"{where}: {name} has NaN/inf in {int(bad.sum())} rows (first row {int(np.argmax(bad))})")
+    if not np.isin(labels, (0, 1)).all():
+        raise PipelineError(f"{where}: labels must be multi-hot 0/1")
+
+
+def write_features(path: str | Path, *, image: np.ndarray, text: np.ndarray, labels: np.ndarray,
+                   splits: dict[str, np.ndarray], ids: list[str] | np.ndarray,
+                   provenance: dict, pca: dict | None = None) -> None:
+    """Validate and write a features file atomically."""
+    check_arrays(image, text, labels, str(path))
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("image", data=image.astype(np.float32))
+        f.create_dataset("text", data=text.astype(np.float32))
+        f.create_dataset("labels", data=labels.astype(np.uint8))
+        for s in SPLITS:
+            f.create_dataset(s, data=np.asarray(splits[s], dtype=np.int64))
+        f.create_dataset("ids", data=np.array([str(i) for i in ids], dtype=object), dtype=h5py.string_dtype())
+        if pca is not None:
+            g = f.create_group("image_pca")
+            for k, v in pca.items():
+                g.create_dataset(k, data=v)
+        f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+        for key in ("dataset", "seed"):
+            if key in provenance:
+                f.attrs[key] = provenance[key]
+
+
+def read_features(path: str | Path) -> Features:
+    """Read and validate a features file (any producer), with one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"missing features file: {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise PipelineError(f"cannot read features file {path}: {e}") from None
+    with f:
+        for key in ("image", "text", "labels", *SPLITS):
+            if key not in f:
+                raise PipelineError(f"{path}: missing dataset '{key}'")
+        image, text, labels = f["image"][()], f["text"][()], f["labels"][()]
+        splits = {s: f[s][()].astype(np.int64) for s in SPLITS}
+        ids = (np.array([s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]])
+               if "ids" in f else np.array([str(i) for i in range(len(image))]))
+        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        pca = {k: f["image_pca"][k][()] for k in f["image_pca"]} if "image_pca" in f else None
+    check_arrays(image, text, labels, str(path))
+    n = len(image)
+    for s, idx in splits.items():
+        if idx.ndim != 1 or len(idx) == 0:
+            raise PipelineError(f"{path}: split '{s}' is empty or not 1-D")
+        if idx.min() < 0 or idx.max() >= n:
+            raise PipelineError(f"{path}: split '{s}' has indices outside 0..{n - 1}")
+    return Features(image=image, text=text, labels=labels, ids=ids, attrs=attrs, pca=pca, **splits)

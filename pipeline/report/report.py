@@ -1,0 +1,115 @@
+"""The ``report`` stage: Table III layout (tasks x code lengths, per method) and curve plots.
+
+Reads ``results/{dataset}/{method}/{bits}/metrics.json`` and writes ``report.md`` with the
+plots in ``plots/`` beside it. Numbers are mAP in percent, as in the paper.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.io import atomic_output, code_version, write_text
+
+log = logging.getLogger(__name__)
+
+TASKS = [("i2t", "Img→Txt"), ("t2i", "Txt→Img"), ("i2i", "Img→Img"), ("t2t", "Txt→Txt")]
+
+
+def load_metrics(results: Path, methods: list[str], bits: list[int]) -> dict[str, dict[int, dict]]:
+    """``{method: {bits: metrics}}``; a missing file is one clear error."""
+    out: dict[str, dict[int, dict]] = {}
+    for m in methods:
+        for b in bits:
+            p = results / m / str(b) / "metrics.json"
+            if not p.is_file():
+                raise PipelineError(f"missing metrics file: {p}")
+            out.setdefault(m, {})[b] = json.loads(p.read_text())
+    return out
+
+
+def metric_table(metrics: dict[str, dict[int, dict]], key: str, bits: list[int]) -> str:
+    """A Markdown table: one row per (task, method), one column per code length, values in %."""
+    head = "| Task | Method | " + " | ".join(f"{b} bits" for b in bits) + " |"
+    sep = "|---|---|" + "---:|" * len(bits)
+    rows = [head, sep]
+    for task, label in TASKS:
+        for m, by_bits in metrics.items():
+            vals = []
+            for b in bits:
+                v = by_bits.get(b, {}).get(key, {}).get(task)
+                vals.append("–" if v is None else f"{100 * v:.2f}")
+            rows.append(f"| {label} | {m} | " + " | ".join(vals) + " |")
+    return "\n".join(rows)
+
+
+def write_report(results: Path, dataset: str, bits: list[int], methods: list[str], out: Path,
+                 k: int = 1000) -> None:
+    """Write ``report.md`` and its plots (``plots/`` beside it)."""
+    from pipeline.eval.plots import plot_curves_by_bits
+
+    metrics = load_metrics(results, methods, bits)
+    plots_dir = out.parent / "plots"
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# CMIMH report: {dataset}", "",
+             f"Code version {code_version()}. Relevant = shares at least one label. Values in %.", ""]
+    key = f"map@{k}"
+    lines += [f"## mAP@{k} (the paper's Table III layout)", "", metric_table(metrics, key, bits), ""]
+    chance = {b: next(iter(metrics.values()))[b].get("chance", {}).get(key) for b in bits}
+    if any(v for v in chance.values()):
+        lines += ["Chance level (random codes, same queries and database): "
+                  + ", ".join(f"{b} bits: " + ", ".join(f"{t} {100 * v:.2f}" for t, v in (chance[b] or {}).items())
+                              for b in bits), ""]
+    for extra, title in (("map@all", "mAP over the whole database"), ("map@50", "mAP@50"),
+                         ("pre@100", "Precision@100")):
+        if any(extra in mb for by in metrics.values() for mb in by.values()):
+            lines += [f"## {title}", "", metric_table(metrics, extra, bits), ""]
+    diag_rows = []
+    for m, by_bits in metrics.items():
+        for b in bits:
+            d = by_bits[b].get("diagnostics")
+            if d:
+                diag_rows.append(f"| {m} | {b} | " + " | ".join(
+                    "–" if d.get(c) is None else f"{d[c]:.4f}"
+                    for c in ("corr_mse_image", "corr_mse_text", "tc_image", "tc_text")) + " |")
+    if diag_rows:
+        lines += ["## Code diagnostics (the paper's Table II)", "",
+                  "| Method | Bits | Corr MSE (img) | Corr MSE (txt) | TC (img) | TC (txt) |",
+                  "|---|---:|---:|---:|---:|---:|", *diag_rows, ""]
+    lines += ["## Plots", ""]
+    for m, by_bits in metrics.items():
+        pngs = plot_curves_by_bits(by_bits, plots_dir, prefix=m)
+        for p in pngs:
+            lines.append(f"- [{p.stem}](plots/{p.name})")
+    lines.append("")
+    write_text(out, "\n".join(lines))
+    log.info("report: %s", out)
+
+
+def plot_train_log(csv_path: Path, out_png: Path) -> None:
+    """Loss curves per term from a training log CSV (one panel per term)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise PipelineError(f"empty training log: {csv_path}")
+    terms = [c for c in rows[0] if c not in ("epoch", "step", "seconds") and rows[0][c] not in ("", None)]
+    epochs = np.array([float(r["epoch"]) for r in rows])
+    fig, axes = plt.subplots(1, len(terms), figsize=(3 * len(terms), 2.8), squeeze=False)
+    for ax, t in zip(axes[0], terms):
+        ax.plot(epochs, [float(r[t]) if r[t] not in ("", "None") else np.nan for r in rows])
+        ax.set_title(t)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""The searchable index: database codes + everything needed to encode a new query."""

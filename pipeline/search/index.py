@@ -1,0 +1,160 @@
+"""A searchable index per data set, method and code length (``results/.../{bits}/index/``).
+
+The folder holds ``index.h5`` (packed database codes of both modalities, item ids, labels, the
+image PCA), ``model.pt`` (the trained encoders) and ``settings.json`` (image extractor weights
+and text encoder): enough to encode a raw text or image and rank the database by Hamming
+distance (ties by database index, like the evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.eval.codes import pack_bits
+from pipeline.eval.hamming import topk
+from pipeline.io import to_jsonable
+
+
+def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.ndarray, db_text: np.ndarray,
+                settings: dict) -> None:
+    """Write the index folder atomically (a temporary folder renamed into place)."""
+    index_dir = Path(index_dir)
+    index_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=index_dir.parent))
+    try:
+        db = features.database
+        with h5py.File(tmp / "index.h5", "w") as f:
+            f.create_dataset("db_image", data=pack_bits(db_image))
+            f.create_dataset("db_text", data=pack_bits(db_text))
+            f.create_dataset("ids", data=np.array([str(i) for i in features.ids[db]], dtype=object),
+                             dtype=h5py.string_dtype())
+            f.create_dataset("labels", data=features.labels[db])
+            f.attrs["bits"] = int(db_image.shape[1])
+            if features.pca is not None:
+                g = f.create_group("image_pca")
+                for k, v in features.pca.items():
+                    g.create_dataset(k, data=v)
+        shutil.copyfile(model_path, tmp / "model.pt")
+        (tmp / "settings.json").write_text(json.dumps(to_jsonable(settings), indent=2, sort_keys=True))
+        if index_dir.exists():
+            shutil.rmtree(index_dir)
+        tmp.rename(index_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass
+class Index:
+    """A loaded index."""
+
+    path: Path
+    bits: int
+    db_image: np.ndarray
+    db_text: np.ndarray
+    ids: np.ndarray
+    pca: dict | None
+    settings: dict
+    model: torch.nn.Module
+    device: torch.device
+
+
+def load_index(path: str | Path, device: torch.device | None = None) -> Index:
+    """Load an index folder; a missing or incomplete folder is one clear error."""
+    from pipeline.model.train import load_model
+
+    path = Path(path)
+    for name in ("index.h5", "model.pt", "settings.json"):
+        if not (path / name).is_file():
+            raise PipelineError(f"not an index folder: {path} (missing {name})")
+    device = device or torch.device("cpu")
+    with h5py.File(path / "index.h5", "r") as f:
+        db_image, db_text = f["db_image"][()], f["db_text"][()]
+        ids = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]])
+        bits = int(f.attrs["bits"])
+        pca = {k: f["image_pca"][k][()] for k in f["image_pca"]} if "image_pca" in f else None
+    model, _ = load_model(path / "model.pt", device)
+    settings = json.loads((path / "settings.json").read_text())
+    return Index(path, bits, db_image, db_text, ids, pca, settings, model, device)
+
+
+def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
+    """Text features exactly as extraction made them (same encoder and pooling, or tag vector)."""
+    from pipeline.features import text as text_mod
+
+    s = index.settings["text_features"]
+    if s.get("kind", "sentence") == "tags":
+        raise PipelineError("this index uses tag vectors; pass --text as space-separated tags is not supported yet")
+    enc = text_mod.load_text_encoder(s["model"], index.device, s.get("pooling", "mean"), int(s.get("max_length", 64)))
+    return text_mod.encode_sentences(enc, texts, progress=False)
+
+
+def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
+    """AlexNet FC7 of the images with the index's weights, projected by its PCA."""
+    from pipeline.features.extract import apply_pca
+    from pipeline.features.image import fc7_network, imagenet_transform
+    from PIL import Image, UnidentifiedImageError
+
+    s = index.settings["image_features"]
+    net, _ = fc7_network(str(s.get("weights", "imagenet")), int(index.settings["seed"]))
+    tf = imagenet_transform(int(s.get("input_size", 224)))
+    xs = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                xs.append(tf(im.convert("RGB")))
+        except FileNotFoundError:
+            raise PipelineError(f"image not found: {p}") from None
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+            raise PipelineError(f"unreadable image: {p}") from None
+    with torch.inference_mode():
+        fc7 = net.to(index.device)(torch.stack(xs).to(index.device)).float().cpu().numpy()
+    if index.pca is None:
+        raise PipelineError(f"index {index.path} has no image PCA (features were imported); image queries need it")
+    return apply_pca(fc7, index.pca)
+
+
+def search(index: Index, *, text: str | None = None, image: str | Path | None = None, k: int = 10,
+           target: str | None = None) -> list[dict]:
+    """Top-k database items for one text or image query: ``[{rank, id, distance}]``."""
+    if k < 1:
+        raise PipelineError(f"-k must be >= 1, not {k}")
+    if text is not None:
+        if not text.strip():
+            raise PipelineError("empty --text query")
+        code = index.model.encode_text(text_query_features(index, [text]))
+        target = target or "image"
+    elif image is not None:
+        code = index.model.encode_image(image_query_features(index, [Path(image)]))
+        target = target or "text"
+    else:
+        raise PipelineError("give --text or --image")
+    db = index.db_image if target == "image" else index.db_text
+    idx, dist = topk(pack_bits(code), db, k)
+    return [{"rank": r + 1, "id": str(index.ids[j]), "distance": int(d), "target": target}
+            for r, (j, d) in enumerate(zip(idx[0], dist[0]))]
+
+
+def search_cli(a) -> None:
+    """``cmimh search INDEX --text ... | --image ... -k N``: JSON lines on stdout."""
+    from pipeline.model.train import resolve_device
+
+    t0 = time.perf_counter()
+    index = load_index(a.index, resolve_device("auto"))
+    t1 = time.perf_counter()
+    hits = search(index, text=a.text, image=a.image, k=a.k, target=a.target)
+    t2 = time.perf_counter()
+    for h in hits:
+        sys.stdout.write(json.dumps(h) + "\n")
+    print(f"loaded in {t1 - t0:.2f}s, query in {t2 - t1:.3f}s", file=sys.stderr)

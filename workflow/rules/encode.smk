@@ -1,0 +1,24 @@
+# Stage 4: hash codes of the query and database sets, and a searchable index.
+# Code: pipeline/model/encode.py (codes.h5 contract: pipeline/eval/codes.py; index: pipeline/search/).
+
+
+rule encode:
+    input:
+        model=rules.train.output.model,
+        features=f"{RESULTS}/{{dataset}}/features.h5",
+    output:
+        codes=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/codes.h5",
+        index=directory(f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/index"),
+    params:
+        settings=settings,
+    log:
+        "logs/{dataset}/{method}/{bits}/encode.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/encode_{{method}}_{{bits}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "{CMIMH} encode --settings {params.settings:q} --threads {threads} --model {input.model}"
+        " --features {input.features} --index {output.index} -o {output.codes} 2> {log}"

@@ -1,0 +1,21 @@
+# Stage 5: the paper's protocol and metrics on a codes.h5 (any producer).
+# Code: pipeline/eval/ (hamming.py ranking, metrics.py, evaluate.py).
+
+
+rule evaluate:
+    input:
+        codes=rules.encode.output.codes,
+    output:
+        metrics=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/metrics.json",
+    params:
+        k=EVAL_K,
+    log:
+        "logs/{dataset}/{method}/{bits}/evaluate.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/evaluate_{{method}}_{{bits}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    shell:
+        "{CMIMH} evaluate {input.codes} --k {params.k} -o {output.metrics} 2> {log}"

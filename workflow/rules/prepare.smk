@@ -1,0 +1,25 @@
+# Stage 1: download (or generate) and filter a data set into its raw on-disk form.
+# Code: pipeline/data/ (one adapter per data set; the demo: pipeline/data/demo.py).
+
+
+localrules:
+    prepare,
+
+
+rule prepare:
+    output:
+        manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
+    params:
+        settings=settings,
+    wildcard_constraints:
+        dataset=RAW_DATASETS,
+    log:
+        "logs/{dataset}/prepare.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/prepare.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    shell:
+        "{CMIMH} prepare --settings {params.settings:q} -o {output.manifest} 2> {log}"

@@ -1,0 +1,31 @@
+# Stage 3: train one hashing model per method and code length.
+# Code: pipeline/model/ (cmimh.py networks, losses.py terms, train.py trainer).
+
+
+rule train:
+    input:
+        features=f"{RESULTS}/{{dataset}}/features.h5",
+    output:
+        model=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/model.pt",
+        log_csv=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/train_log.csv",
+        plot=report(
+            f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/train_loss.png",
+            caption="../report/train_loss.rst",
+            category="Training",
+            subcategory="{method} {bits} bits",
+        ),
+    params:
+        settings=settings,
+    log:
+        "logs/{dataset}/{method}/{bits}/train.log",
+    benchmark:
+        f"{RESULTS}/{{dataset}}/benchmarks/train_{{method}}_{{bits}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    shell:
+        "{CMIMH} train --settings {params.settings:q} --threads {threads}"
+        " --features {input.features} --method {wildcards.method} --bits {wildcards.bits}"
+        " --log-csv {output.log_csv} --plot {output.plot} -o {output.model} 2> {log}"
