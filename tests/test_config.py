@@ -1,0 +1,68 @@
+import copy
+
+import pytest
+
+from pipeline.config import load_config, normalize, resolve, settings_from_args, validate
+from pipeline.errors import PipelineError
+
+from conftest import REPO
+
+
+@pytest.fixture()
+def cfg():
+    return load_config(REPO / "config.yaml")
+
+
+def test_repo_config_is_valid_and_resolves(cfg):
+    validate(cfg)
+    s = resolve(cfg)
+    assert s["dataset"] == "demo" and s["seed"] == cfg["seed"]
+    assert s["image_features"]["weights"] == "random"
+    assert s["image_features"]["on_bad_image"] == "error"  # default filled in
+    assert s["cmimh"]["weights"]["mi"] == cfg["cmimh"]["weights"]["mi"]
+
+
+def test_dataset_overrides_merge_into_cmimh_defaults(cfg):
+    cfg["datasets"]["demo"]["cmimh"] = {"epochs": 3, "weights": {"kl": 0.0}}
+    s = resolve(cfg)
+    assert s["cmimh"]["epochs"] == 3
+    assert s["cmimh"]["weights"]["kl"] == 0.0
+    assert s["cmimh"]["weights"]["mi"] == cfg["cmimh"]["weights"]["mi"]  # untouched sibling
+    assert "cmimh" not in {k for k in cfg["datasets"]["demo"] if k != "cmimh"}
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda c: c.update(dataset="nope"), "unknown dataset 'nope'"),
+    (lambda c: c.update(code_lengths=[0]), "code_lengths[0]"),
+    (lambda c: c.update(code_lengths=[]), "code_lengths"),
+    (lambda c: c.update(device="gpu"), "device"),
+    (lambda c: c.update(methods=["magic"]), "methods[0]"),
+    (lambda c: c["cmimh"]["weights"].update(mi=-1), "cmimh.weights.mi"),
+    (lambda c: c.update(typo_key=1), "typo_key"),
+    (lambda c: c["datasets"].update(mine={"source": "features", "path": "/no/such.h5"}) or c.update(dataset="mine"),
+     "features file not found: /no/such.h5"),
+    (lambda c: c["datasets"]["demo"].update(n_query=2400), "n_query + n_train"),
+])
+def test_bad_config_one_line(cfg, mutate, needle):
+    mutate(cfg)
+    with pytest.raises(PipelineError) as e:
+        validate(cfg)
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_normalize_undoes_snakemake_string_lists():
+    c = {"code_lengths": ["16", "32"], "methods": ["cmimh"], "seed": 1}
+    assert normalize(c)["code_lengths"] == [16, 32]
+    assert c["methods"] == ["cmimh"]
+
+
+def test_settings_from_args_json_and_file(tmp_path, cfg):
+    s = settings_from_args('{"dataset": "x", "seed": 1}', None, None)
+    assert s == {"dataset": "x", "seed": 1}
+    with pytest.raises(PipelineError, match="not valid JSON"):
+        settings_from_args("{bad", None, None)
+    s2 = settings_from_args(None, str(REPO / "config.yaml"), "demo")
+    assert s2 == resolve(cfg, "demo")
+    with pytest.raises(PipelineError, match="config file not found"):
+        settings_from_args(None, str(tmp_path / "none.yaml"), None)
