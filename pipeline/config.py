@@ -117,6 +117,25 @@ def resolve(config: dict, dataset: str | None = None) -> dict:
     return out
 
 
+# What each stage reads: a rule's params carry only these, so changing, say, the training
+# settings reruns training and what follows, never data preparation or extraction.
+STAGE_KEYS = {
+    "prepare": ("dataset", "seed", "source", "path", "n_pairs", "image_size"),
+    "extract_image": ("dataset", "seed", "device", "image_features"),
+    "extract_text": ("dataset", "seed", "device", "text_features"),
+    "extract": ("dataset", "seed", "n_query", "n_train", "image_features", "text_features"),
+    "import_features": ("dataset", "seed", "n_query", "n_train", "path"),
+    "train": ("dataset", "seed", "device", "cmimh"),
+    "encode": ("dataset", "seed", "device", "image_features", "text_features"),
+}
+
+
+def resolve_stage(config: dict, dataset: str, stage: str) -> dict:
+    """The part of :func:`resolve` that ``stage`` reads."""
+    full = resolve(config, dataset)
+    return {k: full[k] for k in STAGE_KEYS[stage] if k in full}
+
+
 def settings_from_args(settings_json: str | None, config_path: str | None, dataset: str | None) -> dict:
     """Resolve stage settings from ``--settings JSON`` (Snakemake) or ``--config FILE`` (by hand)."""
     if settings_json:

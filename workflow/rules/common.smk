@@ -4,7 +4,7 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.config import normalize, resolve, validate
+from pipeline.config import normalize, resolve_stage, validate
 from pipeline.errors import PipelineError
 
 try:
@@ -41,9 +41,9 @@ wildcard_constraints:
     method=r"[a-z][a-z0-9_]*",
 
 
-def settings(wildcards):
-    """The resolved settings of the rule's data set, as JSON for `cmimh --settings`."""
-    return json.dumps(resolve(config, wildcards.dataset), sort_keys=True)
+def settings(stage):
+    """The resolved settings that `stage` reads, as JSON for `cmimh --settings` (rule params)."""
+    return lambda wildcards: json.dumps(resolve_stage(config, wildcards.dataset, stage), sort_keys=True)
 
 
 def features_path(dataset):

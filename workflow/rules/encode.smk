@@ -10,7 +10,7 @@ rule encode:
         codes=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/codes.h5",
         index=directory(f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/index"),
     params:
-        settings=settings,
+        settings=settings("encode"),
     log:
         "logs/{dataset}/{method}/{bits}/encode.log",
     benchmark:

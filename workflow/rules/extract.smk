@@ -8,7 +8,7 @@ rule extract_image:
     output:
         fc7=f"{RESULTS}/{{dataset}}/intermediate/fc7.h5",
     params:
-        settings=settings,
+        settings=settings("extract_image"),
     wildcard_constraints:
         dataset=RAW_DATASETS,
     log:
@@ -31,7 +31,7 @@ rule extract_text:
     output:
         text=f"{RESULTS}/{{dataset}}/intermediate/text.h5",
     params:
-        settings=settings,
+        settings=settings("extract_text"),
     wildcard_constraints:
         dataset=RAW_DATASETS,
     log:
@@ -56,7 +56,7 @@ rule extract:
     output:
         features=f"{RESULTS}/{{dataset}}/features.h5",
     params:
-        settings=settings,
+        settings=settings("extract"),
     wildcard_constraints:
         dataset=RAW_DATASETS,
     log:
@@ -78,7 +78,7 @@ rule import_features:
     output:
         features=f"{RESULTS}/{{dataset}}/features.h5",
     params:
-        settings=settings,
+        settings=settings("import_features"),
     wildcard_constraints:
         dataset=FEATURE_DATASETS,
     log:

@@ -10,7 +10,7 @@ rule prepare:
     output:
         manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
     params:
-        settings=settings,
+        settings=settings("prepare"),
     wildcard_constraints:
         dataset=RAW_DATASETS,
     log:

@@ -15,7 +15,7 @@ rule train:
             subcategory="{method} {bits} bits",
         ),
     params:
-        settings=settings,
+        settings=settings("train"),
     log:
         "logs/{dataset}/{method}/{bits}/train.log",
     benchmark:
