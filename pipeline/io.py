@@ -67,8 +67,8 @@ def to_jsonable(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, np.generic):
         return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
+    if isinstance(obj, (Path, str)):
+        return str(obj)  # also plain-str subclasses such as torch's TorchVersion
     return obj
 
 
@@ -106,7 +106,7 @@ def provenance(config: dict | None = None, **extra: Any) -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "numpy": np.__version__,
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
     }
     if config is not None:
         rec["config"] = config
