@@ -1,0 +1,23 @@
+"""Retrieval and evaluation: the ``codes.h5`` contract, exact Hamming ranking and metrics.
+
+``codes`` (read/write packed codes), ``hamming`` (deterministic top-k ranking), ``metrics``
+(mAP@k, P@K, PR, RecallOne@K, :func:`evaluate_all`), ``evaluate`` (the ``cmimh evaluate``
+stage) and ``plots`` (curves; imports matplotlib, so not imported here).
+"""
+
+from pipeline.eval.codes import Codes, pack_bits, read_codes, unpack_bits, write_codes
+from pipeline.eval.hamming import hamming_distances, topk
+from pipeline.eval.metrics import (
+    TASKS,
+    evaluate_all,
+    map_at_k,
+    pr_curve,
+    precision_at_k,
+    recall_one_at_k,
+)
+
+__all__ = [
+    "Codes", "pack_bits", "unpack_bits", "read_codes", "write_codes",
+    "hamming_distances", "topk",
+    "TASKS", "evaluate_all", "map_at_k", "precision_at_k", "pr_curve", "recall_one_at_k",
+]

@@ -1,0 +1,80 @@
+"""Exact Hamming ranking: distances, stable top-k under heavy ties, chunking and threads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.eval import hamming
+from pipeline.eval.hamming import hamming_distances, popcount, topk
+
+
+def _codes(rng, n, bits):
+    return np.packbits(rng.integers(0, 2, (n, bits)).astype(bool), axis=1)
+
+
+def _slow_distances(q, db, bits):
+    qb = np.unpackbits(q, axis=1)[:, :bits].astype(int)
+    dbb = np.unpackbits(db, axis=1)[:, :bits].astype(int)
+    return (qb[:, None, :] != dbb[None, :, :]).sum(-1)
+
+
+def test_hand_example_ties_by_index():
+    q = np.packbits(np.array([[0, 0, 0, 0]], bool), axis=1)
+    db = np.packbits(np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0],
+                               [0, 0, 1, 0]], bool), axis=1)
+    np.testing.assert_array_equal(hamming_distances(q, db), [[2, 1, 1, 0, 3, 1]])
+    idx, dist = topk(q, db, 4)
+    np.testing.assert_array_equal(idx, [[3, 1, 2, 5]])  # the three at distance 1 by index
+    np.testing.assert_array_equal(dist, [[0, 1, 1, 1]])
+    idx, dist = topk(q, db, 100)  # k > database: everything, k' = 6
+    np.testing.assert_array_equal(idx, [[3, 1, 2, 5, 0, 4]])
+    assert idx.dtype == np.int64
+
+
+@pytest.mark.parametrize("bits", [8, 13, 32, 64, 100, 300])
+def test_distances_match_bit_count(bits):
+    rng = np.random.default_rng(bits)
+    q, db = _codes(rng, 9, bits), _codes(rng, 31, bits)
+    np.testing.assert_array_equal(hamming_distances(q, db), _slow_distances(q, db, bits))
+
+
+def test_popcount_lookup_fallback_agrees():
+    x = np.random.default_rng(0).integers(0, 2**63, 1000, dtype=np.uint64)
+    np.testing.assert_array_equal(hamming._popcount_lut(x), np.array([bin(int(v)).count("1") for v in x]))
+
+
+@pytest.mark.parametrize("k, chunk, threads", [(1, 7, 1), (37, 64, 1), (500, None, 1), (1999, 13, 2),
+                                               (2000, 41, 1), (5000, None, 2)])
+def test_topk_matches_stable_argsort_heavy_ties(k, chunk, threads):
+    rng = np.random.default_rng(k)
+    q, db = _codes(rng, 300, 8), _codes(rng, 2000, 8)  # 8 bits: ~250 items per distance value
+    d = _slow_distances(q, db, 8)
+    ref = np.argsort(d, axis=1, kind="stable")[:, :k]
+    idx, dist = topk(q, db, k, chunk_size=chunk, n_threads=threads)
+    np.testing.assert_array_equal(idx, ref)
+    np.testing.assert_array_equal(dist, np.take_along_axis(d, ref, axis=1))
+
+
+def test_topk_large_db_sample_threshold_and_repair(monkeypatch):
+    """Databases above the sample size use the sampled threshold; force misses to test repair."""
+    rng = np.random.default_rng(5)
+    q, db = _codes(rng, 20, 16), _codes(rng, 9000, 16)
+    ref = np.argsort(_slow_distances(q, db, 16), axis=1, kind="stable")[:, :300]
+    np.testing.assert_array_equal(topk(q, db, 300)[0], ref)
+    monkeypatch.setattr(hamming, "_thresholds", lambda d, kk, nv: np.zeros(d.shape[0], dtype=np.int64))
+    np.testing.assert_array_equal(topk(q, db, 300, chunk_size=6)[0], ref)
+
+
+def test_topk_rejects_bad_input():
+    rng = np.random.default_rng(0)
+    with pytest.raises(PipelineError, match="k must be"):
+        topk(_codes(rng, 2, 8), _codes(rng, 3, 8), 0)
+    with pytest.raises(PipelineError, match="differ in shape"):
+        topk(_codes(rng, 2, 8), _codes(rng, 3, 16), 1)
+
+
+def test_popcount_matches_numpy():
+    x = np.arange(256, dtype=np.uint8)
+    np.testing.assert_array_equal(popcount(x), hamming._POP8)

@@ -1,0 +1,202 @@
+"""Metrics on hand-computed examples, and the fast paths against slow references."""
+
+from __future__ import annotations
+
+from fractions import Fraction as F
+
+import numpy as np
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.eval.metrics import (
+    _reference_map_at_k,
+    map_at_k,
+    pk_grid,
+    pr_curve,
+    precision_at_k,
+    rank_metrics,
+    recall_one_at_k,
+)
+
+
+def P(rows):
+    return np.packbits(np.array(rows, dtype=bool), axis=1)
+
+
+# Database of the hand example (4-bit codes). For the query 0000 the distances are
+#   item:      0     1     2     3     4     5
+#   code:   1100  1000  0100  0000  1110  0010
+#   dist:      2     1     1     0     3     1
+#   label:   [1,0,0] [0,1,0] [1,1,0] [0,1,0] [1,0,0] [1,0,0]
+# Ranking by (distance, index): 3, 1, 2, 5, 0, 4 -> relevance to class 0: N N R R R R.
+DB = P([[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0], [0, 0, 1, 0]])
+DBL = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 1, 0], [1, 0, 0], [1, 0, 0]], np.uint8)
+Q = P([[0, 0, 0, 0], [1, 1, 1, 1]])
+QL = np.array([[1, 0, 0], [0, 0, 1]], np.uint8)  # query 1's class occurs nowhere: AP = 0
+
+
+def test_map_hand_example_ties_by_index():
+    # AP@all(q0) = (1/3 + 2/4 + 3/5 + 4/6) / 4 = 21/40 ; AP(q1) = 0  -> mAP@all = 21/80
+    assert map_at_k(Q, DB, QL, DBL, None) == pytest.approx(float(F(21, 80)), abs=1e-12)
+    # AP@4(q0) = (1/3 + 2/4) / 2 = 5/12 -> mAP@4 = 5/24. A descending tie order (5, 2, 1)
+    # would give N R R N: (1/2 + 2/3) / 2 = 7/12 instead.
+    assert map_at_k(Q, DB, QL, DBL, 4) == pytest.approx(5 / 24, abs=1e-12)
+    # top-2 of q0 is N N: no relevant item within k scores 0
+    assert map_at_k(Q, DB, QL, DBL, 2) == 0.0
+
+
+def test_query_without_relevant_item_scores_zero():
+    assert map_at_k(Q[1:], DB, QL[1:], DBL, None) == 0.0
+    assert map_at_k(Q[1:], DB, QL[1:], DBL, 3) == 0.0
+
+
+def test_k_larger_than_database_is_map_all():
+    assert map_at_k(Q, DB, QL, DBL, 1000) == pytest.approx(21 / 80, abs=1e-12)
+    assert map_at_k(Q, DB, QL, DBL, 1000) == map_at_k(Q, DB, QL, DBL, None)
+
+
+def test_precision_at_k_hand():
+    # q0 ranked relevance N N R R R R, q1 none. P@K' with K' = min(K, 6).
+    p = precision_at_k(Q, DB, QL, DBL, [1, 3, 4, 6, 100])
+    np.testing.assert_allclose(p, [0, 1 / 6, 1 / 4, 1 / 3, 1 / 3], atol=1e-12)
+
+
+def test_pr_by_radius_one_query():
+    pr = pr_curve(Q[:1], DB, QL[:1], DBL, bits=4)
+    assert pr["radius"] == [0, 1, 2, 3, 4]
+    # r=0: {3}: 0/1 ; r=1: {3,1,2,5}: 2/4 ; r=2: +0: 3/5 ; r=3: +4: 4/6 ; r=4: same. 4 relevant.
+    np.testing.assert_allclose(pr["precision"], [0, 1 / 2, 3 / 5, 4 / 6, 4 / 6], atol=1e-12)
+    np.testing.assert_allclose(pr["recall"], [0, 2 / 4, 3 / 4, 1, 1], atol=1e-12)
+    assert pr["n_retrieving"] == [1, 1, 1, 1, 1]
+
+
+def test_pr_skips_queries_retrieving_nothing():
+    # q2 = 1111 (class 0): distances 2 3 3 4 1 3 -> nothing at r=0, {4} (relevant) at r=1.
+    q = P([[0, 0, 0, 0], [1, 1, 1, 1]])
+    ql = np.array([[1, 0, 0], [1, 0, 0]], np.uint8)
+    pr = pr_curve(q, DB, ql, DBL, bits=4)
+    assert pr["n_retrieving"][:2] == [1, 2]
+    assert pr["precision"][0] == pytest.approx(0.0)  # only q0 counts: 0/1
+    assert pr["precision"][1] == pytest.approx((1 / 2 + 1) / 2)
+    assert pr["recall"][1] == pytest.approx((2 / 4 + 1 / 4) / 2)
+
+
+def test_pr_no_query_retrieves_anything_is_zero_with_count():
+    pr = pr_curve(P([[1, 1, 1, 1]]), P([[0, 0, 0, 0]]), np.array([[1]]), np.array([[1]]), bits=4)
+    assert pr["precision"][:4] == [0.0] * 4 and pr["n_retrieving"] == [0, 0, 0, 0, 1]
+    assert pr["precision"][4] == 1.0 and pr["recall"] == [0, 0, 0, 0, 1]
+
+
+def test_recall_one_at_k_hand():
+    # query 0000's pair is item 2: ranking 3, 1, 2 -> rank 3. Query 1111's pair is item 0:
+    # distances 2 3 3 4 1 3 -> ranking 4, 0 -> rank 2. The middle query has no pair (-1).
+    q = P([[0, 0, 0, 0], [0, 1, 0, 1], [1, 1, 1, 1]])
+    r = recall_one_at_k(q, DB, np.array([2, -1, 0]), [1, 2, 3, 10])
+    np.testing.assert_allclose(r, [0, 1 / 2, 1, 1])
+    with pytest.raises(PipelineError, match="pair_index"):
+        recall_one_at_k(q, DB, np.array([2, 6, 0]), [1])
+
+
+def test_recall_one_matches_ranking_random():
+    rng = np.random.default_rng(0)
+    q = P(rng.integers(0, 2, (50, 8)))
+    db = P(rng.integers(0, 2, (400, 8)))
+    pair = rng.integers(-1, 400, 50)
+    from pipeline.eval.hamming import topk
+
+    idx, _ = topk(q, db, 400)
+    rank = np.array([np.flatnonzero(idx[i] == pair[i])[0] if pair[i] >= 0 else -1 for i in range(50)])
+    ks = [1, 5, 50, 200]
+    expect = [(rank[pair >= 0] < k).mean() for k in ks]
+    np.testing.assert_allclose(recall_one_at_k(q, db, pair, ks, chunk_size=7), expect)
+
+
+def test_pk_grid():
+    assert pk_grid(6) == [1, 5, 6]
+    assert pk_grid(250) == [1, 5, 10, 20, 50, 100, 200, 250]
+    g = pk_grid(117000)
+    assert g[:6] == [1, 5, 10, 20, 50, 100] and g[-1] == 5000 and len(g) == 55
+
+
+# ----------------------------------------------------------------------------- random, heavy ties
+
+def _slow_pk_pr(q, db, ql, dbl, ks, bits):
+    qb = np.unpackbits(q, axis=1).astype(int)
+    dbb = np.unpackbits(db, axis=1).astype(int)
+    pk, prec, rec = [], [[] for _ in range(bits + 1)], [[] for _ in range(bits + 1)]
+    for i in range(len(q)):
+        dist = np.abs(dbb - qb[i]).sum(1)
+        rel = (dbl @ ql[i]) > 0
+        order = np.argsort(dist, kind="stable")
+        pk.append([rel[order[:k]].mean() for k in ks])
+        for r in range(bits + 1):
+            got = dist <= r
+            if got.any():
+                prec[r].append(rel[got].mean())
+            if rel.any():
+                rec[r].append(rel[got].sum() / rel.sum())
+    return (np.mean(pk, axis=0), [np.mean(p) if p else 0.0 for p in prec], [np.mean(r) for r in rec])
+
+
+@pytest.fixture(scope="module")
+def random_ties():
+    rng = np.random.default_rng(42)
+    nq, ndb = 300, 2000
+    q, db = P(rng.integers(0, 2, (nq, 8))), P(rng.integers(0, 2, (ndb, 8)))
+    ql = (rng.random((nq, 10)) < 0.1).astype(np.uint8)
+    dbl = (rng.random((ndb, 10)) < 0.1).astype(np.uint8)
+    return q, db, ql, dbl
+
+
+@pytest.mark.parametrize("k", [1, 50, 450, 1000, None])
+def test_fast_map_matches_reference(random_ties, k):
+    q, db, ql, dbl = random_ties
+    ref = _reference_map_at_k(q, db, ql, dbl, k)
+    for chunk, full in [(7, False), (64, True), (None, False), (None, True)]:
+        m = rank_metrics(q, db, ql, dbl, map_ks=[k], chunk_size=chunk, force_full=full)
+        got = float(next(iter(m["ap"].values())).mean())
+        assert got == pytest.approx(ref, abs=1e-10), (chunk, full)
+
+
+def test_fast_pk_and_pr_match_reference(random_ties):
+    q, db, ql, dbl = random_ties
+    ks = [1, 5, 10, 100, 450, 2000]
+    pk_ref, prec_ref, rec_ref = _slow_pk_pr(q, db, ql, dbl, ks, 8)
+    np.testing.assert_allclose(precision_at_k(q, db, ql, dbl, ks, chunk_size=13), pk_ref, atol=1e-12)
+    m = rank_metrics(q, db, ql, dbl, pk=ks[:4], chunk_size=11)  # top-k path
+    np.testing.assert_allclose((m["hits"] / np.array(ks[:4])).mean(0), pk_ref[:4], atol=1e-12)
+    pr = pr_curve(q, db, ql, dbl, bits=8, chunk_size=17, n_threads=2)
+    np.testing.assert_allclose(pr["precision"], prec_ref, atol=1e-12)
+    np.testing.assert_allclose(pr["recall"], rec_ref, atol=1e-12)
+
+
+def test_map_wide_codes_and_many_classes():
+    """>64 classes (several label words) and 72-bit codes (padded words) on both paths."""
+    rng = np.random.default_rng(7)
+    q, db = P(rng.integers(0, 2, (40, 72))), P(rng.integers(0, 2, (900, 72)))
+    ql = (rng.random((40, 70)) < 0.03).astype(np.uint8)
+    dbl = (rng.random((900, 70)) < 0.03).astype(np.uint8)
+    for k in (20, None):
+        ref = _reference_map_at_k(q, db, ql, dbl, k)
+        assert map_at_k(q, db, ql, dbl, k, chunk_size=9) == pytest.approx(ref, abs=1e-10)
+
+
+def test_label_shape_errors():
+    with pytest.raises(PipelineError, match="classes"):
+        map_at_k(Q, DB, QL, DBL[:, :2], 3)
+    with pytest.raises(PipelineError, match="rows"):
+        map_at_k(Q, DB, QL[:1], DBL, 3)
+
+
+def test_uint64_keys_path(random_ties, monkeypatch):
+    """Huge databases or long codes need 64-bit sort keys; force that path on small data."""
+    from pipeline.eval import hamming
+
+    q, db, ql, dbl = random_ties
+    ref = _reference_map_at_k(q[:60], db, ql[:60], dbl, None)
+    monkeypatch.setattr(hamming, "_KEY32_BITS", 0)
+    assert hamming.key_dtype(5) == np.uint64
+    assert map_at_k(q[:60], db, ql[:60], dbl, None, chunk_size=7) == pytest.approx(ref, abs=1e-10)
+    idx, _ = hamming.topk(q[:60], db, 5000)
+    d = hamming.hamming_distances(q[:60], db)
+    np.testing.assert_array_equal(idx, np.argsort(d, axis=1, kind="stable"))
