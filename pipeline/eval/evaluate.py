@@ -60,6 +60,12 @@ def evaluate_file(codes_h5: str | os.PathLike, out_json: str | os.PathLike, k: i
             src_prov = json.loads(src_prov)
         except ValueError:
             pass
+    diag = codes.attrs.get("diagnostics")  # written by the producer (CMIMH: Table II diagnostics)
+    if isinstance(diag, (bytes, str)):
+        try:
+            metrics["diagnostics"] = json.loads(diag)
+        except ValueError:
+            log.warning("ignoring unparsable diagnostics attribute in %s", codes_h5)
     metrics["seconds"] = {"metrics": round(t1 - t0, 3), "chance": round(t2 - t1, 3)}
     metrics["provenance"] = provenance(
         None, stage="evaluate", codes=str(codes_h5), codes_sha256=sha256_file(codes_h5), k=int(k),

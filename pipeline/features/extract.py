@@ -59,6 +59,8 @@ def run_text(manifest: Path, settings: dict, out: Path, device: torch.device, pr
         raise PipelineError(f"text_features.kind must be 'sentence' or 'tags', not {kind!r}")
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("text", data=feats)
+        if kind == "tags":  # kept so that a typed query can be turned into the same tag vector
+            f.create_dataset("tag_vocab", data=np.array(vocab, dtype=object), dtype=h5py.string_dtype())
         f.attrs.update(info)
         f.attrs["manifest_sha256"] = sha256_file(manifest)
     log.info("text: %s features, shape %s", kind, feats.shape)
@@ -89,6 +91,7 @@ def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, ou
         image_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
     with h5py.File(text_h5, "r") as f:
         text = f["text"][()]
+        tag_vocab = [v.decode() if isinstance(v, bytes) else str(v) for v in f["tag_vocab"][()]] if "tag_vocab" in f else None
         text_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
     labels = m.label_matrix()
     if not len(fc7) == len(text) == len(m.pairs):
@@ -108,7 +111,7 @@ def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, ou
                       manifest_sha256=sha256_file(manifest), classes=m.classes,
                       counts={s: int(len(v)) for s, v in splits.items()})
     write_features(out, image=image, text=text[idx], labels=labels[idx], splits=splits,
-                   ids=[m.pairs[i].id for i in idx], provenance=prov, pca=pca)
+                   ids=[m.pairs[i].id for i in idx], provenance=prov, pca=pca, tag_vocab=tag_vocab)
     log.info("features: %d pairs kept (dropped %s); query %d, database %d, train %d; image %s, text %s",
              len(idx), dropped, len(splits["query"]), len(splits["database"]), len(splits["train"]),
              image.shape, text.shape)

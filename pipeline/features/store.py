@@ -1,7 +1,7 @@
 """``features.h5``: the contract between extraction and training.
 
 Datasets: ``image`` (n x d_x float32), ``text`` (n x d_y float32), ``labels`` (n x c uint8),
-``query``/``database``/``train`` (int64 row indices), ``ids`` (strings). Optional group
+``query``/``database``/``train`` (int64 row indices), ``ids`` (strings). Optional ``tag_vocab`` (strings; text = tag vectors over it) and group
 ``image_pca`` (``components``, ``mean``, ``explained_variance_ratio``) so that new images can be
 projected the same way. Attribute ``provenance`` (JSON: config, models and weights, code version,
 seed, source checksums).
@@ -35,6 +35,7 @@ class Features:
     ids: np.ndarray
     attrs: dict = field(default_factory=dict)
     pca: dict | None = None
+    tag_vocab: list[str] | None = None
 
     @property
     def n(self) -> int:
@@ -61,7 +62,7 @@ def check_arrays(image: np.ndarray, text: np.ndarray, labels: np.ndarray, where:
 
 def write_features(path: str | Path, *, image: np.ndarray, text: np.ndarray, labels: np.ndarray,
                    splits: dict[str, np.ndarray], ids: list[str] | np.ndarray,
-                   provenance: dict, pca: dict | None = None) -> None:
+                   provenance: dict, pca: dict | None = None, tag_vocab: list[str] | None = None) -> None:
     """Validate and write a features file atomically."""
     check_arrays(image, text, labels, str(path))
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
@@ -71,6 +72,8 @@ def write_features(path: str | Path, *, image: np.ndarray, text: np.ndarray, lab
         for s in SPLITS:
             f.create_dataset(s, data=np.asarray(splits[s], dtype=np.int64))
         f.create_dataset("ids", data=np.array([str(i) for i in ids], dtype=object), dtype=h5py.string_dtype())
+        if tag_vocab is not None:
+            f.create_dataset("tag_vocab", data=np.array(tag_vocab, dtype=object), dtype=h5py.string_dtype())
         if pca is not None:
             g = f.create_group("image_pca")
             for k, v in pca.items():
@@ -100,6 +103,8 @@ def read_features(path: str | Path) -> Features:
                if "ids" in f else np.array([str(i) for i in range(len(image))]))
         attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
         pca = {k: f["image_pca"][k][()] for k in f["image_pca"]} if "image_pca" in f else None
+        vocab = ([v.decode() if isinstance(v, bytes) else str(v) for v in f["tag_vocab"][()]]
+                 if "tag_vocab" in f else None)
     check_arrays(image, text, labels, str(path))
     n = len(image)
     for s, idx in splits.items():
@@ -107,4 +112,5 @@ def read_features(path: str | Path) -> Features:
             raise PipelineError(f"{path}: split '{s}' is empty or not 1-D")
         if idx.min() < 0 or idx.max() >= n:
             raise PipelineError(f"{path}: split '{s}' has indices outside 0..{n - 1}")
-    return Features(image=image, text=text, labels=labels, ids=ids, attrs=attrs, pca=pca, **splits)
+    return Features(image=image, text=text, labels=labels, ids=ids, attrs=attrs, pca=pca, tag_vocab=vocab,
+                    **splits)

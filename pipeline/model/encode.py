@@ -6,6 +6,7 @@ Codes follow the ``codes.h5`` contract (:mod:`pipeline.eval.codes`); the index f
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import torch
 from pipeline.eval.codes import write_codes
 from pipeline.features.store import read_features
 from pipeline.io import provenance_json, sha256_file
-from pipeline.model.train import load_model
+from pipeline.model.train import diagnostics, load_model
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,10 @@ def encode_stage(model_path: Path, features_path: Path, out: Path, settings: dic
         "db_image": model.encode_image(f.image[db]), "db_text": model.encode_text(f.text[db]),
     }
     bits = int(codes["db_image"].shape[1])
-    attrs = {"provenance": provenance_json(settings, stage="encode", model_sha256=sha256_file(model_path),
+    # Table II diagnostics of the database codes (Corr MSE, TC estimate); evaluate copies them.
+    diag = diagnostics(model, f.image[db], f.text[db])
+    attrs = {"diagnostics": json.dumps(diag),
+             "provenance": provenance_json(settings, stage="encode", model_sha256=sha256_file(model_path),
                                       features_sha256=sha256_file(features_path))}
     write_codes(out, **codes, query_labels=f.labels[q], db_labels=f.labels[db], bits=bits, attrs=attrs,
                 query_ids=list(f.ids[q]), db_ids=list(f.ids[db]))

@@ -9,6 +9,7 @@ distance (ties by database index, like the evaluation).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import tempfile
@@ -41,6 +42,9 @@ def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.nda
                              dtype=h5py.string_dtype())
             f.create_dataset("labels", data=features.labels[db])
             f.attrs["bits"] = int(db_image.shape[1])
+            if features.tag_vocab is not None:
+                f.create_dataset("tag_vocab", data=np.array(features.tag_vocab, dtype=object),
+                                 dtype=h5py.string_dtype())
             if features.pca is not None:
                 g = f.create_group("image_pca")
                 for k, v in features.pca.items():
@@ -65,6 +69,7 @@ class Index:
     db_text: np.ndarray
     ids: np.ndarray
     pca: dict | None
+    tag_vocab: list[str] | None
     settings: dict
     model: torch.nn.Module
     device: torch.device
@@ -84,9 +89,11 @@ def load_index(path: str | Path, device: torch.device | None = None) -> Index:
         ids = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]])
         bits = int(f.attrs["bits"])
         pca = {k: f["image_pca"][k][()] for k in f["image_pca"]} if "image_pca" in f else None
+        vocab = ([v.decode() if isinstance(v, bytes) else str(v) for v in f["tag_vocab"][()]]
+                 if "tag_vocab" in f else None)
     model, _ = load_model(path / "model.pt", device)
     settings = json.loads((path / "settings.json").read_text())
-    return Index(path, bits, db_image, db_text, ids, pca, settings, model, device)
+    return Index(path, bits, db_image, db_text, ids, pca, vocab, settings, model, device)
 
 
 def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
@@ -94,8 +101,13 @@ def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
     from pipeline.features import text as text_mod
 
     s = index.settings["text_features"]
-    if s.get("kind", "sentence") == "tags":
-        raise PipelineError("this index uses tag vectors; pass --text as space-separated tags is not supported yet")
+    if s.get("kind", "sentence") == "tags":  # the words of the query that are tags of the vocabulary
+        if not index.tag_vocab:
+            raise PipelineError(f"index {index.path} uses tag vectors but stores no tag vocabulary")
+        tags = [[w for w in re.findall(r"[\w-]+", t.lower())] for t in texts]
+        if not any(w in set(index.tag_vocab) for w in tags[0]):
+            raise PipelineError("none of the query's words is a tag of this data set's vocabulary")
+        return text_mod.tag_vectors(tags, index.tag_vocab)
     enc = text_mod.load_text_encoder(s["model"], index.device, s.get("pooling", "mean"), int(s.get("max_length", 64)))
     return text_mod.encode_sentences(enc, texts, progress=False)
 

@@ -1,0 +1,50 @@
+import json
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.report.report import metric_table, plot_train_log, write_report
+
+
+def _metrics(v):
+    return {"map@1000": {"i2t": v, "t2i": v + 0.01, "i2i": v + 0.02, "t2t": v + 0.03},
+            "curves": {"p_at_k": {"k": [1, 5], "i2t": [1.0, 0.8], "t2i": [1.0, 0.8], "i2i": [1.0, 0.8],
+                                  "t2t": [1.0, 0.8]},
+                       "pr": {t: {"radius": [0, 1], "precision": [1.0, 0.5], "recall": [0.1, 0.4]}
+                              for t in ("i2t", "t2i", "i2i", "t2t")}},
+            "diagnostics": {"corr_mse_image": 0.01, "corr_mse_text": 0.02, "tc_image": 0.5, "tc_text": None}}
+
+
+def test_table_iii_layout_in_percent():
+    t = metric_table({"cmimh": {16: _metrics(0.5), 32: _metrics(0.6)}}, "map@1000", [16, 32])
+    lines = t.splitlines()
+    assert lines[0] == "| Task | Method | 16 bits | 32 bits |"
+    assert lines[2] == "| Img→Txt | cmimh | 50.00 | 60.00 |"
+    assert lines[5] == "| Txt→Txt | cmimh | 53.00 | 63.00 |"
+
+
+def test_write_report_with_plots_and_diagnostics(tmp_path):
+    for b, v in ((16, 0.5), (32, 0.6)):
+        p = tmp_path / "cmimh" / str(b) / "metrics.json"
+        p.parent.mkdir(parents=True)
+        p.write_text(json.dumps(_metrics(v)))
+    write_report(tmp_path, "demo", [16, 32], ["cmimh"], tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    assert "| Img→Txt | cmimh | 50.00 | 60.00 |" in text
+    assert "| cmimh | 16 | 0.0100 | 0.0200 | 0.5000 | – |" in text
+    for png in (tmp_path / "plots").glob("*.png"):
+        assert f"(plots/{png.name})" in text
+    assert len(list((tmp_path / "plots").glob("*.png"))) >= 2
+
+
+def test_missing_metrics_is_one_line(tmp_path):
+    with pytest.raises(PipelineError, match="missing metrics file"):
+        write_report(tmp_path, "demo", [16], ["cmimh"], tmp_path / "report.md")
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_plot_train_log(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_text("epoch,step,loss,rec,mi,seconds\n1,10,5.0,4.0,0.1,0.2\n2,20,4.0,3.5,0.3,0.2\n")
+    plot_train_log(csv, tmp_path / "loss.png")
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"

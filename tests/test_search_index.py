@@ -1,0 +1,89 @@
+"""encode stage -> codes.h5 + index; `cmimh search` over the index."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.eval.codes import read_codes, unpack_bits
+from pipeline.eval.hamming import hamming_distances
+from pipeline.features import extract
+from pipeline.features.store import read_features
+from pipeline.model.encode import encode_stage
+from pipeline.model.train import save_model, train_cmimh
+from pipeline.search.index import load_index, search
+
+CPU = torch.device("cpu")
+TINY = {"hidden": 32, "critic_hidden": 16, "critic_dim": 16, "disc_hidden": 16, "epochs": 2, "batch_size": 10}
+
+
+@pytest.fixture(scope="module")
+def run(tiny_demo, tmp_path_factory):
+    """Features (tags text), a model, codes and an index for the 40-pair demo."""
+    d = tmp_path_factory.mktemp("run")
+    s = {"dataset": "t", "seed": 0, "n_query": 8, "n_train": 20,
+         "image_features": {"weights": "random", "pca_dim": 6, "batch_size": 16, "input_size": 64},
+         "text_features": {"kind": "tags"}}
+    extract.run_image(tiny_demo, s, d / "fc7.h5", CPU, progress=False)
+    extract.run_text(tiny_demo, s, d / "text.h5", CPU, progress=False)
+    extract.run_assemble(tiny_demo, d / "fc7.h5", d / "text.h5", s, d / "features.h5")
+    f = read_features(d / "features.h5")
+    model, _ = train_cmimh(f.image[f.train], f.text[f.train], 12, TINY, 0, CPU, progress=False)
+    save_model(d / "model.pt", model, {"bits": 12})
+    encode_stage(d / "model.pt", d / "features.h5", d / "codes.h5", s, CPU, index_dir=d / "index")
+    return d, f, model
+
+
+def test_codes_follow_the_contract_and_match_the_model(run):
+    d, f, model = run
+    c = read_codes(d / "codes.h5")
+    assert c.bits == 12 and c.n_query == 8 and c.n_db == 32
+    np.testing.assert_array_equal(unpack_bits(c.db_image, 12), model.encode_image(f.image[f.database]))
+    np.testing.assert_array_equal(unpack_bits(c.query_text, 12), model.encode_text(f.text[f.query]))
+    np.testing.assert_array_equal(c.query_labels, f.labels[f.query])
+    diag = json.loads(c.attrs["diagnostics"])
+    assert set(diag) == {"corr_mse_image", "corr_mse_text", "tc_image", "tc_text"}
+    assert list(c.db_ids) == list(f.ids[f.database])
+
+
+def test_index_search_ranks_by_hamming_with_index_ties(run, tiny_demo):
+    d, f, model = run
+    index = load_index(d / "index")
+    img = tiny_demo.parent / "images" / f"{f.ids[f.database[0]]}.jpg"
+    hits = search(index, image=str(img), k=5)
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5] and all(h["target"] == "text" for h in hits)
+    # independent check: the database item's own image code against all text codes
+    q = np.packbits(model.encode_image(f.image[f.database[:1]]), axis=1)
+    dist = hamming_distances(q, index.db_text)[0].astype(int)
+    order = np.lexsort((np.arange(len(dist)), dist))[:5]
+    assert [h["id"] for h in hits] == [str(index.ids[j]) for j in order]
+    assert [h["distance"] for h in hits] == list(dist[order])
+
+
+def test_text_query_on_a_tag_index(run):
+    d, f, _ = run
+    index = load_index(d / "index")
+    hits = search(index, text="a red ball and a star", k=3)
+    assert len(hits) == 3 and hits[0]["target"] == "image"
+    with pytest.raises(PipelineError, match="none of the query's words"):
+        search(index, text="zzzz qqqq", k=3)
+
+
+def test_search_bad_input_is_one_line(run, tmp_path):
+    d, _, _ = run
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    cmimh = str(Path(sys.executable).parent / "cmimh")
+    for args, needle in ((["--image", str(bad)], "unreadable image"),
+                         (["--image", str(tmp_path / "none.jpg")], "image not found"),
+                         (["--text", "   "], "empty --text query")):
+        p = subprocess.run([cmimh, "search", str(d / "index"), *args], capture_output=True, text=True)
+        assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
+    p = subprocess.run([cmimh, "search", str(tmp_path), "--text", "ball"], capture_output=True, text=True)
+    assert p.returncode == 2 and "not an index folder" in p.stderr
