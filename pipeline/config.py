@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +131,29 @@ STAGE_KEYS = {
 }
 
 
-def resolve_stage(config: dict, dataset: str, stage: str) -> dict:
-    """The part of :func:`resolve` that ``stage`` reads."""
+TERMS = ("rec", "mi", "kl", "tc", "bal")
+METHOD_PATTERN = re.compile(r"^cmimh(_no_(%s))?$" % "|".join(TERMS))
+
+
+def method_settings(settings: dict, method: str) -> dict:
+    """Apply a method variant to resolved settings: ``cmimh_no_<term>`` sets that term's weight to 0.
+
+    The variants are the component ablation of the paper's Table IV; plain ``cmimh`` is unchanged.
+    """
+    m = METHOD_PATTERN.match(method)
+    if not m:
+        raise PipelineError(f"unknown method {method!r} (cmimh, or cmimh_no_<term> with term in {', '.join(TERMS)})")
+    out = copy.deepcopy(settings)
+    if m.group(2):
+        out.setdefault("cmimh", {}).setdefault("weights", {})[m.group(2)] = 0.0
+    return out
+
+
+def resolve_stage(config: dict, dataset: str, stage: str, method: str | None = None) -> dict:
+    """The part of :func:`resolve` that ``stage`` reads (with ``method``'s variant applied)."""
     full = resolve(config, dataset)
+    if method is not None and "cmimh" in STAGE_KEYS[stage]:
+        full = method_settings(full, method)
     return {k: full[k] for k in STAGE_KEYS[stage] if k in full}
 
 

@@ -66,3 +66,20 @@ def test_settings_from_args_json_and_file(tmp_path, cfg):
     assert s2 == resolve(cfg, "demo")
     with pytest.raises(PipelineError, match="config file not found"):
         settings_from_args(None, str(tmp_path / "none.yaml"), None)
+
+
+def test_method_variants_switch_one_term_off(cfg):
+    from pipeline.config import method_settings, resolve_stage
+
+    s = resolve(cfg)
+    assert method_settings(s, "cmimh") == s
+    v = method_settings(s, "cmimh_no_mi")
+    assert v["cmimh"]["weights"]["mi"] == 0.0
+    assert {k: x for k, x in v["cmimh"]["weights"].items() if k != "mi"} == \
+        {k: x for k, x in s["cmimh"]["weights"].items() if k != "mi"}
+    assert s["cmimh"]["weights"]["mi"] > 0  # the input is not modified
+    with pytest.raises(PipelineError, match="unknown method 'cmimh_no_foo'"):
+        method_settings(s, "cmimh_no_foo")
+    # stage settings: only train reads the variant
+    assert resolve_stage(cfg, "demo", "train", "cmimh_no_kl")["cmimh"]["weights"]["kl"] == 0.0
+    assert "cmimh" not in resolve_stage(cfg, "demo", "encode", "cmimh_no_kl")

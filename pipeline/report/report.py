@@ -48,9 +48,37 @@ def metric_table(metrics: dict[str, dict[int, dict]], key: str, bits: list[int])
     return "\n".join(rows)
 
 
+VARIANT_NAMES = {"cmimh": "CMIMH (all terms)", "cmimh_no_rec": "without reconstruction (rec = 0)",
+                 "cmimh_no_mi": "without JS-MI (mi = 0)", "cmimh_no_kl": "without symmetric KL (kl = 0)",
+                 "cmimh_no_tc": "without TC (tc = 0)", "cmimh_no_bal": "without balance (bal = 0)"}
+
+
+def ablation_table(metrics: dict[str, dict], key: str) -> str:
+    """Table IV layout: one row per variant, one column per task (values in %), plus Corr MSE."""
+    rows = ["| Variant | " + " | ".join(label for _, label in TASKS) + " | Corr MSE (img/txt) |",
+            "|---|" + "---:|" * (len(TASKS) + 1)]
+    for m, mt in metrics.items():
+        vals = [f"{100 * mt[key][t]:.2f}" for t, _ in TASKS]
+        d = mt.get("diagnostics") or {}
+        corr = ("–" if d.get("corr_mse_image") is None
+                else f"{d['corr_mse_image']:.4f} / {d['corr_mse_text']:.4f}")
+        rows.append(f"| {VARIANT_NAMES.get(m, m)} | " + " | ".join(vals) + f" | {corr} |")
+    return "\n".join(rows)
+
+
+def write_ablation(results: Path, dataset: str, bits: int, variants: list[str], out: Path, k: int = 1000) -> None:
+    """The component ablation (the paper's Table IV) as a Markdown section of its own."""
+    metrics = {m: v[bits] for m, v in load_metrics(results, variants, [bits]).items()}
+    text = "\n".join([f"## Component ablation ({dataset}, {bits} bits, mAP@{k} in %; the paper's Table IV)", "",
+                      ablation_table(metrics, f"map@{k}"), "",
+                      "Each row trains CMIMH with one loss term switched off (its weight set to 0).", ""])
+    write_text(out, text)
+    log.info("ablation table: %s", out)
+
+
 def write_report(results: Path, dataset: str, bits: list[int], methods: list[str], out: Path,
-                 k: int = 1000) -> None:
-    """Write ``report.md`` and its plots (``plots/`` beside it)."""
+                 k: int = 1000, include: list[Path] | None = None) -> None:
+    """Write ``report.md`` and its plots (``plots/`` beside it); ``include``: extra sections."""
     from pipeline.eval.plots import plot_curves_by_bits
 
     metrics = load_metrics(results, methods, bits)
@@ -81,6 +109,10 @@ def write_report(results: Path, dataset: str, bits: list[int], methods: list[str
         lines += ["## Code diagnostics (the paper's Table II)", "",
                   "| Method | Bits | Corr MSE (img) | Corr MSE (txt) | TC (img) | TC (txt) |",
                   "|---|---:|---:|---:|---:|---:|", *diag_rows, ""]
+    for extra_md in include or []:
+        if not Path(extra_md).is_file():
+            raise PipelineError(f"missing report section: {extra_md}")
+        lines += [Path(extra_md).read_text().rstrip(), ""]
     lines += ["## Plots", ""]
     for m, by_bits in metrics.items():
         pngs = plot_curves_by_bits(by_bits, plots_dir, prefix=m)

@@ -42,8 +42,12 @@ wildcard_constraints:
 
 
 def settings(stage):
-    """The resolved settings that `stage` reads, as JSON for `cmimh --settings` (rule params)."""
-    return lambda wildcards: json.dumps(resolve_stage(config, wildcards.dataset, stage), sort_keys=True)
+    """The resolved settings that `stage` reads, as JSON for `cmimh --settings` (rule params).
+
+    With a `method` wildcard, its variant (e.g. cmimh_no_mi) is applied, so each ablation run
+    has its own params and reruns only when its own settings change."""
+    return lambda w: json.dumps(resolve_stage(config, w.dataset, stage, getattr(w, "method", None)),
+                                sort_keys=True)
 
 
 def features_path(dataset):
@@ -56,6 +60,18 @@ def run_dir(dataset, method, bits):
 
 def metrics_files(dataset):
     return [f"{run_dir(dataset, m, b)}/metrics.json" for m in METHODS for b in BITS]
+
+
+EXPERIMENTS = list(config.get("experiments", []))
+ABLATION = config.get("ablation", {})
+ABLATION_BITS = int(ABLATION.get("bits", 32))
+ABLATION_VARIANTS = list(ABLATION.get("variants", ["cmimh", "cmimh_no_rec", "cmimh_no_mi", "cmimh_no_kl",
+                                                   "cmimh_no_tc", "cmimh_no_bal"]))
+
+
+def experiment_tables(dataset):
+    """Tables of the studies listed in `experiments`, which report.md includes."""
+    return [f"{RESULTS}/{dataset}/{name}.md" for name in EXPERIMENTS]
 
 
 def all_targets():

@@ -4,11 +4,13 @@
 
 localrules:
     report,
+    ablation_table,
 
 
 rule report:
     input:
         metrics=lambda w: metrics_files(w.dataset),
+        tables=lambda w: experiment_tables(w.dataset),
     output:
         report=f"{RESULTS}/{{dataset}}/report.md",
         plots=report(
@@ -29,4 +31,5 @@ rule report:
         runtime=30,
     shell:
         "{CMIMH} report --results {RESULTS}/{wildcards.dataset} --dataset {wildcards.dataset}"
-        " --bits {params.bits} --methods {params.methods} --k {params.k} -o {output.report} 2> {log}"
+        " --bits {params.bits} --methods {params.methods} --k {params.k} --include {input.tables}"
+        " -o {output.report} 2> {log}"
