@@ -46,6 +46,14 @@ def test_repo_config_dry_run_plans_every_stage():
         assert f"\n{rule} " in p.stdout, rule
 
 
+def test_ablation_target_plans_one_run_per_variant(tmp_path):
+    wd = tiny_config(tmp_path)
+    p = smk(wd, "-n", "--cores", "2", "ablation")
+    for variant in ("cmimh", "cmimh_no_rec", "cmimh_no_mi", "cmimh_no_kl", "cmimh_no_tc", "cmimh_no_bal"):
+        assert f"results/demo/{variant}/32/model.pt" in p.stdout, variant
+    assert "ablation_table" in p.stdout
+
+
 @pytest.mark.parametrize("profile", ["local", "slurm"])
 def test_dry_run_through_profile(tmp_path, profile):
     wd = tiny_config(tmp_path)
