@@ -18,12 +18,22 @@ critic_input       probs      probs: critic on Bernoulli parameters p (paper's c
                               samples: critic on K binary STE samples (Table I ablation);
                               I_JS is then averaged over the K sample pairs
 critic_samples     1          K for critic_input = samples
-ste                identity   straight-through gradient of b = 1[s >= 0], s = a + eps:
-                              identity: db/ds = 1 (method.md); sigmoid: db/ds = sigmoid'(s);
-                              probs: db/da = sigmoid'(a) (noise-free surrogate, b = hard + p - sg(p))
-optimizer          sgd        sgd (momentum, weight decay) | adam (weight decay as L2)
-lr                 0.01       encoders, critic, TC discriminators
-lr_decoder         0.01       decoders
+ste                probs      straight-through gradient of b = 1[a + eps >= 0] = 1[p - u >= 0]:
+                              probs: the threshold on p - u passes as identity (Bengio et al.
+                              2013's ST), db/dp = 1, i.e. b = hard + p - sg(p), db/da = sigmoid'(a);
+                              sigmoid: db/ds = sigmoid'(s) with s = a + eps (noisy surrogate);
+                              identity: db/ds = 1, db/da = 1 (method.md's literal reading). In
+                              our runs identity diverged (logits -> inf, NaN) with SGD 1e-2 and
+                              1e-3 and learned poorly with Adam: its gradient never fades as a
+                              bit saturates, so logits grow without bound. probs/sigmoid learn.
+optimizer          adam       adam (weight decay as L2) | sgd (momentum, weight decay; the
+                              paper's). Adam is the default because SGD's step scales with the
+                              summed reconstruction error, i.e. with the feature dimension: on
+                              high-dimensional standardised features SGD 1e-2 saturated every
+                              bit or stayed at the collapsed start, SGD 1e-3 learned slowly;
+                              Adam 1e-3 learned on every data set and seed we tried
+lr                 0.001      encoders, critic, TC discriminators (use ~0.01 with sgd)
+lr_decoder         0.001      decoders
 momentum           0.9        SGD only
 weight_decay       5e-4       all parameter groups
 batch_size         100        mini-batch size (>= 2: I_JS needs negatives)
@@ -60,9 +70,9 @@ DEFAULTS: dict[str, Any] = {
     "critic_input": "probs",
     "critic_samples": 1,
     "ste": "probs",
-    "optimizer": "sgd",
-    "lr": 0.01,
-    "lr_decoder": 0.01,
+    "optimizer": "adam",
+    "lr": 0.001,
+    "lr_decoder": 0.001,
     "momentum": 0.9,
     "weight_decay": 5e-4,
     "batch_size": 100,
@@ -89,6 +99,16 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+def _coerce_num(v: Any) -> Any:
+    """Accept numeric strings: PyYAML reads ``1e-3`` (no dot) as the string '1e-3'."""
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return v
+
+
 def resolve_settings(settings: dict | None) -> dict:
     """Fill defaults and validate; raise a one-line PipelineError for unknown keys or bad values."""
     settings = {} if settings is None else settings
@@ -112,6 +132,7 @@ def resolve_settings(settings: dict | None) -> dict:
         raise PipelineError(f"cmimh settings: unknown weight(s) {', '.join(map(str, bad))}; "
                             f"known: {', '.join(WEIGHT_KEYS)}")
     for k, v in w.items():
+        v = _coerce_num(v)
         if not _is_num(v) or not math.isfinite(float(v)) or float(v) < 0:
             raise PipelineError(f"cmimh settings: weights.{k} must be a finite number >= 0, got {v!r}")
         out["weights"][k] = float(v)
@@ -130,7 +151,7 @@ def resolve_settings(settings: dict | None) -> dict:
                                 f"got {out['iterations']!r}")
         out["iterations"] = int(out["iterations"])
     for k in _POS_FLOAT + _NONNEG_FLOAT:
-        v = out[k]
+        v = out[k] = _coerce_num(out[k])
         if not _is_num(v) or not math.isfinite(float(v)) or (k in _POS_FLOAT and float(v) <= 0) \
                 or float(v) < 0:
             need = "> 0" if k in _POS_FLOAT else ">= 0"

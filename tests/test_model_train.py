@@ -1,0 +1,262 @@
+"""CMIMH training loop: validation, determinism, NaN handling, model files, diagnostics, learning."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+import pipeline.model.losses as losses
+from pipeline.errors import PipelineError
+from pipeline.model.train import corr_mse, diagnostics, load_model, save_model, train_cmimh
+
+# the tiny 3-epoch runs below end near p = 1/2 on purpose (speed); their collapse warning is noise
+pytestmark = pytest.mark.filterwarnings("ignore:cmimh training.*collapsed:RuntimeWarning")
+
+CPU = torch.device("cpu")
+SMALL = {"hidden": 32, "critic_hidden": 16, "critic_dim": 16, "disc_hidden": 16,
+         "batch_size": 20, "epochs": 3}
+
+
+def _data(n: int = 60, dx: int = 10, dy: int = 7, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    r = np.random.default_rng(seed)
+    z = r.normal(size=(n, 3))
+    x = z @ r.normal(size=(3, dx)) + 0.3 * r.normal(size=(n, dx))
+    y = z @ r.normal(size=(3, dy)) + 0.3 * r.normal(size=(n, dy))
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def _train(x, y, settings=None, seed=0, **kw):
+    return train_cmimh(x, y, 8, dict(SMALL, **(settings or {})), seed, CPU, progress=False, **kw)
+
+
+# ------------------------------------------------------------------ history, determinism
+def test_history_rows_and_csv(tmp_path):
+    x, y = _data()
+    log = tmp_path / "logs" / "train.csv"
+    model, hist = _train(x, y, log_csv=log)
+    assert [r["epoch"] for r in hist] == [1, 2, 3]
+    assert [r["step"] for r in hist] == [3, 6, 9]  # 60 rows / batch 20
+    for r in hist:
+        for k in ("loss", "rec", "mi", "kl", "tc", "bal", "disc", "conf", "seconds"):
+            assert np.isfinite(r[k]), k
+    assert not model.training
+    rows = list(csv.DictReader(log.open()))
+    assert len(rows) == 3 and float(rows[-1]["loss"]) == pytest.approx(hist[-1]["loss"])
+    assert not list(log.parent.glob(".*"))  # no temp file left behind
+
+
+def test_switched_off_terms_log_none():
+    x, y = _data()
+    _, hist = _train(x, y, {"weights": {"mi": 0, "tc": 0}})
+    assert hist[0]["mi"] is None and hist[0]["tc"] is None and hist[0]["disc"] is None
+    assert np.isfinite(hist[0]["kl"])
+
+
+def test_iterations_override_epochs():
+    x, y = _data()
+    _, hist = _train(x, y, {"iterations": 7, "epochs": 100})
+    assert len(hist) == 3 and hist[-1]["step"] == 7
+
+
+def test_same_seed_gives_identical_codes_other_seed_differs():
+    x, y = _data()
+    m1, h1 = _train(x, y, seed=5)
+    m2, h2 = _train(x, y, seed=5)
+    m3, _ = _train(x, y, seed=6)
+    assert np.array_equal(m1.encode_image(x), m2.encode_image(x))
+    assert np.array_equal(m1.encode_text(y), m2.encode_text(y))
+    for a, b in zip(h1, h2):
+        assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    p1, p3 = m1.probs_image(x), m3.probs_image(x)
+    assert not np.array_equal(p1, p3)
+
+
+def test_training_leaves_global_rng_alone():
+    x, y = _data()
+    torch.manual_seed(123)
+    want = torch.rand(3)
+    torch.manual_seed(123)
+    _train(x, y)
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_critic_on_samples_runs():
+    x, y = _data()
+    _, hist = _train(x, y, {"critic_input": "samples", "critic_samples": 3, "optimizer": "adam",
+                            "lr": 1e-3, "lr_decoder": 1e-3})
+    assert np.isfinite(hist[-1]["mi"])
+
+
+# ------------------------------------------------------------------ errors
+def test_nan_in_a_loss_term_raises_naming_it(monkeypatch):
+    x, y = _data()
+    monkeypatch.setattr(losses, "sym_bernoulli_kl", lambda p, q, eps=1e-6: torch.tensor(float("nan")))
+    with pytest.raises(PipelineError, match=r"'kl' is nan at epoch 1 step 1"):
+        _train(x, y)
+
+
+def test_inf_after_some_steps_reports_where(monkeypatch):
+    x, y = _data()
+    real = losses.balance
+    calls = {"n": 0}
+
+    def flaky(p):
+        calls["n"] += 1  # called twice per step (image, text)
+        return real(p) + (float("inf") if calls["n"] > 8 else 0.0)
+
+    monkeypatch.setattr(losses, "balance", flaky)
+    with pytest.raises(PipelineError, match=r"'bal' is inf at epoch 2 step 5"):
+        _train(x, y)
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 7, np.nan, x), y), "non-finite"),
+    (lambda x, y: (x, np.where(np.arange(y.size).reshape(y.shape) == 3, np.inf, y)), "non-finite"),
+    (lambda x, y: (x[:-1], y), "rows"),
+    (lambda x, y: (x[:, 0], y), "2-D"),
+    (lambda x, y: (x.astype(str), y), "real numbers"),
+    (lambda x, y: (x[:10], y[:10]), "batch_size 20 exceeds"),
+])
+def test_bad_inputs_raise(mutate, match):
+    x, y = _data()
+    with pytest.raises(PipelineError, match=match) as e:
+        _train(*mutate(x, y))
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("settings, match", [
+    ({"weights": {"tc": -1}}, "weights.tc"),
+    ({"batch_size": 1}, "batch_size"),
+    ({"typo": 3}, "unknown key"),
+    ({"weights": {"rec": 0, "mi": 0, "kl": 0, "tc": 0, "bal": 0}}, "all loss weights are 0"),
+])
+def test_bad_settings_raise(settings, match):
+    x, y = _data()
+    with pytest.raises(PipelineError, match=match):
+        _train(x, y, settings)
+
+
+def test_bad_bits_raise():
+    x, y = _data()
+    with pytest.raises(PipelineError, match="bits"):
+        train_cmimh(x, y, 0, SMALL, 0, CPU, progress=False)
+
+
+# ------------------------------------------------------------------ model files
+def test_save_load_round_trip(tmp_path):
+    x, y = _data()
+    model, _ = _train(x, y)
+    path = tmp_path / "m" / "cmimh.pt"
+    save_model(path, model, {"dataset": "unit", "seed": 0, "arr": np.arange(2)})
+    loaded, meta = load_model(path, CPU)
+    assert meta == {"dataset": "unit", "seed": 0, "arr": [0, 1]}
+    assert not loaded.training and loaded.bits == 8
+    assert np.array_equal(loaded.encode_image(x), model.encode_image(x))
+    assert np.array_equal(loaded.encode_text(y), model.encode_text(y))
+    assert not list(path.parent.glob(".*"))
+
+
+def test_load_missing_or_corrupt(tmp_path):
+    with pytest.raises(PipelineError, match="not found"):
+        load_model(tmp_path / "nope.pt", CPU)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 20)
+    with pytest.raises(PipelineError, match="cannot read model file") as e:
+        load_model(bad, CPU)
+    assert "\n" not in str(e.value)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)
+    with pytest.raises(PipelineError, match="not a CMIMH model"):
+        load_model(other, CPU)
+
+
+# ------------------------------------------------------------------ diagnostics
+def test_corr_mse_hand_made_codes():
+    indep = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.uint8)  # exactly uncorrelated bits
+    assert corr_mse(indep) == pytest.approx(0.0)
+    dup = np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.uint8)  # C = [[1,1],[1,1]]
+    assert corr_mse(dup) == pytest.approx(2 / 4)
+    anti = np.array([[0, 1], [1, 0], [1, 0], [0, 1]], np.uint8)  # C off-diagonal -1
+    assert corr_mse(anti) == pytest.approx(2 / 4)
+    const = np.array([[0, 1, 1], [1, 1, 0], [1, 1, 0], [0, 1, 1]], np.uint8)  # bit 1 constant
+    # bits 0 and 2 anti-correlated (2 entries of 1), constant bit adds 0; 9 entries
+    assert corr_mse(const) == pytest.approx(2 / 9)
+    pm = 2.0 * dup - 1  # +-1 form gives the same value
+    assert corr_mse(pm) == pytest.approx(2 / 4)
+
+
+def test_corr_mse_matches_numpy_corrcoef():
+    b = (np.random.default_rng(0).random((300, 6)) < 0.4).astype(np.uint8)
+    b[:, 5] = b[:, 0] ^ (np.random.default_rng(1).random(300) < 0.1)
+    c = np.corrcoef((2.0 * b - 1).T)
+    assert corr_mse(b) == pytest.approx(np.mean((c - np.eye(6)) ** 2), rel=1e-9)
+
+
+def test_diagnostics_keys_and_tc_null_without_discriminators():
+    x, y = _data()
+    model, _ = _train(x, y)
+    d = diagnostics(model, x, y)
+    assert set(d) == {"corr_mse_image", "corr_mse_text", "tc_image", "tc_text"}
+    assert all(np.isfinite(v) for v in d.values())
+    assert d["corr_mse_image"] == pytest.approx(corr_mse(model.encode_image(x)))
+    with torch.no_grad():
+        want = model.disc_y(torch.from_numpy(model.probs_text(y))).mean().item()
+    assert d["tc_text"] == pytest.approx(want, rel=1e-5)
+    model0, _ = _train(x, y, {"weights": {"tc": 0}})
+    d0 = diagnostics(model0, x, y)
+    assert d0["tc_image"] is None and d0["tc_text"] is None
+
+
+# ------------------------------------------------------------------ learning sanity
+def _clusters(n: int, seed: int, k: int = 8):
+    """Two noisy views of a shared cluster latent: x = A z + noise, y = B z + noise."""
+    r = np.random.default_rng(100)  # same cluster centres / projections for train and query
+    centres = 2.0 * r.normal(size=(k, 16))
+    a, b = r.normal(size=(16, 64)), r.normal(size=(16, 48))
+    q = np.random.default_rng(seed)
+    c = q.integers(0, k, n)
+    z = centres[c] + q.normal(size=(n, 16))
+    x = z @ a + 2.0 * q.normal(size=(n, 64))
+    y = z @ b + 2.0 * q.normal(size=(n, 48))
+    return x.astype(np.float32), y.astype(np.float32), c
+
+
+def _map_at(q: np.ndarray, db: np.ndarray, lq: np.ndarray, ldb: np.ndarray, k: int = 100) -> float:
+    ham = (q[:, None, :] != db[None, :, :]).sum(-1)
+    aps = []
+    for i in range(len(q)):
+        order = np.argsort(ham[i], kind="stable")[:k]
+        rel = (ldb[order] == lq[i]).astype(float)
+        if rel.sum() == 0:
+            aps.append(0.0)
+            continue
+        prec = np.cumsum(rel) / np.arange(1, k + 1)
+        aps.append(float((prec * rel).sum() / rel.sum()))
+    return float(np.mean(aps))
+
+
+def test_learns_cross_modal_codes_on_synthetic_clusters():
+    x, y, c = _clusters(600, seed=1)
+    xq, yq, cq = _clusters(200, seed=2)
+    settings = {"hidden": 128, "critic_hidden": 64, "critic_dim": 64, "disc_hidden": 64,
+                "batch_size": 50, "epochs": 40}
+    model, hist = train_cmimh(x, y, 16, settings, 0, CPU, progress=False)
+    i2t = _map_at(model.encode_image(xq), model.encode_text(y), cq, c)
+    t2i = _map_at(model.encode_text(yq), model.encode_image(x), cq, c)
+    r = np.random.default_rng(0)
+    rand = _map_at(r.integers(0, 2, (200, 16)), r.integers(0, 2, (600, 16)), cq, c)
+    assert rand < 0.25
+    assert i2t > 0.5 and t2i > 0.5, (i2t, t2i, rand, hist[-1])
+    assert hist[-1]["mi"] > hist[0]["mi"]  # the critic found signal
+
+
+def test_collapsed_run_warns(monkeypatch):
+    import pipeline.model.train as train_mod
+
+    x, y = _data()
+    monkeypatch.setattr(train_mod, "COLLAPSE_CONF", 1.01)  # every run counts as collapsed
+    with pytest.warns(RuntimeWarning, match="collapsed"):
+        _train(x, y, {"iterations": 1})
