@@ -43,10 +43,18 @@ _SS = 2  # supersampling factor: draw at 2x, downsample with LANCZOS (anti-alias
 # Object kinds = classes (index order = label index), and their sampling weights (skewed).
 CLASSES = ["ball", "box", "triangle", "star", "cross", "ring",
            "bar", "diamond", "heart", "arrow", "house", "tree"]
-CLASS_WEIGHTS = np.array([0.20, 0.15, 0.12, 0.10, 0.08, 0.07,
-                          0.06, 0.05, 0.05, 0.05, 0.04, 0.03])
+CLASS_WEIGHTS = np.array([0.15, 0.13, 0.11, 0.10, 0.09, 0.08,
+                          0.07, 0.06, 0.06, 0.05, 0.05, 0.05])
 # Number of objects per image: 1, 2, 3, 4.
-N_OBJECTS_P = np.array([0.30, 0.35, 0.22, 0.13])
+N_OBJECTS_P = np.array([0.45, 0.35, 0.15, 0.05])
+# Each kind's usual colour (trees are mostly green, ...), used with probability TYPICAL_COLOUR_P.
+# Like real photos, where objects' colours and textures correlate with what they are, this gives
+# an image feature extractor without trained weights (the demo's random AlexNet) a signal that
+# relates to the labels; the rest of the time the colour is random.
+CLASS_COLOUR = {"ball": "red", "box": "orange", "triangle": "lime", "star": "yellow", "cross": "white",
+                "ring": "cyan", "bar": "purple", "diamond": "blue", "heart": "pink", "arrow": "black",
+                "house": "teal", "tree": "green"}
+TYPICAL_COLOUR_P = 0.85
 
 # Words a caption may use for each class (first = the class name). No word is shared.
 SYNONYMS: dict[str, list[str]] = {
@@ -69,6 +77,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "red": (210, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 210),
     "yellow": (240, 220, 30), "orange": (245, 140, 20), "purple": (130, 40, 170),
     "white": (245, 245, 245), "black": (15, 15, 15),
+    "pink": (250, 130, 190), "cyan": (20, 210, 220), "lime": (160, 240, 40), "teal": (0, 120, 120),
 }
 BACKGROUNDS: dict[str, tuple[int, int, int]] = {
     "grey": (128, 128, 128), "light grey": (200, 200, 200), "dark grey": (60, 60, 60),
@@ -124,21 +133,27 @@ def _sample_scene(rng: np.random.Generator, size: int) -> dict:
     kinds = rng.choice(len(CLASSES), size=k, replace=False, p=CLASS_WEIGHTS)
     colours = [c for c, rgb in PALETTE.items()
                if np.linalg.norm(np.array(rgb, dtype=float) - bg) >= _MIN_CONTRAST]
-    lo, hi = (0.11, 0.24) if k <= 2 else (0.09, 0.19)  # half-extent / image size
     objects: list[dict] = []
-    for kind in kinds:
+    for j, kind in enumerate(kinds):
+        # The first object is the photo's subject: large and near the centre, as in most photos
+        # (and what lets features without trained weights see it); the others are smaller, anywhere.
+        lo, hi = (0.24, 0.34) if j == 0 else (0.10, 0.18)  # half-extent / image size
         r_rel = float(rng.uniform(lo, hi))
         r = r_rel * size
         best, best_gap = None, -math.inf
         for _ in range(30):  # rejection sampling: keep objects mostly apart
-            cx, cy = rng.uniform(r, size - r, size=2)
+            if j == 0:
+                cx, cy = size / 2 + rng.uniform(-0.08, 0.08, size=2) * size
+            else:
+                cx, cy = rng.uniform(r, size - r, size=2)
             gap = min((math.hypot(cx - o["cx"], cy - o["cy"]) - 0.8 * (r + o["r"])
                        for o in objects), default=0.0)
             if gap > best_gap:
                 best, best_gap = (float(cx), float(cy)), gap
             if gap >= 0:
                 break
-        colour = str(rng.choice(colours))
+        typical = CLASS_COLOUR[CLASSES[int(kind)]]
+        colour = typical if typical in colours and rng.random() < TYPICAL_COLOUR_P else str(rng.choice(colours))
         size_word = "small" if r_rel < (lo + hi) / 2 - 0.035 else (
             "large" if r_rel > (lo + hi) / 2 + 0.035 else None)
         objects.append({"kind": int(kind), "cx": best[0], "cy": best[1], "r": r,

@@ -20,7 +20,10 @@ rule train:
         "logs/{dataset}/{method}/{bits}/train.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/train_{{method}}_{{bits}}.tsv"
-    threads: 2
+    # One thread: on a CPU, code lengths trained side by side beat intra-op threading for these
+    # small MLPs (measured: 2 jobs x 1 thread > 1 job x 2 threads), and several jobs x several
+    # threads oversubscribe the cores. Raise it per cluster with `set-threads` in a profile.
+    threads: 1
     resources:
         mem_mb=8000,
         runtime=240,
