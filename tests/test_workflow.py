@@ -40,8 +40,9 @@ def tiny_config(workdir: Path, **over) -> Path:
     return workdir
 
 
-def test_repo_config_dry_run_plans_every_stage():
-    p = smk(REPO, "-n", "--cores", "2", "all")
+def test_repo_config_dry_run_plans_every_stage(tmp_path):
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    p = smk(tmp_path, "-n", "--cores", "2", "all")
     for rule in ("prepare", "extract_image", "extract_text", "extract", "train", "encode", "evaluate", "report"):
         assert f"\n{rule} " in p.stdout, rule
 
