@@ -200,3 +200,22 @@ def test_uint64_keys_path(random_ties, monkeypatch):
     idx, _ = hamming.topk(q[:60], db, 5000)
     d = hamming.hamming_distances(q[:60], db)
     np.testing.assert_array_equal(idx, np.argsort(d, axis=1, kind="stable"))
+
+
+def test_paired_recall_one_by_hand():
+    from pipeline.eval.codes import Codes
+    from pipeline.eval.metrics import paired_recall_one
+
+    # db image codes 0b00.., text codes: row 0 equal to image 0, row 1 far from image 1, row 2 equal to image 2
+    img = np.packbits(np.array([[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]], np.uint8), axis=1)
+    txt = np.packbits(np.array([[0, 0, 0, 0], [0, 0, 0, 1], [1, 1, 1, 1]], np.uint8), axis=1)
+    lab = np.ones((3, 1), np.uint8)
+    c = Codes(query_image=img[:1], query_text=txt[:1], db_image=img, db_text=txt, query_labels=lab[:1],
+              db_labels=lab, bits=4)
+    r = paired_recall_one(c, ks=[1, 2, 3])
+    # i2t: image0 -> text0 at distance 0 (rank 1); image1 (1100) -> distances to texts 2,3,2: own text1
+    # is rank 3 (text0 and text2 tie at 2 with lower... text0 d=2, text2 d=2, text1 d=3) -> rank 3;
+    # image2 -> text2 d=0 rank 1.  RecallOne@1 = 2/3, @2 = 2/3, @3 = 1.
+    assert r["i2t"] == pytest.approx([2 / 3, 2 / 3, 1.0])
+    # t2i: text1 (0001) -> images d=1, 3, 3: own image1 at d=3 ties with image2, index 1 first -> rank 2.
+    assert r["t2i"] == pytest.approx([2 / 3, 1.0, 1.0])

@@ -355,7 +355,27 @@ def evaluate_all(codes, k: int = 1000, *, pk: Sequence[int] | None = None, chunk
         res["pre@100"][task] = float(by_k[100])
         res["curves"]["p_at_k"][task] = [float(by_k[x]) for x in grid]
         res["curves"]["pr"][task] = m["pr"]
+    res["recall_one@k"] = paired_recall_one(codes, chunk_size=chunk_size)
     return res
+
+
+RECALL_ONE_KS = (1, 5, 10, 20, 50, 100)
+
+
+def paired_recall_one(codes, ks: Sequence[int] = RECALL_ONE_KS, max_queries: int = 5000,
+                      chunk_size: int | None = None) -> dict:
+    """RecallOne@K for the cross-modal tasks with database items as queries.
+
+    Query and database sets are disjoint, so a query's own pair is never in the database; the
+    paired protocol (LDR) instead queries with the first ``max_queries`` database items of one
+    modality and looks for the same row in the other modality.
+    """
+    nq = min(codes.n_db, max_queries)
+    ks = [int(x) for x in ks if x <= codes.n_db] or [codes.n_db]
+    out: dict = {"k": ks, "n_query": nq, "protocol": "database items as queries; own pair = same row"}
+    for task, q, db in (("i2t", codes.db_image, codes.db_text), ("t2i", codes.db_text, codes.db_image)):
+        out[task] = [float(v) for v in recall_one_at_k(q[:nq], db, np.arange(nq), ks, chunk_size=chunk_size)]
+    return out
 
 
 # ----------------------------------------------------------------------------- reference

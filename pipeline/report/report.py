@@ -97,6 +97,19 @@ def write_report(results: Path, dataset: str, bits: list[int], methods: list[str
                          ("pre@100", "Precision@100")):
         if any(extra in mb for by in metrics.values() for mb in by.values()):
             lines += [f"## {title}", "", metric_table(metrics, extra, bits), ""]
+    r1_rows = []
+    for m, by_bits in metrics.items():
+        for b in bits:
+            r1 = by_bits[b].get("recall_one@k")
+            if r1:
+                cells = [f"{100 * r1[t][i]:.1f}" for t in ("i2t", "t2i") for i in range(len(r1["k"]))]
+                r1_rows.append((r1["k"], f"| {m} | {b} | " + " | ".join(cells) + " |"))
+    if r1_rows:
+        ks = r1_rows[0][0]
+        head = " | ".join(f"{t} R1@{k}" for t in ("I→T", "T→I") for k in ks)
+        lines += ["## RecallOne@K (own pair within the top K; database items as queries; %)", "",
+                  f"| Method | Bits | {head} |", "|---|---:|" + "---:|" * (2 * len(ks)),
+                  *[row for _, row in r1_rows], ""]
     diag_rows = []
     for m, by_bits in metrics.items():
         for b in bits:
