@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -73,6 +73,7 @@ class Index:
     settings: dict
     model: torch.nn.Module
     device: torch.device
+    encoders: dict = field(default_factory=dict)  # query feature extractors, loaded once on first use
 
 
 def load_index(path: str | Path, device: torch.device | None = None) -> Index:
@@ -108,18 +109,19 @@ def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
         if not any(w in set(index.tag_vocab) for w in tags[0]):
             raise PipelineError("none of the query's words is a tag of this data set's vocabulary")
         return text_mod.tag_vectors(tags, index.tag_vocab)
-    enc = text_mod.load_text_encoder(s["model"], index.device, s.get("pooling", "mean"), int(s.get("max_length", 64)))
-    return text_mod.encode_sentences(enc, texts, progress=False)
+    load_query_encoder(index, "text")
+    return text_mod.encode_sentences(index.encoders["text"], texts, progress=False)
 
 
 def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
     """AlexNet FC7 of the images with the index's weights, projected by its PCA."""
     from pipeline.features.extract import apply_pca
-    from pipeline.features.image import fc7_network, imagenet_transform
+    from pipeline.features.image import imagenet_transform
     from PIL import Image, UnidentifiedImageError
 
     s = index.settings["image_features"]
-    net, _ = fc7_network(str(s.get("weights", "imagenet")), int(index.settings["seed"]))
+    load_query_encoder(index, "image")
+    net = index.encoders["image"]
     tf = imagenet_transform(int(s.get("input_size", 224)))
     xs = []
     for p in paths:
@@ -158,12 +160,27 @@ def search(index: Index, *, text: str | None = None, image: str | Path | None = 
             for r, (j, d) in enumerate(zip(idx[0], dist[0]))]
 
 
+def load_query_encoder(index: Index, modality: str) -> None:
+    """Load the text encoder or image extractor now (part of loading, not of the query)."""
+    s = index.settings["text_features" if modality == "text" else "image_features"]
+    if modality == "text" and s.get("kind", "sentence") == "sentence" and "text" not in index.encoders:
+        from pipeline.features import text as text_mod
+
+        index.encoders["text"] = text_mod.load_text_encoder(s["model"], index.device, s.get("pooling", "mean"),
+                                                            int(s.get("max_length", 64)))
+    elif modality == "image" and "image" not in index.encoders:
+        from pipeline.features.image import fc7_network
+
+        index.encoders["image"] = fc7_network(str(s.get("weights", "imagenet")), int(index.settings["seed"]))[0]
+
+
 def search_cli(a) -> None:
     """``cmimh search INDEX --text ... | --image ... -k N``: JSON lines on stdout."""
     from pipeline.model.train import resolve_device
 
     t0 = time.perf_counter()
     index = load_index(a.index, resolve_device("auto"))
+    load_query_encoder(index, "text" if a.text is not None else "image")
     t1 = time.perf_counter()
     hits = search(index, text=a.text, image=a.image, k=a.k, target=a.target)
     t2 = time.perf_counter()
