@@ -72,6 +72,19 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+def open_h5(path: str | os.PathLike, what: str):
+    """Open an HDF5 file for reading; a missing or unreadable file is one line naming ``what``."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"missing {what}: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise PipelineError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file, read in chunks (bounded memory)."""
     h = hashlib.sha256()

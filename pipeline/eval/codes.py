@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output
+from pipeline.io import atomic_output, open_h5
 
 CODE_SETS = ("query_image", "query_text", "db_image", "db_text")
 LABEL_SETS = ("query_labels", "db_labels")
@@ -131,13 +131,7 @@ def write_codes(path: str | os.PathLike, *, query_image: np.ndarray, query_text:
 def read_codes(path: str | os.PathLike) -> Codes:
     """Read and validate ``codes.h5``; any violation of the contract is one clear PipelineError."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"missing codes file: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise PipelineError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None
-    with f:
+    with open_h5(path, "codes file") as f:
         data: dict[str, np.ndarray] = {}
         for name in CODE_SETS + LABEL_SETS:
             if name not in f:

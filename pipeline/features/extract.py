@@ -20,7 +20,7 @@ from pipeline.errors import PipelineError
 from pipeline.features import image as image_mod
 from pipeline.features import text as text_mod
 from pipeline.features.store import SPLITS, check_arrays, write_features
-from pipeline.io import atomic_output, provenance, sha256_file
+from pipeline.io import atomic_output, open_h5, provenance, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -120,13 +120,7 @@ def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, ou
 def run_import(src: Path, settings: dict, out: Path) -> None:
     """A user's own features (HDF5 with ``image``, ``text``, ``labels``, optional splits) -> features.h5."""
     src = Path(src)
-    if not src.is_file():
-        raise PipelineError(f"missing features file: {src}")
-    try:
-        f = h5py.File(src, "r")
-    except OSError as e:
-        raise PipelineError(f"cannot read features file {src}: {e}") from None
-    with f:
+    with open_h5(src, "features file") as f:
         for key in ("image", "text", "labels"):
             if key not in f:
                 raise PipelineError(f"{src}: missing dataset '{key}' (need image, text, labels)")

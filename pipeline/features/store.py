@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output
+from pipeline.io import atomic_output, open_h5
 
 SPLITS = ("query", "database", "train")
 
@@ -87,13 +87,7 @@ def write_features(path: str | Path, *, image: np.ndarray, text: np.ndarray, lab
 def read_features(path: str | Path) -> Features:
     """Read and validate a features file (any producer), with one-line errors."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"missing features file: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise PipelineError(f"cannot read features file {path}: {e}") from None
-    with f:
+    with open_h5(path, "features file") as f:
         for key in ("image", "text", "labels", *SPLITS):
             if key not in f:
                 raise PipelineError(f"{path}: missing dataset '{key}'")
