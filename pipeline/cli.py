@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text")
     g.add_argument("--image")
     q.add_argument("-k", type=int, default=10)
+    q.add_argument("--backend", choices=["exact", "faiss", "faiss-hash"], default="exact",
+                   help="exact NumPy ranking (default); faiss IndexBinaryFlat (exact, same results); "
+                        "faiss-hash IndexBinaryHash (approximate; needs pip install faiss-cpu)")
     q.add_argument("--target", choices=["image", "text"], default=None,
                    help="search database images or texts (default: the other modality)")
     _common(q)

@@ -140,10 +140,17 @@ def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
 
 
 def search(index: Index, *, text: str | None = None, image: str | Path | None = None, k: int = 10,
-           target: str | None = None) -> list[dict]:
-    """Top-k database items for one text or image query: ``[{rank, id, distance}]``."""
+           target: str | None = None, backend: str = "exact") -> list[dict]:
+    """Top-k database items for one text or image query: ``[{rank, id, distance}]``.
+
+    ``backend``: "exact" (:func:`topk`), "faiss" (faiss-cpu exact flat index, same results) or
+    "faiss-hash" (faiss-cpu hash index, approximate; may return fewer than k). The faiss index
+    is built on first use and cached in ``index.encoders``.
+    """
     if k < 1:
         raise PipelineError(f"-k must be >= 1, not {k}")
+    if backend not in ("exact", "faiss", "faiss-hash"):
+        raise PipelineError(f"unknown search backend {backend!r} (use exact, faiss or faiss-hash)")
     if text is not None:
         if not text.strip():
             raise PipelineError("empty --text query")
@@ -155,9 +162,18 @@ def search(index: Index, *, text: str | None = None, image: str | Path | None = 
     else:
         raise PipelineError("give --text or --image")
     db = index.db_image if target == "image" else index.db_text
-    idx, dist = topk(pack_bits(code), db, k)
+    if backend == "exact":
+        idx, dist = topk(pack_bits(code), db, k)
+    else:
+        from pipeline.search.faiss_backend import FaissBinaryIndex
+
+        kind = "flat" if backend == "faiss" else "hash"
+        key = f"faiss-{target}-{kind}"
+        if key not in index.encoders:
+            index.encoders[key] = FaissBinaryIndex(db, kind)
+        idx, dist = index.encoders[key].search(pack_bits(code), k)
     return [{"rank": r + 1, "id": str(index.ids[j]), "distance": int(d), "target": target}
-            for r, (j, d) in enumerate(zip(idx[0], dist[0]))]
+            for r, (j, d) in enumerate(zip(idx[0], dist[0])) if j >= 0]
 
 
 def load_query_encoder(index: Index, modality: str) -> None:
@@ -182,7 +198,7 @@ def search_cli(a) -> None:
     index = load_index(a.index, resolve_device("auto"))
     load_query_encoder(index, "text" if a.text is not None else "image")
     t1 = time.perf_counter()
-    hits = search(index, text=a.text, image=a.image, k=a.k, target=a.target)
+    hits = search(index, text=a.text, image=a.image, k=a.k, target=a.target, backend=a.backend)
     t2 = time.perf_counter()
     for h in hits:
         sys.stdout.write(json.dumps(h) + "\n")
