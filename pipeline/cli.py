@@ -46,13 +46,13 @@ def cmd_prepare(a) -> None:
     s = _settings(a)
     out = Path(a.output)
     src = s["source"]
+    if out.name != "manifest.jsonl":
+        raise PipelineError(f"prepare output must be named manifest.jsonl, not {out.name}")
     if src == "demo":
         from pipeline.data.demo import generate_demo, summarize
 
         generate_demo(out.parent, n_pairs=int(s.get("n_pairs", 2500)), seed=int(s["seed"]),
                       image_size=int(s.get("image_size", 96)), progress=not a.no_progress)
-        if out.name != "manifest.jsonl":
-            raise PipelineError(f"prepare output must be named manifest.jsonl, not {out.name}")
         log.info("demo data set: %s", summarize(out))
     else:
         raise PipelineError(f"dataset {s['dataset']!r}: no prepare adapter for source {src!r} in this version")
