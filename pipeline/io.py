@@ -85,6 +85,37 @@ def open_h5(path: str | os.PathLike, what: str):
         raise PipelineError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None
 
 
+def write_strings(f, name: str, values) -> None:
+    """A variable-length UTF-8 string dataset (ids, vocabularies)."""
+    import h5py
+
+    f.create_dataset(name, data=np.array([str(v) for v in values], dtype=object), dtype=h5py.string_dtype())
+
+
+def read_strings(f, name: str) -> list[str] | None:
+    """A string dataset as ``str`` (bytes decoded, numbers formatted); None when absent."""
+    if name not in f:
+        return None
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in f[name][()]]
+
+
+def write_arrays(f, group: str, arrays: dict) -> None:
+    """A group of named arrays (e.g. the image PCA)."""
+    g = f.create_group(group)
+    for k, v in arrays.items():
+        g.create_dataset(k, data=v)
+
+
+def read_arrays(f, group: str) -> dict | None:
+    """A group of named arrays as a dict; None when absent."""
+    return {k: f[group][k][()] for k in f[group]} if group in f else None
+
+
+def read_attrs(obj) -> dict:
+    """HDF5 attributes as plain Python values."""
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in obj.attrs.items()}
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """SHA-256 hex digest of a file, read in chunks (bounded memory)."""
     h = hashlib.sha256()

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, open_h5
+from pipeline.io import atomic_output, open_h5, write_strings
 
 CODE_SETS = ("query_image", "query_text", "db_image", "db_text")
 LABEL_SETS = ("query_labels", "db_labels")
@@ -121,7 +121,7 @@ def write_codes(path: str | os.PathLike, *, query_image: np.ndarray, query_text:
                 f.create_dataset(name, data=data[name].astype(np.uint8))
             for name, v in ids.items():
                 if v is not None:
-                    f.create_dataset(name, data=v, dtype=h5py.string_dtype())
+                    write_strings(f, name, v)
             f.attrs["bits"] = bits
             for k, v in (attrs or {}).items():
                 if k != "bits" and v is not None:

@@ -6,7 +6,6 @@ settings (see :func:`pipeline.config.resolve`) and writes one HDF5 file atomical
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from pipeline.errors import PipelineError
 from pipeline.features import image as image_mod
 from pipeline.features import text as text_mod
 from pipeline.features.store import SPLITS, check_arrays, write_features
-from pipeline.io import atomic_output, open_h5, provenance, sha256_file
+from pipeline.io import atomic_output, open_h5, provenance, read_attrs, read_strings, sha256_file, write_strings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def run_text(manifest: Path, settings: dict, out: Path, device: torch.device, pr
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("text", data=feats)
         if kind == "tags":  # kept so that a typed query can be turned into the same tag vector
-            f.create_dataset("tag_vocab", data=np.array(vocab, dtype=object), dtype=h5py.string_dtype())
+            write_strings(f, "tag_vocab", vocab)
         f.attrs.update(info)
         f.attrs["manifest_sha256"] = sha256_file(manifest)
     log.info("text: %s features, shape %s", kind, feats.shape)
@@ -88,11 +87,11 @@ def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, ou
     m = read_manifest(manifest)
     with h5py.File(fc7_h5, "r") as f:
         fc7, ok = f["fc7"][()], f["ok"][()].astype(bool)
-        image_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        image_attrs = read_attrs(f)
     with h5py.File(text_h5, "r") as f:
         text = f["text"][()]
-        tag_vocab = [v.decode() if isinstance(v, bytes) else str(v) for v in f["tag_vocab"][()]] if "tag_vocab" in f else None
-        text_attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+        tag_vocab = read_strings(f, "tag_vocab")
+        text_attrs = read_attrs(f)
     labels = m.label_matrix()
     if not len(fc7) == len(text) == len(m.pairs):
         raise PipelineError(f"row counts differ: fc7 {len(fc7)}, text {len(text)}, manifest {len(m.pairs)} "
@@ -127,8 +126,7 @@ def run_import(src: Path, settings: dict, out: Path) -> None:
         image, text = f["image"][()].astype(np.float32), f["text"][()].astype(np.float32)
         labels = f["labels"][()]
         given = {s: f[s][()].astype(np.int64) for s in SPLITS if s in f}
-        ids = ([s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]]
-               if "ids" in f else [str(i) for i in range(len(image))])
+        ids = read_strings(f, "ids") or [str(i) for i in range(len(image))]
     check_arrays(image, text, labels, str(src))
     seed = int(settings["seed"])
     if len(given) == 3:

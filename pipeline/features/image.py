@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, sha256_file
+from pipeline.io import atomic_output, sha256_file, write_strings
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def extract_fc7(paths: Sequence[Path], ids: Sequence[str], out_h5: Path, *, weig
                 ok_all[row:row + b] = ok.numpy()
                 row += b
         f.create_dataset("ok", data=ok_all)
-        f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        write_strings(f, "ids", ids)
         f.attrs.update({"weights": resolved.name, "weights_source": resolved.source,
                         "weights_sha256": resolved.sha256 or "", "input_size": input_size,
                         **(attrs or {})})

@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, open_h5
+from pipeline.io import (atomic_output, open_h5, read_arrays, read_attrs, read_strings, write_arrays,
+                         write_strings)
 
 SPLITS = ("query", "database", "train")
 
@@ -71,13 +72,11 @@ def write_features(path: str | Path, *, image: np.ndarray, text: np.ndarray, lab
         f.create_dataset("labels", data=labels.astype(np.uint8))
         for s in SPLITS:
             f.create_dataset(s, data=np.asarray(splits[s], dtype=np.int64))
-        f.create_dataset("ids", data=np.array([str(i) for i in ids], dtype=object), dtype=h5py.string_dtype())
+        write_strings(f, "ids", ids)
         if tag_vocab is not None:
-            f.create_dataset("tag_vocab", data=np.array(tag_vocab, dtype=object), dtype=h5py.string_dtype())
+            write_strings(f, "tag_vocab", tag_vocab)
         if pca is not None:
-            g = f.create_group("image_pca")
-            for k, v in pca.items():
-                g.create_dataset(k, data=v)
+            write_arrays(f, "image_pca", pca)
         f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
         for key in ("dataset", "seed"):
             if key in provenance:
@@ -93,12 +92,10 @@ def read_features(path: str | Path) -> Features:
                 raise PipelineError(f"{path}: missing dataset '{key}'")
         image, text, labels = f["image"][()], f["text"][()], f["labels"][()]
         splits = {s: f[s][()].astype(np.int64) for s in SPLITS}
-        ids = (np.array([s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]])
-               if "ids" in f else np.array([str(i) for i in range(len(image))]))
-        attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
-        pca = {k: f["image_pca"][k][()] for k in f["image_pca"]} if "image_pca" in f else None
-        vocab = ([v.decode() if isinstance(v, bytes) else str(v) for v in f["tag_vocab"][()]]
-                 if "tag_vocab" in f else None)
+        ids = np.array(read_strings(f, "ids") or [str(i) for i in range(len(image))])
+        attrs = read_attrs(f)
+        pca = read_arrays(f, "image_pca")
+        vocab = read_strings(f, "tag_vocab")
     check_arrays(image, text, labels, str(path))
     n = len(image)
     for s, idx in splits.items():

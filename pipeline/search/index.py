@@ -24,7 +24,7 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import pack_bits
 from pipeline.eval.hamming import topk
-from pipeline.io import to_jsonable
+from pipeline.io import read_arrays, read_strings, to_jsonable, write_arrays, write_strings
 
 
 def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.ndarray, db_text: np.ndarray,
@@ -38,17 +38,13 @@ def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.nda
         with h5py.File(tmp / "index.h5", "w") as f:
             f.create_dataset("db_image", data=pack_bits(db_image))
             f.create_dataset("db_text", data=pack_bits(db_text))
-            f.create_dataset("ids", data=np.array([str(i) for i in features.ids[db]], dtype=object),
-                             dtype=h5py.string_dtype())
+            write_strings(f, "ids", features.ids[db])
             f.create_dataset("labels", data=features.labels[db])
             f.attrs["bits"] = int(db_image.shape[1])
             if features.tag_vocab is not None:
-                f.create_dataset("tag_vocab", data=np.array(features.tag_vocab, dtype=object),
-                                 dtype=h5py.string_dtype())
+                write_strings(f, "tag_vocab", features.tag_vocab)
             if features.pca is not None:
-                g = f.create_group("image_pca")
-                for k, v in features.pca.items():
-                    g.create_dataset(k, data=v)
+                write_arrays(f, "image_pca", features.pca)
         shutil.copyfile(model_path, tmp / "model.pt")
         (tmp / "settings.json").write_text(json.dumps(to_jsonable(settings), indent=2, sort_keys=True))
         if index_dir.exists():
@@ -87,11 +83,10 @@ def load_index(path: str | Path, device: torch.device | None = None) -> Index:
     device = device or torch.device("cpu")
     with h5py.File(path / "index.h5", "r") as f:
         db_image, db_text = f["db_image"][()], f["db_text"][()]
-        ids = np.array([s.decode() if isinstance(s, bytes) else str(s) for s in f["ids"][()]])
+        ids = np.array(read_strings(f, "ids"))
         bits = int(f.attrs["bits"])
-        pca = {k: f["image_pca"][k][()] for k in f["image_pca"]} if "image_pca" in f else None
-        vocab = ([v.decode() if isinstance(v, bytes) else str(v) for v in f["tag_vocab"][()]]
-                 if "tag_vocab" in f else None)
+        pca = read_arrays(f, "image_pca")
+        vocab = read_strings(f, "tag_vocab")
     model, _ = load_model(path / "model.pt", device)
     settings = json.loads((path / "settings.json").read_text())
     return Index(path, bits, db_image, db_text, ids, pca, vocab, settings, model, device)
