@@ -75,24 +75,23 @@ def cmd_extract(a) -> None:
 
 
 def cmd_train(a) -> None:
+    from pipeline.config import method_settings
     from pipeline.features.store import read_features
     from pipeline.io import provenance, sha256_file
-    from pipeline.model.train import save_model, train_cmimh
-
-    from pipeline.config import method_settings
+    from pipeline.methods import save_trained, train_method, training_rows
 
     s = method_settings(_settings(a), a.method)
     if a.bits < 1:
         raise PipelineError(f"code length must be >= 1, not {a.bits}")
     feats = read_features(a.features)
-    tr = feats.train
-    model, history = train_cmimh(feats.image[tr], feats.text[tr], a.bits, s["cmimh"], int(s["seed"]),
-                                 _device(s), log_csv=Path(a.log_csv) if a.log_csv else None,
-                                 progress=not a.no_progress)
-    meta = provenance(s, stage="train", method=a.method, bits=a.bits,
+    tr = training_rows(feats, s)
+    model, history = train_method(a.method, feats.image[tr], feats.text[tr], a.bits, s, int(s["seed"]),
+                                  _device(s), log_csv=Path(a.log_csv) if a.log_csv else None,
+                                  progress=not a.no_progress)
+    meta = provenance(s, stage="train", method=a.method, bits=a.bits, n_train=int(len(tr)),
                       features_sha256=sha256_file(a.features), dataset=s["dataset"],
                       final=history[-1] if history else None)
-    save_model(a.output, model, meta)
+    save_trained(a.output, a.method, model, meta)
     if a.plot and a.log_csv:
         from pipeline.report.report import plot_train_log
 

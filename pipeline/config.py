@@ -88,6 +88,11 @@ def validate(config: dict, check_files: bool = True) -> None:
         for key in ("n_query", "n_train"):
             if key not in ds:
                 raise PipelineError(f"config: dataset {name!r}: missing {key}")
+    for i, method in enumerate(config.get("methods", [])):
+        try:
+            parse_method(method)
+        except PipelineError as e:
+            raise PipelineError(f"config: methods[{i}]: {e}") from None
     if src == "demo" and ds.get("n_query", 0) + ds.get("n_train", 0) > ds.get("n_pairs", 2500):
         raise PipelineError(f"config: dataset {name!r}: n_query + n_train exceeds n_pairs")
 
@@ -114,6 +119,7 @@ def resolve(config: dict, dataset: str | None = None) -> dict:
         "image_features": _merge(IMAGE_DEFAULTS, ds.get("image_features", {})),
         "text_features": _merge(TEXT_DEFAULTS, ds.get("text_features", {})),
         "cmimh": _merge(config.get("cmimh", {}), ds.get("cmimh", {})),
+        "baselines": _merge(config.get("baselines", {}), ds.get("baselines", {})),
     })
     return out
 
@@ -132,28 +138,96 @@ STAGE_KEYS = {
 
 
 TERMS = ("rec", "mi", "kl", "tc", "bal")
-METHOD_PATTERN = re.compile(r"^cmimh(_no_(%s))?$" % "|".join(TERMS))
+BASELINES = ("cvh", "cmfh", "ccaitq", "djsrh")
+BASES = ("cmimh", *BASELINES)
+# Variant keys of a method name (``cmimh-mi2-kl0.1``): weights, learning rate, critic samples,
+# epochs (CMIMH only) and the training-set size (any method).
+VARIANT_KEYS = (*TERMS, "lr", "samples", "epochs", "ntrain")
+METHOD_PATTERN = re.compile(
+    r"^(?P<base>%s)(_no_(?P<off>%s))?(?P<variants>(-(%s)\d+(\.\d+)?)*)(?P<tuned>-tuned)?$"
+    % ("|".join(BASES), "|".join(TERMS), "|".join(VARIANT_KEYS)))
+_VARIANT = re.compile(r"-(%s)(\d+(?:\.\d+)?)" % "|".join(VARIANT_KEYS))
+METHOD_HELP = ("a method is cmimh, cvh, cmfh, ccaitq or djsrh, optionally cmimh_no_<term> "
+               f"(term in {', '.join(TERMS)}), then -<key><number> variants (key in {', '.join(VARIANT_KEYS)}; "
+               "e.g. cmimh-mi2, cmimh-samples5, cvh-ntrain1000) and a final -tuned")
+
+
+def parse_method(method: str) -> dict:
+    """Split a method name into {base, off, variants: {key: number}, tuned}; one-line error if bad.
+
+    The name is also the results folder (``results/{dataset}/{method}/{bits}``), so every study
+    of the paper is a set of ordinary runs: Table IV is ``cmimh_no_<term>``, the weight sweeps of
+    Figures 1 and 3 are ``cmimh-mi<w>`` / ``cmimh-kl<w>``, Table IX ``cmimh-ntrain<n>``, Table I
+    ``cmimh-samples<K>``.
+    """
+    m = METHOD_PATTERN.match(method) if isinstance(method, str) else None
+    if not m:
+        raise PipelineError(f"unknown method {method!r}: {METHOD_HELP}")
+    variants: dict[str, float] = {}
+    for key, val in _VARIANT.findall(m.group("variants") or ""):
+        if key in variants:
+            raise PipelineError(f"method {method!r}: variant {key} given twice")
+        variants[key] = float(val)
+    base = m.group("base")
+    if base != "cmimh" and (m.group("off") or set(variants) - {"ntrain"}):
+        raise PipelineError(f"method {method!r}: only cmimh has _no_<term> and loss/optimiser variants; "
+                            f"{base} takes -ntrain<n> and -tuned")
+    for key in ("samples", "epochs", "ntrain"):
+        if key in variants:
+            if variants[key] != int(variants[key]) or variants[key] < 1:
+                raise PipelineError(f"method {method!r}: {key} must be a positive integer")
+            variants[key] = int(variants[key])
+    if "lr" in variants and variants["lr"] <= 0:
+        raise PipelineError(f"method {method!r}: lr must be > 0")
+    return {"base": base, "off": m.group("off"), "variants": variants, "tuned": bool(m.group("tuned"))}
+
+
+def base_method(method: str) -> str:
+    """``cmimh_no_mi`` -> ``cmimh``, ``cvh-ntrain1000`` -> ``cvh``."""
+    return parse_method(method)["base"]
 
 
 def method_settings(settings: dict, method: str) -> dict:
-    """Apply a method variant to resolved settings: ``cmimh_no_<term>`` sets that term's weight to 0.
+    """Apply a method name's variant to resolved settings (see :func:`parse_method`).
 
-    The variants are the component ablation of the paper's Table IV; plain ``cmimh`` is unchanged.
+    ``cmimh_no_<term>`` sets that term's weight to 0 (Table IV); ``-<term><w>`` sets a weight,
+    ``-lr<x>`` the learning rates, ``-samples<K>`` the critic on K binary samples (Table I),
+    ``-epochs<n>`` the epochs, ``-ntrain<n>`` the training-set size (``train_size``, drawn from
+    the database with the seed; Table IX). Plain names leave the settings unchanged. ``-tuned``
+    is resolved by the training stage from the tune stage's output file.
     """
-    m = METHOD_PATTERN.match(method)
-    if not m:
-        raise PipelineError(f"unknown method {method!r} (cmimh, or cmimh_no_<term> with term in {', '.join(TERMS)})")
+    p = parse_method(method)
     out = copy.deepcopy(settings)
-    if m.group(2):
-        out.setdefault("cmimh", {}).setdefault("weights", {})[m.group(2)] = 0.0
+    if p["base"] == "cmimh" and "cmimh" in out:
+        c = out["cmimh"]
+        w = c.setdefault("weights", {})
+        if p["off"]:
+            w[p["off"]] = 0.0
+        for key, val in p["variants"].items():
+            if key in TERMS:
+                w[key] = float(val)
+            elif key == "lr":
+                c["lr"] = c["lr_decoder"] = float(val)
+            elif key == "samples":
+                c["critic_input"], c["critic_samples"] = "samples", int(val)
+            elif key == "epochs":
+                c["epochs"] = int(val)
+    if "ntrain" in p["variants"]:
+        out["train_size"] = int(p["variants"]["ntrain"])
     return out
 
 
 def resolve_stage(config: dict, dataset: str, stage: str, method: str | None = None) -> dict:
     """The part of :func:`resolve` that ``stage`` reads (with ``method``'s variant applied)."""
     full = resolve(config, dataset)
-    if method is not None and "cmimh" in STAGE_KEYS[stage]:
+    if method is not None and stage == "train":
         full = method_settings(full, method)
+        base = base_method(method)
+        if base != "cmimh":  # a baseline reads its own settings, not CMIMH's
+            full.pop("cmimh", None)
+            full["baseline"] = {"name": base, **copy.deepcopy(full.get("baselines", {}).get(base, {}))}
+        keys = (*STAGE_KEYS[stage], "train_size", "baseline")
+        return {k: full[k] for k in keys if k in full}
     return {k: full[k] for k in STAGE_KEYS[stage] if k in full}
 
 

@@ -82,3 +82,50 @@ def test_method_variants_switch_one_term_off(cfg):
     # stage settings: only train reads the variant
     assert resolve_stage(cfg, "demo", "train", "cmimh_no_kl")["cmimh"]["weights"]["kl"] == 0.0
     assert "cmimh" not in resolve_stage(cfg, "demo", "encode", "cmimh_no_kl")
+
+
+@pytest.mark.parametrize("name, expect", [
+    ("cmimh", {"base": "cmimh", "off": None, "variants": {}, "tuned": False}),
+    ("cmimh_no_tc", {"base": "cmimh", "off": "tc", "variants": {}, "tuned": False}),
+    ("cmimh-mi2-kl0.25", {"base": "cmimh", "off": None, "variants": {"mi": 2.0, "kl": 0.25}, "tuned": False}),
+    ("cmimh-samples5", {"base": "cmimh", "off": None, "variants": {"samples": 5}, "tuned": False}),
+    ("cvh-ntrain1000", {"base": "cvh", "off": None, "variants": {"ntrain": 1000}, "tuned": False}),
+    ("cmimh-tuned", {"base": "cmimh", "off": None, "variants": {}, "tuned": True}),
+    ("djsrh", {"base": "djsrh", "off": None, "variants": {}, "tuned": False}),
+])
+def test_parse_method(name, expect):
+    from pipeline.config import parse_method
+
+    assert parse_method(name) == expect
+
+
+@pytest.mark.parametrize("name, msg", [
+    ("cmimhx", "unknown method"), ("cmimh-mi", "unknown method"), ("cvh_no_mi", "only cmimh"),
+    ("cvh-kl2", "only cmimh"), ("cmimh-mi1-mi2", "given twice"), ("cmimh-samples2.5", "positive integer"),
+    ("cmimh-ntrain0", "positive integer"), ("cmimh-lr0", "lr must be > 0"), ("cmimh-tuned-mi2", "unknown method"),
+])
+def test_parse_method_rejects(name, msg):
+    from pipeline.config import parse_method
+
+    with pytest.raises(PipelineError, match=msg):
+        parse_method(name)
+
+
+def test_method_settings_variants(cfg):
+    from pipeline.config import method_settings, resolve_stage
+
+    s = resolve(cfg)
+    v = method_settings(s, "cmimh-mi2-kl0.1-lr0.0005-samples10-epochs3-ntrain700")
+    c = v["cmimh"]
+    assert (c["weights"]["mi"], c["weights"]["kl"]) == (2.0, 0.1)
+    assert c["weights"]["rec"] == s["cmimh"]["weights"]["rec"]
+    assert (c["lr"], c["lr_decoder"], c["critic_input"], c["critic_samples"], c["epochs"]) == \
+        (0.0005, 0.0005, "samples", 10, 3)
+    assert v["train_size"] == 700 and "train_size" not in s
+    # a baseline's train settings: its own block, no CMIMH settings
+    t = resolve_stage(cfg, "demo", "train", "cvh-ntrain500")
+    assert t["baseline"]["name"] == "cvh" and t["train_size"] == 500 and "cmimh" not in t
+    # a config naming a bad method fails validation in one line
+    bad = dict(cfg, methods=["cmimh", "cvh_no_mi"])
+    with pytest.raises(PipelineError, match=r"config: methods\[1\]: .*only cmimh"):
+        validate(bad)

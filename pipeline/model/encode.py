@@ -1,5 +1,7 @@
 """The ``encode`` stage: deterministic hash codes of queries and database, and the search index.
 
+Any method's ``model.pt`` (CMIMH or a baseline, :mod:`pipeline.methods`).
+
 Codes follow the ``codes.h5`` contract (:mod:`pipeline.eval.codes`); the index folder
 (:mod:`pipeline.search.index`) holds everything needed to encode a new query from raw input.
 """
@@ -15,7 +17,7 @@ import torch
 from pipeline.eval.codes import write_codes
 from pipeline.features.store import read_features
 from pipeline.io import provenance_json, sha256_file
-from pipeline.model.train import diagnostics, load_model
+from pipeline.methods import code_diagnostics, load_trained
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +25,7 @@ log = logging.getLogger(__name__)
 def encode_stage(model_path: Path, features_path: Path, out: Path, settings: dict,
                  device: torch.device, index_dir: Path | None = None) -> None:
     """Write ``codes.h5`` (and the index when ``index_dir`` is given)."""
-    model, meta = load_model(model_path, device)
+    model, meta = load_trained(model_path, device)
     f = read_features(features_path)
     q, db = f.query, f.database
     codes = {
@@ -32,7 +34,7 @@ def encode_stage(model_path: Path, features_path: Path, out: Path, settings: dic
     }
     bits = int(codes["db_image"].shape[1])
     # Table II diagnostics of the database codes (Corr MSE, TC estimate); evaluate copies them.
-    diag = diagnostics(model, f.image[db], f.text[db])
+    diag = code_diagnostics(model, f.image[db], f.text[db])
     attrs = {"diagnostics": json.dumps(diag),
              "provenance": provenance_json(settings, stage="encode", model_sha256=sha256_file(model_path),
                                       features_sha256=sha256_file(features_path))}

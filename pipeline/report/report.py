@@ -149,6 +149,14 @@ def plot_train_log(csv_path: Path, out_png: Path) -> None:
         raise PipelineError(f"empty training log: {csv_path}")
     terms = [c for c in rows[0] if c not in ("epoch", "step", "seconds") and rows[0][c] not in ("", None)]
     epochs = np.array([float(r["epoch"]) for r in rows])
+    if not terms:  # a closed-form method (CVH, CCA-ITQ): nothing iterates
+        fig, ax = plt.subplots(figsize=(3, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "closed-form fit:\nno training iterations", ha="center", va="center")
+        with atomic_output(out_png) as tmp:
+            fig.savefig(tmp, dpi=90)
+        plt.close(fig)
+        return
     fig, axes = plt.subplots(1, len(terms), figsize=(3 * len(terms), 2.8), squeeze=False)
     for ax, t in zip(axes[0], terms):
         ax.plot(epochs, [float(r[t]) if r[t] not in ("", "None") else np.nan for r in rows])

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -67,14 +68,14 @@ class Index:
     pca: dict | None
     tag_vocab: list[str] | None
     settings: dict
-    model: torch.nn.Module
+    model: Any  # pipeline.methods.Hasher: CMIMH or a baseline
     device: torch.device
     encoders: dict = field(default_factory=dict)  # query feature extractors, loaded once on first use
 
 
 def load_index(path: str | Path, device: torch.device | None = None) -> Index:
     """Load an index folder; a missing or incomplete folder is one clear error."""
-    from pipeline.model.train import load_model
+    from pipeline.methods import load_trained
 
     path = Path(path)
     for name in ("index.h5", "model.pt", "settings.json"):
@@ -87,7 +88,7 @@ def load_index(path: str | Path, device: torch.device | None = None) -> Index:
         bits = int(f.attrs["bits"])
         pca = read_arrays(f, "image_pca")
         vocab = read_strings(f, "tag_vocab")
-    model, _ = load_model(path / "model.pt", device)
+    model, _ = load_trained(path / "model.pt", device)
     settings = json.loads((path / "settings.json").read_text())
     return Index(path, bits, db_image, db_text, ids, pca, vocab, settings, model, device)
 

@@ -38,7 +38,7 @@ RAW_DATASETS = _names(lambda d: d["source"] != "features")
 
 wildcard_constraints:
     bits=r"\d+",
-    method=r"[a-z][a-z0-9_]*",
+    method=r"[a-z][a-z0-9_.-]*",
 
 
 def settings(stage):
