@@ -54,8 +54,13 @@ def cmd_prepare(a) -> None:
         generate_demo(out.parent, n_pairs=int(s.get("n_pairs", 2500)), seed=int(s["seed"]),
                       image_size=int(s.get("image_size", 96)), progress=not a.no_progress)
         log.info("demo data set: %s", summarize(out))
+    elif src in ("mirflickr25k", "nuswide", "mscoco"):
+        import importlib
+
+        adapter = importlib.import_module(f"pipeline.data.{src}")
+        adapter.prepare(out.parent, s, progress=not a.no_progress)
     else:
-        raise PipelineError(f"dataset {s['dataset']!r}: no prepare adapter for source {src!r} in this version")
+        raise PipelineError(f"dataset {s['dataset']!r}: no prepare adapter for source {src!r}")
 
 
 def cmd_extract(a) -> None:

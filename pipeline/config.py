@@ -20,7 +20,6 @@ from pipeline.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
-IMPLEMENTED_SOURCES = {"demo", "features"}
 
 IMAGE_DEFAULTS = {"model": "alexnet", "weights": "imagenet", "pca_dim": 1024, "batch_size": 128,
                   "input_size": 224, "num_workers": 0, "on_bad_image": "error"}
@@ -76,9 +75,6 @@ def validate(config: dict, check_files: bool = True) -> None:
         raise PipelineError(f"config: unknown dataset {name!r} (known: {', '.join(sorted(config['datasets']))})")
     ds = config["datasets"][name]
     src = ds["source"]
-    if src not in IMPLEMENTED_SOURCES and "path" not in ds:
-        raise PipelineError(f"config: dataset {name!r}: the {src} adapter is not available in this version; "
-                            "use source: features with path: FILE (pre-extracted features)")
     if src == "features":
         if "path" not in ds:
             raise PipelineError(f"config: dataset {name!r}: source 'features' needs path: FILE")
@@ -127,7 +123,8 @@ def resolve(config: dict, dataset: str | None = None) -> dict:
 # What each stage reads: a rule's params carry only these, so changing, say, the training
 # settings reruns training and what follows, never data preparation or extraction.
 STAGE_KEYS = {
-    "prepare": ("dataset", "seed", "source", "path", "n_pairs", "image_size"),
+    "prepare": ("dataset", "seed", "source", "path", "n_pairs", "image_size", "images", "download_dir", "mirror",
+                "min_tag_count", "n_concepts", "download_images", "missing_image", "hash_images"),
     "extract_image": ("dataset", "seed", "device", "image_features"),
     "extract_text": ("dataset", "seed", "device", "text_features"),
     "extract": ("dataset", "seed", "n_query", "n_train", "image_features", "text_features"),

@@ -19,7 +19,7 @@ def _err(capsys) -> str:
     (["evaluate", "x.h5", "-o", "m.json", "--k", "0"], "--k must be >= 1"),
     (["prepare", "--settings", '{"dataset": "d", "source": "demo", "seed": 0}', "-o", "d/wrong.txt"],
      "must be named manifest.jsonl"),
-    (["prepare", "--settings", '{"dataset": "m", "source": "mirflickr25k", "seed": 0}', "-o", "d/manifest.jsonl"],
+    (["prepare", "--settings", '{"dataset": "m", "source": "magic", "seed": 0}', "-o", "d/manifest.jsonl"],
      "no prepare adapter"),
     (["train", "--settings", "{oops", "--features", "f.h5", "--bits", "8", "-o", "m.pt"], "not valid JSON"),
     (["search", "/no/index", "--text", "ball"], "not an index folder"),
