@@ -10,6 +10,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The `http_server` fixture (a local HTTP server for the download tests).
+pytest_plugins = ["http_fixture"]
+
 
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory) -> Path:
