@@ -39,7 +39,7 @@ import numpy as np
 import scipy.linalg
 from tqdm import tqdm
 
-from pipeline.baselines.cvh import LinearHash, check_pair, fix_signs, ridge, state_array
+from pipeline.baselines.common import LinearHash, check_pair, fix_signs, ridge, state_array
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
