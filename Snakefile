@@ -22,6 +22,7 @@ include: "workflow/rules/encode.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/experiments.smk"
+include: "workflow/rules/tune.smk"
 
 
 rule all:

@@ -8,6 +8,7 @@ can cause print one line (``cmimh: error: ...``) and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -26,7 +27,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and BLAS (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -66,17 +67,51 @@ def cmd_prepare(a) -> None:
 def cmd_extract(a) -> None:
     from pipeline.features import extract
 
-    s = _settings(a)
     out = Path(a.output)
+    if a.part == "merge":  # reads only the shard files (and the manifest, to check their ids)
+        if not a.parts:
+            raise PipelineError("extract merge: give the shard files with --parts")
+        extract.merge_fc7([Path(p) for p in a.parts], out, Path(a.manifest) if a.manifest else None,
+                          progress=not a.no_progress)
+        return
+    if (a.shard is None) != (a.shards is None) or (a.shard is not None and a.part != "image"):
+        raise PipelineError("--shard I and --shards N go together, with extract image")
+    s = _settings(a)
     if a.part == "import":
         extract.run_import(Path(a.src or s.get("path", "")), s, out)
         return
+    if not a.manifest:
+        raise PipelineError(f"extract {a.part}: --manifest is required")
     if a.part == "assemble":
+        if not (a.fc7 and a.text):
+            raise PipelineError("extract assemble: --fc7 and --text are required")
         extract.run_assemble(Path(a.manifest), Path(a.fc7), Path(a.text), s, out)
         return
     dev = _device(s)
-    fn = extract.run_image if a.part == "image" else extract.run_text
-    fn(Path(a.manifest), s, out, dev, progress=not a.no_progress)
+    if a.part == "image":
+        extract.run_image(Path(a.manifest), s, out, dev, progress=not a.no_progress,
+                          shard=None if a.shard is None else (a.shard, a.shards))
+    else:
+        extract.run_text(Path(a.manifest), s, out, dev, progress=not a.no_progress)
+
+
+def cmd_import(a) -> None:
+    """``cmimh import SRC... -o features.h5``: ``extract import`` by hand, for files from other projects."""
+    from pipeline.features import extract
+
+    if a.settings or a.config or a.dataset:
+        s = _settings(a)
+    else:  # no config needed: only what the import reads
+        s = {"dataset": "imported", "seed": 0}
+    for key, value in (("n_query", a.n_query), ("n_train", a.n_train), ("seed", a.seed)):
+        if value is not None:
+            s[key] = value
+    keys = {"image": a.image_key, "text": a.text_key, "labels": a.label_key}
+    s["import_keys"] = {**(s.get("import_keys") or {}), **{k: v for k, v in keys.items() if v}}
+    srcs = [Path(p) for p in a.src] or ([Path(s["path"])] if s.get("path") else [])
+    if not srcs:
+        raise PipelineError("import: give the features file(s) SRC, or a data set with path: in the config")
+    extract.run_import(srcs, s, Path(a.output))
 
 
 def cmd_train(a) -> None:
@@ -84,8 +119,10 @@ def cmd_train(a) -> None:
     from pipeline.features.store import read_features
     from pipeline.io import provenance, sha256_file
     from pipeline.methods import save_trained, train_method, training_rows
+    from pipeline.tune import tuned_settings
 
-    s = method_settings(_settings(a), a.method)
+    # --tuned: the tune target's chosen settings first, then the method name's variants
+    s = method_settings(tuned_settings(_settings(a), a.method, a.tuned), a.method)
     if a.bits < 1:
         raise PipelineError(f"code length must be >= 1, not {a.bits}")
     feats = read_features(a.features)
@@ -131,6 +168,28 @@ def cmd_report(a) -> None:
                  include=[Path(p) for p in a.include])
 
 
+def cmd_study(a) -> None:
+    from pipeline.report.studies import study_settings_from_args, write_study
+
+    s = study_settings_from_args(a.settings, a.config, a.dataset)
+    write_study(a.name, s, Path(a.results), Path(a.output), Path(a.plot) if a.plot else None, k=a.k)
+
+
+def cmd_tune(a) -> None:
+    from pipeline import tune
+
+    t = tune.tune_settings_from_args(a.tune, a.config, a.dataset)
+    if a.part == "point":
+        if a.point is None or a.fold is None or not a.features:
+            raise PipelineError("tune point needs --features, --point and --fold")
+        s = _settings(a)
+        tune.point_stage(Path(a.features), s, t, a.point, a.fold, Path(a.output), _device(s),
+                         progress=not a.no_progress)
+        return
+    tune.select_stage([Path(p) for p in a.records], t, Path(a.output), Path(a.table) if a.table else None,
+                      Path(a.plot) if a.plot else None)
+
+
 def cmd_search(a) -> None:
     from pipeline.search.index import search_cli
 
@@ -148,14 +207,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=cmd_prepare)
 
     q = sub.add_parser("extract", help="image/text features -> features.h5")
-    q.add_argument("part", choices=["image", "text", "assemble", "import"])
+    q.add_argument("part", choices=["image", "merge", "text", "assemble", "import"],
+                   help="image: FC7 (all, or one --shard of --shards); merge: shard files -> fc7.h5; "
+                        "text; assemble: PCA, splits -> features.h5; import: your own features")
     _settings_args(q); _common(q)
-    q.add_argument("--manifest", help="data/{dataset}/manifest.jsonl (image, text, assemble)")
+    q.add_argument("--manifest", help="data/{dataset}/manifest.jsonl (image, text, assemble; merge: to check ids)")
+    q.add_argument("--shard", type=int, help="image: extract shard I (0-based) of --shards N, a contiguous row range")
+    q.add_argument("--shards", type=int, help="image: the number of shards")
+    q.add_argument("--parts", nargs="+", help="merge: the shard files")
     q.add_argument("--fc7", help="assemble: the image part's output")
     q.add_argument("--text", help="assemble: the text part's output")
     q.add_argument("--src", help="import: the user's features HDF5 (default: the data set's path)")
     q.add_argument("-o", "--output", required=True)
     q.set_defaults(fn=cmd_extract)
+
+    q = sub.add_parser("import", help="pre-extracted features (.mat/.h5/.npz: ours, DCMH, DJSRH, UCCH, "
+                                      "split-style) -> features.h5")
+    q.add_argument("src", nargs="*", help="the file(s), e.g. mirflickr25k-iall-vgg.mat mirflickr25k-yall.mat "
+                                          "mirflickr25k-lall.mat (default: the data set's path)")
+    _settings_args(q); _common(q)
+    q.add_argument("-o", "--output", required=True, help="results/{dataset}/features.h5")
+    q.add_argument("--n-query", type=int, help="queries to draw when the file has no split")
+    q.add_argument("--n-train", type=int, help="training pairs to draw when the file has none")
+    q.add_argument("--seed", type=int, help="seed of those draws (default: the config's, else 0)")
+    q.add_argument("--image-key", help="the image feature variable (or split-style prefix) if not detected")
+    q.add_argument("--text-key", help="the text feature variable (or prefix) if not detected")
+    q.add_argument("--label-key", help="the label variable (or prefix) if not detected")
+    q.set_defaults(fn=cmd_import)
 
     q = sub.add_parser("train", help="train a hashing model for one code length")
     _settings_args(q); _common(q)
@@ -164,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--method", default="cmimh")
     q.add_argument("--log-csv", help="per-epoch loss terms (CSV)")
     q.add_argument("--plot", help="loss curves (PNG)")
+    q.add_argument("--tuned", help="results/{dataset}/tune/cmimh.json: settings chosen by `cmimh tune select` "
+                                   "(for a method ending in -tuned)")
     q.add_argument("-o", "--output", required=True, help="model.pt")
     q.set_defaults(fn=cmd_train)
 
@@ -195,6 +275,34 @@ def build_parser() -> argparse.ArgumentParser:
     _common(q)
     q.set_defaults(fn=cmd_report)
 
+    q = sub.add_parser("study", help="one of the paper's studies as a Markdown table and a plot")
+    q.add_argument("name", choices=["code_lengths", "mi_sweep", "kl_sweep", "train_size", "critic_input",
+                                    "ablation", "tc_study"])
+    g = q.add_argument_group("settings (one of)")
+    g.add_argument("--settings", help="resolved study settings as JSON (what the Snakemake rules pass)")
+    g.add_argument("--config", help="a config.yaml to resolve them from (default: the repo's)")
+    g.add_argument("--dataset", help="with --config: the data set (default: the config's)")
+    q.add_argument("--results", required=True, help="results/{dataset}")
+    q.add_argument("--k", type=int, default=None, help="mAP cut-off (default: the settings' eval_k)")
+    q.add_argument("--plot", help="the study's plot (PNG)")
+    q.add_argument("-o", "--output", required=True, help="results/{dataset}/studies/NAME.md")
+    _common(q)
+    q.set_defaults(fn=cmd_study)
+
+    q = sub.add_parser("tune", help="hyper-parameter selection on a validation split of the database")
+    q.add_argument("part", choices=["point", "select"],
+                   help="point: train and score one grid point on one fold; select: pick the best")
+    _settings_args(q); _common(q)
+    q.add_argument("--tune", help="resolved tune settings as JSON (what the Snakemake rules pass)")
+    q.add_argument("--features", help="point: results/{dataset}/features.h5")
+    q.add_argument("--point", help="point: a grid point's name, e.g. mi1-kl0.5-lr0.001")
+    q.add_argument("--fold", type=int, help="point: the fold (0-based)")
+    q.add_argument("--table", help="select: studies/tune.md")
+    q.add_argument("--plot", help="select: studies/tune.png")
+    q.add_argument("--records", nargs="+", default=[], help="select: the points' validation JSON files")
+    q.add_argument("-o", "--output", required=True, help="point: a validation JSON; select: tune/cmimh.json")
+    q.set_defaults(fn=cmd_tune)
+
     q = sub.add_parser("search", help="query an index with a text or an image")
     q.add_argument("index", help="results/{dataset}/{method}/{bits}/index")
     g = q.add_mutually_exclusive_group(required=True)
@@ -215,13 +323,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    limits = contextlib.nullcontext()
     if getattr(args, "threads", None):
         import torch
+        from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
         torch.set_num_threads(max(1, args.threads))
+        # numpy/scipy BLAS too (the shallow baselines, PCA): jobs running side by side must not
+        # each start one BLAS thread per core (measured 10-20x slower when oversubscribed).
+        limits = threadpool_limits(max(1, args.threads))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        args.fn(args)
+        with limits:
+            args.fn(args)
     except PipelineError as e:
         print(f"cmimh: error: {e}", file=sys.stderr)
         return 2

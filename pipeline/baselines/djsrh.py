@@ -50,12 +50,11 @@ alpha_schedule (sqrt | constant), cos_rescale (auto | always | never), standardi
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +62,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipeline.errors import PipelineError
+from pipeline.model.train import _deterministic  # the same deterministic-kernels scope as CMIMH
 
 log = logging.getLogger(__name__)
 
@@ -196,18 +196,6 @@ def _image_net(dim: int, hidden: int, bits: int) -> nn.Sequential:
 
 def _text_net(dim: int, hidden: int, bits: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, bits))
-
-
-@contextlib.contextmanager
-def _deterministic() -> Iterator[None]:
-    """Deterministic kernels while training; the global flags are restored afterwards."""
-    prev, prev_warn = (torch.are_deterministic_algorithms_enabled(),
-                       torch.is_deterministic_algorithms_warn_only_enabled())
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
 
 
 def _check_features(a: Any, what: str, dim: int | None = None, min_rows: int = 1) -> np.ndarray:

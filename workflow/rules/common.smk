@@ -63,16 +63,76 @@ def metrics_files(dataset):
 
 
 EXPERIMENTS = list(config.get("experiments", []))
-ABLATION = config.get("ablation", {})
-ABLATION_BITS = int(ABLATION.get("bits", 32))
-ABLATION_VARIANTS = list(ABLATION.get("variants", ["cmimh", "cmimh_no_rec", "cmimh_no_mi", "cmimh_no_kl",
-                                                   "cmimh_no_tc", "cmimh_no_bal"]))
+
+
+def studies_dir(dataset):
+    return f"{RESULTS}/{dataset}/studies"
 
 
 def experiment_tables(dataset):
-    """Tables of the studies listed in `experiments`, which report.md includes."""
-    return [f"{RESULTS}/{dataset}/{name}.md" for name in EXPERIMENTS]
+    """Tables of the studies listed in `experiments` (results/{dataset}/studies/NAME.md), which
+    report.md includes; `tune` is the tune target's table."""
+    return [f"{studies_dir(dataset)}/{name}.md" for name in EXPERIMENTS]
+
+
+def study_settings(dataset):
+    """The study settings of a data set (pipeline/report/studies.py resolve_studies)."""
+    from pipeline.report.studies import resolve_studies
+
+    return resolve_studies(config, dataset)
+
+
+def study_inputs(name):
+    """Input function: the metrics.json of every run study `name` needs (studies.study_runs)."""
+    from pipeline.report.studies import study_metrics_files
+
+    return lambda w: study_metrics_files(f"{RESULTS}/{w.dataset}", name, study_settings(w.dataset))
+
+
+def study_params(w):
+    """A study table's params: its data set's study settings as JSON."""
+    return json.dumps(study_settings(w.dataset), sort_keys=True)
+
+
+def tune_settings(dataset):
+    """The tune settings of a data set (pipeline/tune.py resolve_tune)."""
+    from pipeline.tune import resolve_tune
+
+    return resolve_tune(config, dataset)
+
+
+def tune_file(dataset):
+    return f"{RESULTS}/{dataset}/tune/cmimh.json"
+
+
+def tuned_input(w):
+    """The train rule's extra input: the tune target's choice for a `-tuned` method, else none."""
+    from pipeline.config import parse_method
+
+    return [tune_file(w.dataset)] if parse_method(w.method)["tuned"] else []
+
+
+def tuned_option(w):
+    """`--tuned FILE` for a `-tuned` method (cmimh train applies the file's settings), else nothing."""
+    files = tuned_input(w)
+    return f" --tuned {files[0]}" if files else ""
 
 
 def all_targets():
     return [*metrics_files(DATASET), f"{RESULTS}/{DATASET}/report.md"]
+
+
+def tune_point_files(dataset):
+    """Every (grid point, fold) validation record of a data set's grid."""
+    from pipeline.tune import grid_points, point_name
+
+    t = tune_settings(dataset)
+    return [f"{RESULTS}/{dataset}/tune/{point_name(p)}/fold{f}.json"
+            for p in grid_points(t["grid"]) for f in range(int(t["folds"]))]
+
+
+def tune_point_params(w):
+    """A point job's tune settings with the grid cut to its point: other points' changes do not rerun it."""
+    from pipeline.tune import tune_for_point
+
+    return json.dumps(tune_for_point(tune_settings(w.dataset), w.point), sort_keys=True)

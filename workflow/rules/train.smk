@@ -5,6 +5,7 @@
 rule train:
     input:
         features=f"{RESULTS}/{{dataset}}/features.h5",
+        tuned=tuned_input,  # a -tuned method: the tune target's choice (tune.smk), else nothing
     output:
         model=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/model.pt",
         log_csv=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/train_log.csv",
@@ -16,6 +17,7 @@ rule train:
         ),
     params:
         settings=settings("train"),
+        tuned=tuned_option,
     log:
         "logs/{dataset}/{method}/{bits}/train.log",
     benchmark:
@@ -30,5 +32,5 @@ rule train:
         gpu=1,
     shell:
         "{CMIMH} train --settings {params.settings:q} --threads {threads}"
-        " --features {input.features} --method {wildcards.method} --bits {wildcards.bits}"
+        " --features {input.features} --method {wildcards.method} --bits {wildcards.bits}{params.tuned}"
         " --log-csv {output.log_csv} --plot {output.plot} -o {output.model} 2> {log}"
