@@ -84,15 +84,16 @@ def test_extract_image_records_weights_and_is_deterministic(tiny_demo, tmp_path)
         assert f.attrs["weights"] == "random" and f.attrs["weights_source"] == "seed=0"
 
 
-def test_corrupt_image_error_names_it_and_leaves_no_file(tiny_demo, tmp_path):
+def test_corrupt_image_error_names_it_and_leaves_no_output(tiny_demo, tmp_path):
     manifest = _copy_demo(tiny_demo, tmp_path)
     m = read_manifest(manifest)
     m.image_path(3).write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "fc7.h5"
     with pytest.raises(PipelineError) as e:
         extract.run_image(manifest, settings(), out, CPU, progress=False)
-    assert m.pairs[3].id in str(e.value) and "\n" not in str(e.value)
-    assert not out.exists() and not list(tmp_path.glob(".fc7.h5*"))
+    assert m.pairs[3].id in str(e.value) and str(m.image_path(3)) in str(e.value) and "\n" not in str(e.value)
+    # no output, no half-written temporary; only the hidden work file a rerun resumes from
+    assert not out.exists() and [p.name for p in tmp_path.glob(".fc7.h5*")] == [".fc7.h5.partial"]
 
 
 def test_corrupt_image_drop_policy_drops_the_pair(tiny_demo, tmp_path):
@@ -107,7 +108,8 @@ def test_corrupt_image_drop_policy_drops_the_pair(tiny_demo, tmp_path):
     extract.run_assemble(manifest, tmp_path / "fc7.h5", tmp_path / "text.h5", s, tmp_path / "f.h5")
     f = read_features(tmp_path / "f.h5")
     assert f.n == 39 and m.pairs[5].id not in set(f.ids)
-    assert json.loads(f.attrs["provenance"])["dropped"]["unreadable_image"] == 1
+    dropped = json.loads(f.attrs["provenance"])["dropped"]
+    assert dropped["unreadable_image"] == 1 and dropped["unreadable_image_ids"] == [m.pairs[5].id]
 
 
 def test_sentence_features_mean_pooling_matches_manual():

@@ -47,7 +47,6 @@ def fake(monkeypatch):
 
 
 def _feats(n=50):
-    rng = np.random.default_rng(0)
     return types.SimpleNamespace(database=np.arange(10, n), train=np.arange(10, 30), query=np.arange(10))
 
 

@@ -1,35 +1,46 @@
-"""AlexNet FC7 image features (the paper's section IV-A), with explicitly resolved weights.
+"""AlexNet FC7 image features (the paper's section IV-A), resumable, with explicitly resolved weights.
 
 Weights are never fetched implicitly: ``imagenet`` uses torchvision's ImageNet checkpoint
 (from its cache, downloading only if allowed), a path loads a local checkpoint, ``random`` is
 a seeded random initialisation (for the demo and tests where no weights exist). The choice and
 the checkpoint's checksum are recorded with the features.
+
+Full-size data sets (NUS-WIDE: 187k images) take hours on one GPU, so extraction is resumable:
+rows go into a hidden work file ``.NAME.partial`` beside the output (see :class:`WorkFile`),
+committed every ``chunk_batches`` batches with a count of complete rows and a fingerprint of
+what produced them (ids, image files, weights, input size, policy); a killed job's rerun carries
+on from the last complete chunk, and a rerun against different inputs starts afresh. When every
+row is done the work file is renamed onto the output, so a complete-looking output is complete.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import h5py
 import numpy as np
 import torch
 import torchvision
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, sha256_file, write_strings
+from pipeline.io import sha256_file, write_strings
 
 log = logging.getLogger(__name__)
 
 FC7_DIM = 4096
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+BAD_IMAGE_POLICIES = ("error", "drop")
 
 
 @dataclass
@@ -90,7 +101,12 @@ def imagenet_transform(input_size: int = 224) -> transforms.Compose:
 
 
 class ImageFiles(Dataset):
-    """Images by path; a file that cannot be decoded yields ``ok=False`` instead of raising."""
+    """Images by path; a file that cannot be read or decoded yields ``ok=False`` and the reason.
+
+    Any exception of one file's decoding (PIL raises OSError, SyntaxError, ValueError,
+    DecompressionBombError, struct errors ... depending on the format) marks that image bad
+    rather than stopping a many-hour run; the policy decides what happens next.
+    """
 
     def __init__(self, paths: Sequence[Path], transform):
         self.paths = list(paths)
@@ -103,63 +119,243 @@ class ImageFiles(Dataset):
         try:
             with Image.open(self.paths[i]) as im:
                 x = self.transform(im.convert("RGB"))
-            return x, True
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-            return torch.zeros(3, 1, 1), False
+            return x, True, ""
+        except Exception as e:  # noqa: BLE001 - see the class docstring
+            return None, False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
 
 
 def _collate(batch):
+    """Stack the good images (zeros in the bad rows); ``None`` when the whole batch is bad."""
     ok = [b[1] for b in batch]
-    good = [b[0] for b in batch if b[1]]
-    shape = next((b.shape for b in good), None)
-    xs = [b[0] if b[1] else torch.zeros(shape) for b in batch] if shape is not None else []
-    return (torch.stack(xs) if xs else None), torch.tensor(ok)
+    shape = next((b[0].shape for b in batch if b[1]), None)
+    x = torch.stack([b[0] if b[1] else torch.zeros(shape) for b in batch]) if shape is not None else None
+    return x, torch.tensor(ok, dtype=torch.bool), [b[2] for b in batch]
+
+
+# --------------------------------------------------------------------------------------------
+# Resumable work files (shared with the sentence encoder in text.py)
+
+def digest(values: Sequence) -> str:
+    """SHA-256 of the values' text, one per line: a cheap identity for a list of ids or files."""
+    h = hashlib.sha256()
+    for v in values:
+        h.update(str(v).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def fingerprint(record: dict) -> str:
+    """SHA-256 of a JSON record of everything that determines a work file's rows."""
+    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def work_path(out: Path) -> Path:
+    """The hidden work file beside ``out`` (``.fc7.h5.partial``): never globbed as an output."""
+    out = Path(out)
+    return out.parent / f".{out.name}.partial"
+
+
+class WorkFile:
+    """A resumable HDF5 work file: preallocated datasets, a fingerprint, a count of complete rows.
+
+    Rows ``[0, rows_done)`` are final. The row datasets are contiguous and allocated when the
+    file is created (sparse on disk), so writing rows changes no HDF5 metadata; a commit flushes
+    the rows, then writes the count (itself a preallocated scalar dataset) and flushes again. A
+    process killed at any point therefore leaves a readable file whose count never exceeds the
+    rows on disk. On opening, a work file with another fingerprint, the wrong shapes, or that
+    HDF5 cannot read is discarded (logged) and extraction starts afresh; one locked by a running
+    process is an error. :meth:`finish` renames it onto the output. Durability against a power
+    loss (fsync) is not attempted: the case is a job killed by a scheduler or a user.
+    """
+
+    def __init__(self, out: str | os.PathLike, fp: str, layout: dict[str, tuple[tuple[int, ...], str]],
+                 n: int, init: Callable[[h5py.File], None] | None = None):
+        self.out = Path(out)
+        self.path = work_path(self.out)
+        self.fp, self.layout, self.n, self.init = fp, layout, int(n), init
+        self.f: h5py.File | None = None
+        self.rows_done = 0
+
+    def __enter__(self) -> "WorkFile":
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            reason = self._check()
+            if reason is None:
+                return self
+            log.warning("%s: %s; starting afresh", self.path, reason)
+            self.path.unlink()
+        self._create()
+        self.f = h5py.File(self.path, "r+")
+        self.rows_done = 0
+        return self
+
+    def _check(self) -> str | None:
+        """Open an existing work file; None when it can be resumed, else why not."""
+        try:
+            f = h5py.File(self.path, "r+")
+        except OSError as e:
+            if "lock" in str(e).lower():
+                raise PipelineError(f"{self.path} is in use by another process (a second run of the same "
+                                    "extraction?)") from None
+            return f"unreadable work file ({str(e).splitlines()[0]})"
+        try:
+            reason = self._why_not(f)
+        except Exception as e:  # noqa: BLE001 - damaged metadata: start afresh
+            reason = f"damaged work file ({type(e).__name__})"
+        if reason is not None:
+            f.close()
+            return reason
+        self.f, self.rows_done = f, int(f["rows_done"][()])
+        return None
+
+    def _why_not(self, f: h5py.File) -> str | None:
+        if f.attrs.get("fingerprint") != self.fp:
+            return "inputs or settings changed since the work file was started"
+        if "rows_done" not in f:
+            return "no row count"
+        for name, (shape, dtype) in self.layout.items():
+            if name not in f or f[name].shape != tuple(shape) or f[name].dtype != np.dtype(dtype):
+                return f"dataset {name!r} missing or of another shape"
+        done = int(f["rows_done"][()])
+        if not 0 <= done <= self.n:
+            return f"row count {done} outside 0..{self.n}"
+        return None
+
+    def _create(self) -> None:
+        """Write the empty file under a temporary name, then rename: a half-created file is never resumed."""
+        tmp = self.path.with_name(self.path.name + ".new")
+        with h5py.File(tmp, "w") as f:
+            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+            dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)  # allocated, not written: sparse on disk
+            for name, (shape, dtype) in self.layout.items():
+                f.create_dataset(name, shape, dtype, dcpl=dcpl)
+            f.create_dataset("rows_done", (), "int64", dcpl=dcpl)[()] = 0
+            if self.init is not None:
+                self.init(f)
+            f.attrs["fingerprint"] = self.fp
+        os.replace(tmp, self.path)
+
+    def commit(self, rows_done: int) -> None:
+        """Rows ``[0, rows_done)`` are written: flush them, then record the count."""
+        self.f.flush()
+        self.f["rows_done"][()] = int(rows_done)
+        self.f.flush()
+        self.rows_done = int(rows_done)
+
+    def finish(self) -> None:
+        """All rows done: drop the bookkeeping and rename the work file onto the output."""
+        if self.rows_done != self.n:
+            raise RuntimeError(f"{self.path}: finish with {self.rows_done} of {self.n} rows")
+        del self.f["rows_done"]
+        del self.f.attrs["fingerprint"]
+        self.f.close()
+        self.f = None
+        os.replace(self.path, self.out)
+
+    def __exit__(self, *exc) -> None:
+        if self.f is not None:  # interrupted: keep the committed rows for the next run
+            self.f.close()
+            self.f = None
+
+
+# --------------------------------------------------------------------------------------------
+
+def _missing_files(paths: Sequence[Path], ids: Sequence[str]) -> None:
+    """Under ``error``, list missing files before hours of work, not at item 90,000."""
+    missing = [i for i, p in enumerate(paths) if not Path(p).is_file()]
+    if missing:
+        i = missing[0]
+        raise PipelineError(f"{len(missing)} image file(s) missing, first id {ids[i]}: {paths[i]} "
+                            "(fix them or set image_features.on_bad_image: drop)")
 
 
 def extract_fc7(paths: Sequence[Path], ids: Sequence[str], out_h5: Path, *, weights: str, seed: int,
                 device: torch.device, batch_size: int = 64, input_size: int = 224,
                 num_workers: int = 0, on_bad_image: str = "error", progress: bool = True,
-                attrs: dict | None = None) -> ResolvedWeights:
-    """FC7 features of every image into ``out_h5`` (datasets ``fc7`` n x 4096 float32, ``ok`` uint8).
+                attrs: dict | None = None, chunk_batches: int = 8, fingerprint_extra: dict | None = None,
+                on_chunk: Callable[[int], None] | None = None) -> ResolvedWeights:
+    """FC7 features of every image into ``out_h5`` (``fc7`` n x 4096 float32, ``ok`` uint8, ``ids``).
 
-    A missing or corrupt image stops with its id and path (``on_bad_image: error``) or is recorded
-    as ``ok = 0`` with a zero row (``drop``), so that assembly drops the whole pair.
+    Resumable (see the module docstring): a rerun after a kill continues from the last committed
+    chunk of ``chunk_batches`` batches. A missing or corrupt image stops with its id and path
+    (``on_bad_image: error``; committed rows are kept, so the rerun after a fix carries on) or is
+    logged and recorded as ``ok = 0`` with a zero row (``drop``): assembly drops the pair; the
+    count and ids are attributes ``n_bad_images`` and ``bad_image_ids`` (JSON). ``on_chunk(rows)``
+    is called after each commit (tests use it to interrupt). Batch size, workers and device are
+    not part of the fingerprint: they change the arithmetic order at most, not what is computed.
     """
     from tqdm import tqdm
 
-    if on_bad_image not in ("error", "drop"):
+    if on_bad_image not in BAD_IMAGE_POLICIES:
         raise PipelineError(f"on_bad_image must be 'error' or 'drop', not {on_bad_image!r}")
-    net, resolved = fc7_network(weights, seed)
-    net.to(device)
-    loader = DataLoader(ImageFiles(paths, imagenet_transform(input_size)), batch_size=batch_size,
-                        shuffle=False, num_workers=num_workers, collate_fn=_collate)
+    if len(paths) != len(ids):
+        raise PipelineError(f"fc7: {len(paths)} image paths but {len(ids)} ids")
+    if batch_size < 1 or chunk_batches < 1 or num_workers < 0:
+        raise PipelineError(f"fc7: batch_size ({batch_size}) and chunk_batches ({chunk_batches}) must be >= 1, "
+                            f"num_workers ({num_workers}) >= 0")
     n = len(paths)
-    with atomic_output(out_h5) as tmp, h5py.File(tmp, "w") as f:
-        fc7 = f.create_dataset("fc7", (n, FC7_DIM), dtype="float32", chunks=(min(n, 256), FC7_DIM))
-        ok_all = np.zeros(n, dtype=np.uint8)
-        row = 0
-        with torch.inference_mode():
-            for x, ok in tqdm(loader, desc="fc7", unit="batch", disable=not progress):
-                b = len(ok)
-                bad = np.flatnonzero(~ok.numpy())
-                for j in bad:
-                    msg = f"unreadable image for id {ids[row + j]}: {paths[row + j]}"
-                    if on_bad_image == "error":
-                        raise PipelineError(msg)
-                    log.warning("%s (pair dropped)", msg)
-                if x is not None:
-                    out = net(x.to(device)).float().cpu().numpy()
-                    out[bad] = 0.0
-                else:
-                    out = np.zeros((b, FC7_DIM), np.float32)
-                fc7[row:row + b] = out
-                ok_all[row:row + b] = ok.numpy()
-                row += b
-        f.create_dataset("ok", data=ok_all)
-        write_strings(f, "ids", ids)
-        f.attrs.update({"weights": resolved.name, "weights_source": resolved.source,
-                        "weights_sha256": resolved.sha256 or "", "input_size": input_size,
-                        **(attrs or {})})
-    log.info("fc7: %d images, %d unreadable, weights=%s (%s)", n, int(n - ok_all.sum()),
+    net, resolved = fc7_network(weights, seed)
+    fp = fingerprint({"features": "alexnet-fc7-relu", "n": n, "ids": digest(ids),
+                      "weights": [resolved.name, resolved.source, resolved.sha256],
+                      "input_size": int(input_size), "on_bad_image": on_bad_image, **(fingerprint_extra or {})})
+    layout = {"fc7": ((n, FC7_DIM), "float32"), "ok": ((n,), "uint8")}
+    with WorkFile(out_h5, fp, layout, n, init=lambda f: write_strings(f, "ids", ids)) as wf:
+        start = wf.rows_done
+        if start:
+            log.info("fc7: resuming %s at row %d of %d", wf.path, start, n)
+        if start < n:
+            if on_bad_image == "error":
+                _missing_files(paths[start:], ids[start:])
+            _run_fc7(net, paths, ids, wf, start, device=device, batch_size=batch_size, input_size=input_size,
+                     num_workers=num_workers, on_bad_image=on_bad_image, chunk_batches=chunk_batches,
+                     on_chunk=on_chunk, bar=tqdm(total=n, initial=start, desc="fc7", unit="img",
+                                                 disable=not progress))
+        ok = wf.f["ok"][()]
+        bad = [str(ids[i]) for i in np.flatnonzero(ok == 0)]
+        wf.f.attrs.update({"weights": resolved.name, "weights_source": resolved.source,
+                           "weights_sha256": resolved.sha256 or "", "input_size": int(input_size),
+                           "on_bad_image": on_bad_image, "n_bad_images": len(bad),
+                           "bad_image_ids": json.dumps(bad), **(attrs or {})})
+        wf.finish()
+    log.info("fc7: %d images, %d unreadable%s, weights=%s (%s)", n, len(bad),
+             f" (dropped: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''})" if bad else "",
              resolved.name, resolved.source)
     return resolved
+
+
+def _run_fc7(net: nn.Module, paths: Sequence[Path], ids: Sequence[str], wf: WorkFile, start: int, *,
+             device: torch.device, batch_size: int, input_size: int, num_workers: int, on_bad_image: str,
+             chunk_batches: int, on_chunk: Callable[[int], None] | None, bar) -> None:
+    """Rows ``start..n`` through the network into the work file, committing every ``chunk_batches``."""
+    cuda = device.type == "cuda"
+    net.to(device)
+    loader = DataLoader(ImageFiles(paths[start:], imagenet_transform(input_size)), batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers, collate_fn=_collate, pin_memory=cuda)
+    fc7, ok_ds = wf.f["fc7"], wf.f["ok"]
+    n, row, batches = wf.n, start, 0
+    with bar, torch.inference_mode():
+        for x, ok, reasons in loader:
+            b = len(ok)
+            bad = np.flatnonzero(~ok.numpy())
+            for j in bad:
+                msg = f"unreadable image for id {ids[row + j]}: {paths[row + j]} ({reasons[j]})"
+                if on_bad_image == "error":
+                    raise PipelineError(msg)
+                log.warning("%s; pair dropped", msg)
+            if x is not None:
+                out = net(x.to(device, non_blocking=cuda)).float().cpu().numpy()
+                out[bad] = 0.0
+            else:
+                out = np.zeros((b, FC7_DIM), np.float32)
+            fc7[row:row + b] = out
+            ok_ds[row:row + b] = ok.numpy().astype(np.uint8)
+            row += b
+            batches += 1
+            bar.update(b)
+            if batches % chunk_batches == 0 or row == n:
+                wf.commit(row)
+                if on_chunk is not None:
+                    on_chunk(row)
+    if row != n:
+        raise PipelineError(f"fc7: the image loader stopped at row {row} of {n}")

