@@ -129,15 +129,10 @@ def save_trained(path: str | os.PathLike, method: str, model: Any, meta: dict) -
 
 def load_trained(path: str | os.PathLike, device: torch.device) -> tuple[Hasher, dict]:
     """Load any ``model.pt`` (CMIMH or a baseline); return (model with encode_image/encode_text, meta)."""
-    from pipeline.model.train import MODEL_FORMAT, load_model
+    from pipeline.model.train import MODEL_FORMAT, load_model, read_model_file
 
     p = Path(path)
-    if not p.is_file():
-        raise PipelineError(f"model file not found: {p}")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise PipelineError(f"cannot read model file {p} (corrupt or not a model): {type(e).__name__}") from None
+    obj = read_model_file(p)
     fmt = obj.get("format") if isinstance(obj, dict) else None
     if fmt == MODEL_FORMAT:
         return load_model(p, device)

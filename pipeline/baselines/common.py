@@ -36,12 +36,8 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def resolve_settings(name: str, defaults: dict, spec: dict, settings: dict | None) -> dict:
-    """Merge ``settings`` over ``defaults``; one-line PipelineError for an unknown key or bad value.
-
-    ``spec`` maps key -> (kind, lower bound, inclusive) with kind "float", "int" or "bool"
-    (bound None: no bound).
-    """
+def merge_settings(name: str, defaults: dict, settings: dict | None) -> dict:
+    """``settings`` over a copy of ``defaults``; one-line PipelineError for a non-mapping or an unknown key."""
     settings = {} if settings is None else settings
     if not isinstance(settings, dict):
         raise PipelineError(f"{name} settings must be a mapping, got {type(settings).__name__}")
@@ -51,6 +47,16 @@ def resolve_settings(name: str, defaults: dict, spec: dict, settings: dict | Non
                             f"known: {', '.join(defaults)}")
     out = copy.deepcopy(defaults)
     out.update(settings)
+    return out
+
+
+def resolve_settings(name: str, defaults: dict, spec: dict, settings: dict | None) -> dict:
+    """Merge ``settings`` over ``defaults``; one-line PipelineError for an unknown key or bad value.
+
+    ``spec`` maps key -> (kind, lower bound, inclusive) with kind "float", "int" or "bool"
+    (bound None: no bound).
+    """
+    out = merge_settings(name, defaults, settings)
     for key, (kind, lo, inclusive) in spec.items():
         v = out[key]
         if kind == "bool":

@@ -61,6 +61,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipeline.baselines.common import merge_settings
 from pipeline.errors import PipelineError
 from pipeline.model.train import _deterministic  # the same deterministic-kernels scope as CMIMH
 
@@ -114,15 +115,7 @@ def _num(key: str, v: Any) -> float:
 
 def resolve_settings(settings: dict | None) -> dict:
     """Merge ``settings`` over DEFAULTS and validate; one-line PipelineError on a bad key/value."""
-    settings = {} if settings is None else settings
-    if not isinstance(settings, dict):
-        raise PipelineError(f"djsrh settings must be a mapping, got {type(settings).__name__}")
-    unknown = sorted(map(str, set(settings) - set(DEFAULTS)))
-    if unknown:
-        raise PipelineError(f"djsrh settings: unknown key(s) {', '.join(unknown)}; "
-                            f"known: {', '.join(DEFAULTS)}")
-    s = copy.deepcopy(DEFAULTS)
-    s.update(settings)
+    s = merge_settings(NAME, DEFAULTS, settings)
     for k in _UNIT:
         s[k] = _num(k, s[k])
         if not 0.0 <= s[k] <= 1.0:

@@ -310,17 +310,24 @@ def save_model(path: str | os.PathLike, model: CMIMH, meta: dict) -> None:
         torch.save(obj, tmp)
 
 
-def load_model(path: str | os.PathLike, device: torch.device) -> tuple[CMIMH, dict]:
-    """Load a model saved by :func:`save_model` onto ``device`` (eval mode); return (model, meta)."""
+def read_model_file(path: str | os.PathLike) -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors and plain values only; no pickled code
+    runs), a missing or corrupt file being one clear error."""
     p = Path(path)
     if not p.is_file():
         raise PipelineError(f"model file not found: {p}")
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise PipelineError(f"cannot read model file {p} (corrupt or not a CMIMH model): "
+        raise PipelineError(f"cannot read model file {p} (corrupt or not a model): "
                             f"{type(e).__name__} {msg}".rstrip()) from None
+
+
+def load_model(path: str | os.PathLike, device: torch.device) -> tuple[CMIMH, dict]:
+    """Load a model saved by :func:`save_model` onto ``device`` (eval mode); return (model, meta)."""
+    p = Path(path)
+    obj = read_model_file(p)
     if not isinstance(obj, dict) or obj.get("format") != MODEL_FORMAT:
         raise PipelineError(f"{p} is not a CMIMH model file (expected format {MODEL_FORMAT})")
     try:
