@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import PipelineError
+# The same reading of YAML numbers as CMIMH's settings (PyYAML reads 1e-4 as a string).
+from pipeline.model.cmimh import _coerce_num, _is_int
 
 log = logging.getLogger(__name__)
 
@@ -22,20 +24,6 @@ ENCODE_BLOCK = 8192
 
 
 # ============================================================================ shared checks
-def _coerce_num(v: Any) -> Any:
-    """Accept numeric strings: PyYAML reads ``1e-4`` (no dot) as the string '1e-4'."""
-    if isinstance(v, str):
-        try:
-            return float(v)
-        except ValueError:
-            return v
-    return v
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def merge_settings(name: str, defaults: dict, settings: dict | None) -> dict:
     """``settings`` over a copy of ``defaults``; one-line PipelineError for a non-mapping or an unknown key."""
     settings = {} if settings is None else settings
