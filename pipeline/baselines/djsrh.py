@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from pipeline.baselines.common import merge_settings
 from pipeline.errors import PipelineError
-from pipeline.model.train import _deterministic  # the same deterministic-kernels scope as CMIMH
+from pipeline.model.train import _deterministic, check_features  # as CMIMH: kernels scope, input checks
 
 log = logging.getLogger(__name__)
 
@@ -191,26 +191,6 @@ def _text_net(dim: int, hidden: int, bits: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, bits))
 
 
-def _check_features(a: Any, what: str, dim: int | None = None, min_rows: int = 1) -> np.ndarray:
-    """2-D, real, finite (and ``dim`` columns); returned as float32."""
-    a = np.asarray(a)
-    if a.ndim != 2 or a.shape[0] < min_rows or a.shape[1] < 1:
-        raise PipelineError(f"djsrh {what}: expected a 2-D array with >= {min_rows} row(s) and >= 1 "
-                            f"column, got shape {a.shape}")
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) \
-            or np.issubdtype(a.dtype, np.complexfloating):
-        raise PipelineError(f"djsrh {what}: features must be real numbers, got dtype {a.dtype}")
-    if dim is not None and a.shape[1] != dim:
-        raise PipelineError(f"djsrh {what}: expected {dim} columns (as in training), got {a.shape[1]}")
-    a = a.astype(np.float32, copy=False)
-    bad = ~np.isfinite(a)
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise PipelineError(f"djsrh {what}: {int(bad.sum())} non-finite value(s) "
-                            f"(first at row {r}, column {c})")
-    return a
-
-
 def _zscore_stats(a: np.ndarray, on: bool) -> tuple[np.ndarray, np.ndarray]:
     """Per-column mean/std of the training rows (std < 1e-6 -> 1); identity when ``on`` is false."""
     if not on:
@@ -293,8 +273,8 @@ class Model:
     def fit(self, x: np.ndarray, y: np.ndarray, progress: bool = False) -> list[dict]:
         """Train on paired rows (x_i, y_i); returns one history row per epoch (means of its steps)."""
         s = self.settings
-        xa = _check_features(x, "fit image features")
-        ya = _check_features(y, "fit text features")
+        xa = check_features(x, "djsrh fit image features", allow_bool=True)
+        ya = check_features(y, "djsrh fit text features", allow_bool=True)
         if xa.shape[0] != ya.shape[0]:
             raise PipelineError(f"djsrh fit: {xa.shape[0]} image rows but {ya.shape[0]} text rows "
                                 f"(row i of each must be one pair)")
@@ -361,7 +341,8 @@ class Model:
             raise PipelineError("djsrh: the model is not fitted (call fit or from_state first)")
         img = which == "image"
         what = f"encode_{which}"
-        arr = _check_features(a, what, self.dim_x if img else self.dim_y, min_rows=0)
+        arr = check_features(a, f"djsrh {what}", self.dim_x if img else self.dim_y, min_rows=0,
+                             allow_bool=True)
         net = self.img_net if img else self.txt_net
         mean = torch.from_numpy(self.mean_x if img else self.mean_y).to(self.device)
         std = torch.from_numpy(self.std_x if img else self.std_y).to(self.device)

@@ -90,22 +90,30 @@ def _seeds(seed: int) -> tuple[int, int, int]:
     return tuple(int(v) & ((1 << 63) - 1) for v in s)  # type: ignore[return-value]
 
 
+def check_features(a: Any, where: str, dim: int | None = None, min_rows: int = 1,
+                   allow_bool: bool = False) -> np.ndarray:
+    """A feature matrix as float32: 2-D with >= ``min_rows`` rows (and ``dim`` columns), real
+    (booleans only with ``allow_bool``), finite; else one line naming ``where`` (and the first
+    bad cell). Shared by the deep models."""
+    a = np.asarray(a)
+    if a.ndim != 2 or a.shape[0] < min_rows or a.shape[1] < 1:
+        raise PipelineError(f"{where}: expected a 2-D array with >= {min_rows} row(s) and >= 1 "
+                            f"column, got shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.number) or (allow_bool and a.dtype == np.bool_)) \
+            or np.issubdtype(a.dtype, np.complexfloating):
+        raise PipelineError(f"{where}: expected real numbers, got dtype {a.dtype}")
+    if dim is not None and a.shape[1] != dim:
+        raise PipelineError(f"{where}: expected {dim} columns (as in training), got {a.shape[1]}")
+    a = a.astype(np.float32, copy=False)
+    bad = ~np.isfinite(a)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise PipelineError(f"{where}: {int(bad.sum())} non-finite value(s) (first at row {r}, column {c})")
+    return a
+
+
 def _check_arrays(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    arrs = []
-    for name, a in (("image", x), ("text", y)):
-        a = np.asarray(a)
-        if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] < 1:
-            raise PipelineError(f"cmimh training: {name} features must be a non-empty 2-D array, "
-                                f"got shape {a.shape}")
-        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
-            raise PipelineError(f"cmimh training: {name} features must be real numbers, got {a.dtype}")
-        a = a.astype(np.float32, copy=False)
-        bad = ~np.isfinite(a)
-        if bad.any():
-            r, c = np.argwhere(bad)[0]
-            raise PipelineError(f"cmimh training: {name} features contain {int(bad.sum())} "
-                                f"non-finite value(s) (first at row {r}, column {c})")
-        arrs.append(a)
+    arrs = [check_features(a, f"cmimh training: {name} features") for name, a in (("image", x), ("text", y))]
     if arrs[0].shape[0] != arrs[1].shape[0]:
         raise PipelineError(f"cmimh training: {arrs[0].shape[0]} image rows but "
                             f"{arrs[1].shape[0]} text rows (pairs must align)")
