@@ -148,13 +148,14 @@ def load_trained(path: str | os.PathLike, device: torch.device) -> tuple[Hasher,
     return model, dict(obj.get("meta") or {})
 
 
-def code_diagnostics(model: Hasher, x_db: np.ndarray, y_db: np.ndarray) -> dict:
-    """Table II diagnostics of database codes: CMIMH's (Corr MSE and TC estimate), or Corr MSE
-    alone for a method without a TC discriminator."""
+def code_diagnostics(model: Hasher, x_db: np.ndarray, y_db: np.ndarray, db_image: np.ndarray,
+                     db_text: np.ndarray) -> dict:
+    """Table II diagnostics of the database codes ``db_image``/``db_text`` (already encoded from
+    ``x_db``/``y_db``): CMIMH's (Corr MSE and the TC estimate, which needs its probabilities), or
+    Corr MSE alone for a method without a TC discriminator."""
     from pipeline.model.cmimh import CMIMH
     from pipeline.model.train import corr_mse, diagnostics
 
     if isinstance(model, CMIMH):
         return diagnostics(model, x_db, y_db)
-    return {"corr_mse_image": corr_mse(model.encode_image(x_db)), "corr_mse_text": corr_mse(model.encode_text(y_db)),
-            "tc_image": None, "tc_text": None}
+    return {"corr_mse_image": corr_mse(db_image), "corr_mse_text": corr_mse(db_text), "tc_image": None, "tc_text": None}

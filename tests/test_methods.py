@@ -74,7 +74,7 @@ def test_baseline_train_save_load_round_trip(fake, tmp_path):
     assert meta == {"k": 1}
     assert np.array_equal(loaded.encode_image(x), model.encode_image(x))
     assert np.array_equal(loaded.encode_text(y), (y[:, :4] - y.mean(0)[:4] > 0).astype(np.uint8))
-    d = methods.code_diagnostics(loaded, x, y)
+    d = methods.code_diagnostics(loaded, x, y, loaded.encode_image(x), loaded.encode_text(y))
     assert d["tc_image"] is None and 0 <= d["corr_mse_image"] <= 1
 
 

@@ -34,7 +34,7 @@ def encode_stage(model_path: Path, features_path: Path, out: Path, settings: dic
     }
     bits = int(codes["db_image"].shape[1])
     # Table II diagnostics of the database codes (Corr MSE, TC estimate); evaluate copies them.
-    diag = code_diagnostics(model, f.image[db], f.text[db])
+    diag = code_diagnostics(model, f.image[db], f.text[db], codes["db_image"], codes["db_text"])
     attrs = {"diagnostics": json.dumps(diag),
              "provenance": provenance_json(settings, stage="encode", model_sha256=sha256_file(model_path),
                                       features_sha256=sha256_file(features_path))}
