@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline.data.manifest import Pair, read_manifest, write_manifest
+from pipeline.data.manifest import Pair, begin_rewrite, read_manifest, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_output
 
@@ -421,12 +421,7 @@ def generate_demo(root: str | Path, n_pairs: int = 2500, seed: int = 0, image_si
     seed = _check_int("seed", seed, 0)
     image_size = _check_int("image_size", image_size, 32)
     root = Path(root)
-    img_dir = root / "images"
-    try:
-        img_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PipelineError(f"demo data: cannot create {img_dir}: {e}") from None
-    (root / "manifest.jsonl").unlink(missing_ok=True)
+    img_dir = begin_rewrite(root, "demo data", "images")
 
     from tqdm import tqdm
 

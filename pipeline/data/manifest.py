@@ -69,6 +69,20 @@ class Manifest:
         return y
 
 
+def begin_rewrite(root: str | Path, who: str, subdir: str | None = None) -> Path:
+    """Create ``root`` (or ``root/subdir``) and remove ``root/manifest.jsonl`` before an adapter
+    rewrites the folder, so that it never looks complete while being rewritten; return the
+    created folder. A folder that cannot be created is one line naming it."""
+    root = Path(root)
+    folder = root / subdir if subdir else root
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PipelineError(f"{who}: cannot create {folder}: {e}") from None
+    (root / "manifest.jsonl").unlink(missing_ok=True)
+    return folder
+
+
 def write_manifest(root: str | Path, classes: list[str], pairs: Iterable[Pair],
                    tag_vocab: list[str] | None = None, meta: dict | None = None) -> Path:
     """Write ``meta.json`` then ``manifest.jsonl`` (atomically, last) under ``root``."""

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.data.download import Remote, fetch, file_digests
-from pipeline.data.manifest import Pair, write_manifest
+from pipeline.data.manifest import Pair, begin_rewrite, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_output, sha256_file
 
@@ -327,12 +327,7 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
 
     min_tag_count = _settings(settings)
     out_dir = Path(out_dir)
-    img_dir = out_dir / "images"
-    try:
-        img_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PipelineError(f"mirflickr25k: cannot create {img_dir}: {e}") from None
-    (out_dir / "manifest.jsonl").unlink(missing_ok=True)  # incomplete until written again
+    img_dir = begin_rewrite(out_dir, "mirflickr25k", "images")
 
     images, annotations, sources = _open_sources(settings, out_dir, progress)
     try:

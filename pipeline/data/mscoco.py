@@ -52,7 +52,7 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from pipeline.data.download import Remote, fetch
-from pipeline.data.manifest import Pair, write_manifest
+from pipeline.data.manifest import Pair, begin_rewrite, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_output, sha256_file
 
@@ -453,11 +453,7 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
     hash_images = settings.get("hash_images", True)
     if not isinstance(hash_images, bool):
         raise PipelineError(f"mscoco: hash_images must be true or false, got {hash_images!r}")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PipelineError(f"mscoco: cannot create {out_dir}: {e}") from None
-    (out_dir / "manifest.jsonl").unlink(missing_ok=True)
+    begin_rewrite(out_dir, "mscoco")
 
     verified: dict[str, str] = {}
     if settings.get("path"):

@@ -71,7 +71,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from pipeline.data.download import Remote, fetch, resolve_url
-from pipeline.data.manifest import Pair, write_manifest
+from pipeline.data.manifest import Pair, begin_rewrite, write_manifest
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_output, sha256_file
 
@@ -531,11 +531,7 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
                             "download_images: true")
     if images is not None and not images.is_dir():
         raise PipelineError(f"nuswide: images folder {images} does not exist")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PipelineError(f"nuswide: cannot create {out_dir}: {e}") from None
-    (out_dir / "manifest.jsonl").unlink(missing_ok=True)  # never look complete while rewriting
+    begin_rewrite(out_dir, "nuswide")
 
     folders = ([path] if path is not None else []) + [download_dir]
     files = _Files(folders, download_dir, mirror, progress)
