@@ -157,13 +157,8 @@ def cmd_evaluate(a) -> None:
 
 
 def cmd_report(a) -> None:
-    from pipeline.report.report import write_ablation, write_report
+    from pipeline.report.report import write_report
 
-    if a.ablation:
-        if len(a.bits) != 1:
-            raise PipelineError("--ablation takes one code length in --bits")
-        write_ablation(Path(a.results), a.dataset, int(a.bits[0]), a.methods, Path(a.output), k=a.k)
-        return
     write_report(Path(a.results), a.dataset, [int(b) for b in a.bits], a.methods, Path(a.output), k=a.k,
                  include=[Path(p) for p in a.include])
 
@@ -269,8 +264,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--methods", nargs="+", default=["cmimh"])
     q.add_argument("--k", type=int, default=1000)
     q.add_argument("--include", nargs="*", default=[], help="Markdown sections to add (experiment tables)")
-    q.add_argument("--ablation", action="store_true",
-                   help="write the component-ablation table (Table IV) of --methods at one --bits instead")
     q.add_argument("-o", "--output", required=True, help="report.md")
     _common(q)
     q.set_defaults(fn=cmd_report)

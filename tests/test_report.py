@@ -50,21 +50,3 @@ def test_plot_train_log(tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_ablation_table_rows_per_variant(tmp_path):
-    from pipeline.report.report import write_ablation
-
-    for m, v in (("cmimh", 0.7), ("cmimh_no_mi", 0.4)):
-        p = tmp_path / m / "32" / "metrics.json"
-        p.parent.mkdir(parents=True)
-        p.write_text(json.dumps(_metrics(v)))
-    write_ablation(tmp_path, "demo", 32, ["cmimh", "cmimh_no_mi"], tmp_path / "ablation.md")
-    text = (tmp_path / "ablation.md").read_text()
-    assert "| CMIMH (all terms) | 70.00 | 71.00 | 72.00 | 73.00 | 0.0100 / 0.0200 |" in text
-    assert "| without JS-MI (mi = 0) | 40.00 | 41.00 | 42.00 | 43.00 |" in text
-    # and report.md includes it as a section
-    for b in (16,):
-        p = tmp_path / "cmimh" / str(b) / "metrics.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(_metrics(0.5)))
-    write_report(tmp_path, "demo", [16], ["cmimh"], tmp_path / "report.md", include=[tmp_path / "ablation.md"])
-    assert "## Component ablation" in (tmp_path / "report.md").read_text()

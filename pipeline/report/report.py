@@ -66,16 +66,6 @@ def ablation_table(metrics: dict[str, dict], key: str) -> str:
     return "\n".join(rows)
 
 
-def write_ablation(results: Path, dataset: str, bits: int, variants: list[str], out: Path, k: int = 1000) -> None:
-    """The component ablation (the paper's Table IV) as a Markdown section of its own."""
-    metrics = {m: v[bits] for m, v in load_metrics(results, variants, [bits]).items()}
-    text = "\n".join([f"## Component ablation ({dataset}, {bits} bits, mAP@{k} in %; the paper's Table IV)", "",
-                      ablation_table(metrics, f"map@{k}"), "",
-                      "Each row trains CMIMH with one loss term switched off (its weight set to 0).", ""])
-    write_text(out, text)
-    log.info("ablation table: %s", out)
-
-
 def write_report(results: Path, dataset: str, bits: list[int], methods: list[str], out: Path,
                  k: int = 1000, include: list[Path] | None = None) -> None:
     """Write ``report.md`` and its plots (``plots/`` beside it); ``include``: extra sections."""

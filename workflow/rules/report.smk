@@ -4,7 +4,6 @@
 
 localrules:
     report,
-    ablation_table,
 
 
 rule report:
