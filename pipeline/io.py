@@ -7,10 +7,13 @@ only once complete, so a killed job never leaves a half file that looks whole.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import platform
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,25 +26,123 @@ from pipeline import __version__
 from pipeline.errors import PipelineError
 
 
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: errno values that mean "this output cannot be written here" (not a bug): one line, not a traceback.
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def _chain(e: BaseException):
+    """``e`` and the exceptions it was raised from or during (torch wraps an OSError in a RuntimeError)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+_H5_MESSAGE = re.compile(r"error message = '([^']*)'")
+_WRITE_TEXTS = ("write failed", "no space left", "file too large", "read-only file system", "disk quota",
+                "unable to create file", "unable to truncate")
+
+
+def write_failure(e: BaseException) -> BaseException | None:
+    """The failure to write behind ``e``, if that is what ``e`` is: an OSError with a known errno,
+    or an OSError (h5py) or RuntimeError (torch's zip writer) whose text says the write failed."""
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.errno in WRITE_ERRNOS:
+            return x
+        if isinstance(x, (OSError, RuntimeError)) and any(t in str(x).lower() for t in _WRITE_TEXTS):
+            return x
+    return None
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """True when ``e`` is (or wraps) a failure to write: see :func:`write_failure`."""
+    return write_failure(e) is not None
+
+
+def write_error(path: str | os.PathLike, e: BaseException) -> PipelineError:
+    """A one-line error for an output that could not be written (permission, full disk, ...)."""
+    x = write_failure(e) or e
+    m = _H5_MESSAGE.search(str(x))
+    why = (m.group(1) if m else None) or getattr(x, "strerror", None) \
+        or (str(x).strip().splitlines() or [type(x).__name__])[0]
+    return PipelineError(f"cannot write {path}: {why}")
+
+
+def _make_parent(final: Path) -> None:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(final, e) from None
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
     The temporary name keeps the final suffix (h5py, torch and matplotlib look at it) and
-    starts with a dot so that globbing for outputs never picks up a partial file.
+    starts with a dot so that globbing for outputs never picks up a partial file. The file gets
+    the mode a plain ``open()`` would give it (0666 less the umask; ``mkstemp`` alone makes it
+    0600, which hides results from the rest of a lab on a shared cluster). A failure to write
+    (read-only folder, full disk, quota) is one line naming the output, and the temporary file
+    is removed: nothing half-written is left.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(final)
     suffix = final.suffix if suffix is None else suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent)
+    except OSError as e:
+        raise write_error(final, e) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         yield tmp_path
         os.replace(tmp_path, final)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
+        if is_write_failure(e):
+            raise write_error(final, e) from None
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; it replaces ``path`` only on success.
+
+    Like :func:`atomic_output` for a folder (the search index): mode 0777 less the umask, a
+    failed write is one line and leaves neither a partial folder nor a damaged old one.
+    """
+    final = Path(path)
+    _make_parent(final)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as e:
+        raise write_error(final, e) from None
+    try:
+        os.chmod(tmp, 0o777 & ~current_umask())
+        yield tmp
+        if final.exists():
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_failure(e):
+            raise write_error(final, e) from None
         raise
 
 
@@ -49,6 +150,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
+
+
+def save_torch(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save(obj)`` atomically, through a file object.
+
+    torch names the archive inside the zip after the file it writes to; saving to the random
+    temporary name would make two saves of the same object differ in bytes (and in checksum),
+    so the archive is written through an open file, which torch names ``archive`` every time.
+    """
+    import torch
+
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -139,6 +253,17 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         rev = "unknown"
     return f"{__version__}+{rev}"
+
+
+TIMING_KEYS = ("seconds",)
+"""Wall-clock fields: they go to logs, benchmark TSVs and metrics.json, never into an artifact whose
+checksum a later stage records (model.pt, codes.h5, tune records), so that the same seed on one
+machine gives the same bytes."""
+
+
+def without_timings(row: dict) -> dict:
+    """``row`` without its wall-clock fields (:data:`TIMING_KEYS`)."""
+    return {k: v for k, v in row.items() if k not in TIMING_KEYS}
 
 
 def provenance(config: dict | None = None, **extra: Any) -> dict:

@@ -26,7 +26,7 @@ import torch
 
 from pipeline.config import BASELINES, base_method
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, to_jsonable
+from pipeline.io import atomic_output, save_torch, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,7 @@ def save_trained(path: str | os.PathLike, method: str, model: Any, meta: dict) -
         return
     obj = {"format": BASELINE_FORMAT, "method": base, "state": _to_tensors(model.state()),
            "meta": to_jsonable(meta or {})}
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    save_torch(path, obj)
 
 
 def load_trained(path: str | os.PathLike, device: torch.device) -> tuple[Hasher, dict]:

@@ -33,7 +33,7 @@ import numpy as np
 
 from pipeline.config import TERMS, parse_method
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, provenance, sha256_file, write_json, write_text
+from pipeline.io import atomic_output, provenance, sha256_file, without_timings, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +200,12 @@ def run_point(features: Any, settings: dict, tune: dict, name: str, fold: int, d
     model, history = train_method("cmimh", features.image[split["train"]], features.text[split["train"]],
                                   int(tune["bits"]), s, seed, device, progress=progress)
     maps = validation_map(model, features.image, features.text, features.labels, split, int(tune["eval_k"]))
+    log.info("tune %s fold %d: trained and scored in %.1f s", name, fold, time.perf_counter() - t0)
     return {"point": name, "settings": point, "fold": int(fold), "k": int(tune["eval_k"]),
             f"map@{int(tune['eval_k'])}": maps, "score": score(maps),
             "validation": _validation_keys(tune), "n_val_queries": int(len(split["query"])),
             "n_val_database": int(len(split["database"])), "n_train": int(len(split["train"])),
-            "epochs": int(s["cmimh"]["epochs"]), "final": history[-1] if history else None,
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "epochs": int(s["cmimh"]["epochs"]), "final": without_timings(history[-1]) if history else None}
 
 
 def _validation_keys(tune: dict) -> dict:

@@ -125,7 +125,12 @@ def test_codes_dtype_shape_determinism_and_state_round_trip():
     assert r.settings == a.settings and r.bits == 3
     np.testing.assert_array_equal(r.eigenvalues, a.eigenvalues)
     assert a.encode_text(y[:0]).shape == (0, 3)
-    assert np.array_equal(a.encode_image(x.astype(np.float32))[:5], a.encode_image(x.astype(np.float32)[:5]))
+    # 5 rows vs all rows: another GEMM shape, so the projections agree to rounding and the codes
+    # wherever the projection is not within that rounding of 0
+    x32 = x.astype(np.float32)
+    proj = (x32.astype(np.float64) - a.mean_x) @ a.w_x
+    sure = np.abs(proj[:5]) > 1e-9
+    assert np.array_equal(a.encode_image(x32)[:5][sure], a.encode_image(x32[:5])[sure])
 
 
 def _one_line(excinfo) -> str:

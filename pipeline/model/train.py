@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, to_jsonable
+from pipeline.io import atomic_output, save_torch, to_jsonable
 from pipeline.model import losses as L
 from pipeline.model.cmimh import CMIMH, resolve_settings
 
@@ -314,8 +314,7 @@ def save_model(path: str | os.PathLike, model: CMIMH, meta: dict) -> None:
         "dims": {"image": model.dim_x, "text": model.dim_y},
         "meta": to_jsonable(meta or {}),
     }
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    save_torch(path, obj)
 
 
 def read_model_file(path: str | os.PathLike) -> Any:

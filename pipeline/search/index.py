@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,16 +24,13 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import pack_bits
 from pipeline.eval.hamming import topk
-from pipeline.io import read_arrays, read_strings, to_jsonable, write_arrays, write_strings
+from pipeline.io import atomic_directory, read_arrays, read_strings, to_jsonable, write_arrays, write_strings
 
 
 def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.ndarray, db_text: np.ndarray,
                 settings: dict) -> None:
     """Write the index folder atomically (a temporary folder renamed into place)."""
-    index_dir = Path(index_dir)
-    index_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{index_dir.name}.", dir=index_dir.parent))
-    try:
+    with atomic_directory(index_dir) as tmp:
         db = features.database
         with h5py.File(tmp / "index.h5", "w") as f:
             f.create_dataset("db_image", data=pack_bits(db_image))
@@ -48,12 +44,6 @@ def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.nda
                 write_arrays(f, "image_pca", features.pca)
         shutil.copyfile(model_path, tmp / "model.pt")
         (tmp / "settings.json").write_text(json.dumps(to_jsonable(settings), indent=2, sort_keys=True))
-        if index_dir.exists():
-            shutil.rmtree(index_dir)
-        tmp.rename(index_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 @dataclass

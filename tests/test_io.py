@@ -1,0 +1,94 @@
+"""Atomic outputs (pipeline/io.py): the user's umask is respected, a failed write is one line and
+leaves nothing half-written."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import io
+from pipeline.errors import PipelineError
+
+from conftest import REPO
+
+
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    yield lambda m: os.umask(m)
+    os.umask(old)
+
+
+def mode(p) -> int:
+    return stat.S_IMODE(os.stat(p).st_mode)
+
+
+@pytest.mark.parametrize("mask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o002, 0o664, 0o775),
+                                                      (0o077, 0o600, 0o700)])
+def test_outputs_follow_the_umask(tmp_path, umask, mask, file_mode, dir_mode):
+    umask(mask)
+    io.write_json(tmp_path / "m.json", {"a": 1})
+    io.write_text(tmp_path / "r.md", "x")
+    io.save_torch(tmp_path / "model.pt", {"a": 1})
+    with io.atomic_directory(tmp_path / "index") as d:
+        (d / "f").write_text("x")
+    for name in ("m.json", "r.md", "model.pt"):
+        assert mode(tmp_path / name) == file_mode, name
+    assert mode(tmp_path / "index") == dir_mode and mode(tmp_path / "index" / "f") == file_mode
+
+
+def test_atomic_directory_replaces_an_old_folder_only_on_success(tmp_path):
+    with io.atomic_directory(tmp_path / "index") as d:
+        (d / "a").write_text("1")
+    with pytest.raises(RuntimeError):
+        with io.atomic_directory(tmp_path / "index") as d:
+            (d / "b").write_text("2")
+            raise RuntimeError("boom")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # no temporary folder left
+    assert [p.name for p in (tmp_path / "index").iterdir()] == ["a"]  # the old one intact
+
+
+def test_unwritable_output_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(PipelineError, match=r"cannot write .*afile/m\.json"):
+        io.write_json(tmp_path / "afile" / "m.json", {})
+    with pytest.raises(PipelineError, match=r"cannot write .*afile/sub/index"):
+        with io.atomic_directory(tmp_path / "afile" / "sub" / "index"):
+            pass
+
+
+@pytest.mark.skipif(not hasattr(os, "setrlimit") and sys.platform != "linux", reason="needs RLIMIT_FSIZE")
+@pytest.mark.parametrize("what", ["json", "h5", "torch"])
+def test_full_disk_is_one_line_and_leaves_no_file(tmp_path, what):
+    """A file-size limit makes writes fail like a full disk (EFBIG instead of ENOSPC)."""
+    code = f"""
+import resource, signal, sys, numpy as np
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+from pipeline import io
+from pipeline.errors import PipelineError
+out = Path(sys.argv[1])
+try:
+    if {what!r} == "json":
+        io.write_json(out / "m.json", {{"x": list(range(10000))}})
+    elif {what!r} == "h5":
+        import h5py
+        with io.atomic_output(out / "c.h5") as tmp, h5py.File(tmp, "w") as f:
+            f["a"] = np.zeros(100000)
+    else:
+        import torch
+        io.save_torch(out / "model.pt", {{"w": torch.zeros(100000)}})
+except PipelineError as e:
+    print("ERR", e)
+"""
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-1500:]
+    line = p.stdout.strip()
+    assert line.startswith("ERR cannot write ") and "\n" not in line, p.stdout + p.stderr[-500:]
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary file
