@@ -31,10 +31,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _settings(a) -> dict:
+def _settings(a, stage: str, method: str | None = None) -> dict:
+    """The rule's ``--settings`` JSON, or by hand the same settings resolved from ``--config``."""
     from pipeline.config import settings_from_args
 
-    return settings_from_args(a.settings, a.config, a.dataset)
+    return settings_from_args(a.settings, a.config, a.dataset, stage=stage, method=method)
 
 
 def _device(s: dict):
@@ -44,7 +45,7 @@ def _device(s: dict):
 
 
 def cmd_prepare(a) -> None:
-    s = _settings(a)
+    s = _settings(a, "prepare")
     out = Path(a.output)
     src = s["source"]
     if out.name != "manifest.jsonl":
@@ -76,7 +77,8 @@ def cmd_extract(a) -> None:
         return
     if (a.shard is None) != (a.shards is None) or (a.shard is not None and a.part != "image"):
         raise PipelineError("--shard I and --shards N go together, with extract image")
-    s = _settings(a)
+    s = _settings(a, {"image": "extract_image", "text": "extract_text", "assemble": "extract",
+                      "import": "import_features"}[a.part])
     if a.part == "import":
         extract.run_import(Path(a.src or s.get("path", "")), s, out)
         return
@@ -100,7 +102,7 @@ def cmd_import(a) -> None:
     from pipeline.features import extract
 
     if a.settings or a.config or a.dataset:
-        s = _settings(a)
+        s = _settings(a, "import_features")
     else:  # no config needed: only what the import reads
         s = {"dataset": "imported", "seed": 0}
     for key, value in (("n_query", a.n_query), ("n_train", a.n_train), ("seed", a.seed)):
@@ -117,12 +119,12 @@ def cmd_import(a) -> None:
 def cmd_train(a) -> None:
     from pipeline.config import method_settings
     from pipeline.features.store import read_features
-    from pipeline.io import provenance, sha256_file
+    from pipeline.io import provenance, sha256_file, without_timings
     from pipeline.methods import save_trained, train_method, training_rows
     from pipeline.tune import tuned_settings
 
     # --tuned: the tune target's chosen settings first, then the method name's variants
-    s = method_settings(tuned_settings(_settings(a), a.method, a.tuned), a.method)
+    s = method_settings(tuned_settings(_settings(a, "train", a.method), a.method, a.tuned), a.method)
     if a.bits < 1:
         raise PipelineError(f"code length must be >= 1, not {a.bits}")
     feats = read_features(a.features)
@@ -132,7 +134,7 @@ def cmd_train(a) -> None:
                                   progress=not a.no_progress)
     meta = provenance(s, stage="train", method=a.method, bits=a.bits, n_train=int(len(tr)),
                       features_sha256=sha256_file(a.features), dataset=s["dataset"],
-                      final=history[-1] if history else None)
+                      final=without_timings(history[-1]) if history else None)
     save_trained(a.output, a.method, model, meta)
     if a.plot and a.log_csv:
         from pipeline.report.report import plot_train_log
@@ -143,7 +145,7 @@ def cmd_train(a) -> None:
 def cmd_encode(a) -> None:
     from pipeline.model.encode import encode_stage
 
-    s = _settings(a)
+    s = _settings(a, "encode")
     encode_stage(Path(a.model), Path(a.features), Path(a.output), s, _device(s),
                  index_dir=Path(a.index) if a.index else None)
 
@@ -177,7 +179,7 @@ def cmd_tune(a) -> None:
     if a.part == "point":
         if a.point is None or a.fold is None or not a.features:
             raise PipelineError("tune point needs --features, --point and --fold")
-        s = _settings(a)
+        s = _settings(a, "train", "cmimh")
         tune.point_stage(Path(a.features), s, t, a.point, a.fold, Path(a.output), _device(s),
                          progress=not a.no_progress)
         return

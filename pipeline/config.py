@@ -232,12 +232,14 @@ def resolve_stage(config: dict, dataset: str, stage: str, method: str | None = N
 
 
 def settings_from_args(settings_json: str | None, config_path: str | None, dataset: str | None, *,
-                       option: str = "--settings", resolver=None, check_files: bool = True) -> dict:
+                       stage: str | None = None, method: str | None = None, option: str = "--settings",
+                       resolver=None, check_files: bool = True) -> dict:
     """Resolve settings from ``--settings JSON`` (Snakemake) or ``--config FILE [--dataset]`` (by hand).
 
-    ``resolver(config, dataset)`` turns a validated config into the settings (default
-    :func:`resolve`; the studies and the tune stage pass their own); ``option`` names the
-    JSON option in errors.
+    By hand, ``stage`` (and ``method``) select what :func:`resolve_stage` gives the rule of that
+    stage, so a stage run by hand reads exactly the settings its rule passes (a baseline's own
+    ``baselines.NAME`` settings included). ``resolver(config, dataset)`` replaces that for the
+    studies and the tune stage; ``option`` names the JSON option in errors.
     """
     if settings_json:
         try:
@@ -251,4 +253,8 @@ def settings_from_args(settings_json: str | None, config_path: str | None, datas
     if dataset:
         cfg["dataset"] = dataset
     validate(cfg, check_files=check_files)
-    return (resolver or resolve)(cfg, cfg["dataset"])
+    if resolver is not None:
+        return resolver(cfg, cfg["dataset"])
+    if stage is not None:
+        return resolve_stage(cfg, cfg["dataset"], stage, method)
+    return resolve(cfg, cfg["dataset"])
