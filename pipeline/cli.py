@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.errors import PipelineError
 
@@ -29,6 +30,8 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and BLAS (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--log", help="also write the whole log (every message, and the traceback of an unexpected "
+                                 "error) to this file; the console keeps warnings and the one-line error")
 
 
 def _settings(a, stage: str, method: str | None = None) -> dict:
@@ -108,6 +111,8 @@ def cmd_import(a) -> None:
     for key, value in (("n_query", a.n_query), ("n_train", a.n_train), ("seed", a.seed)):
         if value is not None:
             s[key] = value
+    if a.allow_overlap:
+        s["allow_overlap"] = True
     keys = {"image": a.image_key, "text": a.text_key, "labels": a.label_key}
     s["import_keys"] = {**(s.get("import_keys") or {}), **{k: v for k, v in keys.items() if v}}
     srcs = [Path(p) for p in a.src] or ([Path(s["path"])] if s.get("path") else [])
@@ -230,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image-key", help="the image feature variable (or split-style prefix) if not detected")
     q.add_argument("--text-key", help="the text feature variable (or prefix) if not detected")
     q.add_argument("--label-key", help="the label variable (or prefix) if not detected")
+    q.add_argument("--allow-overlap", action="store_true",
+                   help="accept queries that are also in the file's database or training split (refused by default; "
+                        "recorded in the provenance)")
     q.set_defaults(fn=cmd_import)
 
     q = sub.add_parser("train", help="train a hashing model for one code length")
@@ -314,29 +322,103 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    limits = contextlib.nullcontext()
-    if getattr(args, "threads", None):
-        import torch
-        from threadpoolctl import threadpool_limits  # installed with scikit-learn
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-        torch.set_num_threads(max(1, args.threads))
-        # numpy/scipy BLAS too (the shallow baselines, PCA): jobs running side by side must not
-        # each start one BLAS thread per core (measured 10-20x slower when oversubscribed).
-        limits = threadpool_limits(max(1, args.threads))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+@contextlib.contextmanager
+def _logging(args) -> Iterator[logging.Logger]:
+    """Log records to the console (INFO, or WARNING and up with ``--log``) and to the ``--log`` file.
+
+    Installed for this call only (tests call :func:`main` many times in one process). Python
+    warnings become log records, so they reach the file too.
+    """
+    root = logging.getLogger()
+    handlers: list[logging.Handler] = []
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if args.verbose else (logging.WARNING if args.log else logging.INFO))
+    console.addFilter(lambda r: getattr(r, "console", True))  # records meant for the log file only
+    handlers.append(console)
+    if args.log:
+        try:
+            Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+            handlers.append(logging.FileHandler(args.log, mode="w", encoding="utf-8"))
+        except OSError as e:
+            raise PipelineError(f"cannot write the log file {args.log}: {e.strerror or e}") from None
+    for h in handlers:
+        h.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(h)
+    old_level = root.level
+    root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    logging.captureWarnings(True)
     try:
-        with limits:
-            args.fn(args)
+        yield root
+    finally:
+        logging.captureWarnings(False)
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+        root.setLevel(old_level)
+
+
+def _fail(message: str, status: int) -> int:
+    """The one line a person sees on the console (and, through the log handlers, in the log file)."""
+    log.error("%s", message, extra={"console": False})
+    print(f"cmimh: {message}", file=sys.stderr)
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Exit status 0, 2 for a user error (one line ``cmimh: error: ...`` on
+    stderr), 1 for an unexpected error (one line; its traceback goes to the ``--log`` file, or to
+    the console with ``-v``), 130 when interrupted."""
+    args = build_parser().parse_args(argv)
+    args.log = getattr(args, "log", None)
+    try:
+        cm = _logging(args)
+        root = cm.__enter__()
     except PipelineError as e:
         print(f"cmimh: error: {e}", file=sys.stderr)
         return 2
+    try:
+        return _run(args, root)
+    finally:
+        cm.__exit__(None, None, None)
+
+
+def _run(args, root: logging.Logger) -> int:
+    from pipeline.io import write_failure
+
+    limits = contextlib.nullcontext()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if getattr(args, "threads", None):
+            import torch
+            from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+            torch.set_num_threads(max(1, args.threads))
+            # numpy/scipy BLAS too (the shallow baselines, PCA): jobs running side by side must not
+            # each start one BLAS thread per core (measured 10-20x slower when oversubscribed).
+            limits = threadpool_limits(max(1, args.threads))
+        with limits:
+            args.fn(args)
+    except PipelineError as e:
+        return _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
-        print("cmimh: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted", 130)
+    except MemoryError:
+        return _fail(f"error: out of memory in `cmimh {args.command}` (use a smaller batch_size, fewer threads, "
+                     "or a machine with more memory)", 2)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback in the log
+        w = write_failure(e)
+        if w is not None:
+            where = getattr(w, "filename", None) or "an output"
+            return _fail(f"error: cannot write {where}: {getattr(w, 'strerror', None) or w}", 2)
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        if args.verbose or args.log:
+            log.exception("unexpected error in `cmimh %s`", args.command, extra={"console": bool(args.verbose)})
+        where = f"the traceback is in {args.log}" if args.log else "rerun with -v for the traceback"
+        return _fail(f"error: unexpected {type(e).__name__} in `cmimh {args.command}`: {msg} "
+                     f"(a bug; {where})", 1)
     return 0
 
 

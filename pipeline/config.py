@@ -9,6 +9,7 @@ resolution runs when a stage is called by hand with ``--config config.yaml``.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -96,6 +97,30 @@ def validate(config: dict, check_files: bool = True) -> None:
         raise PipelineError(f"config: dataset {name!r}: n_query + n_train exceeds n_pairs")
 
 
+RUN_CONFIG_DIR = Path(".snakemake") / "cmimh"
+
+
+def write_run_config(config: dict, folder: str | Path = RUN_CONFIG_DIR) -> str:
+    """Write the workflow's effective config (config.yaml with ``--config`` overrides applied) to
+    ``folder/config-<sha256[:12]>.yaml`` and return that path.
+
+    Every rule calls its stage with ``--config THIS_FILE --dataset NAME``, exactly as a person
+    runs the stage by hand, so the printed commands stay short and readable, and a stage
+    resolves its settings with the same resolver whether a rule or a person calls it. The name
+    is a content hash: parallel jobs (and cluster jobs, which parse the workflow again) write the
+    same bytes to the same name, and the rule's command text does not change with the config
+    (so it triggers no rerun; each rule's ``params`` carry the settings its stage reads, and
+    those changing is what reruns it).
+    """
+    from pipeline.io import write_text
+
+    text = yaml.safe_dump(json.loads(json.dumps(config, sort_keys=True, default=str)), sort_keys=True)
+    path = Path(folder) / f"config-{hashlib.sha256(text.encode()).hexdigest()[:12]}.yaml"
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
+    return str(path)
+
+
 def _merge(base: dict, over: dict) -> dict:
     out = copy.deepcopy(base)
     for k, v in over.items():
@@ -131,7 +156,7 @@ STAGE_KEYS = {
     "extract_image": ("dataset", "seed", "device", "image_features"),
     "extract_text": ("dataset", "seed", "device", "text_features"),
     "extract": ("dataset", "seed", "n_query", "n_train", "image_features", "text_features"),
-    "import_features": ("dataset", "seed", "n_query", "n_train", "path", "import_keys"),
+    "import_features": ("dataset", "seed", "n_query", "n_train", "path", "import_keys", "allow_overlap"),
     "train": ("dataset", "seed", "device", "cmimh"),
     "encode": ("dataset", "seed", "device", "image_features", "text_features"),
 }

@@ -117,6 +117,35 @@ def test_end_to_end_tiny_demo(tmp_path):
     assert [h["rank"] for h in hits] == [1, 2, 3]
 
 
+def test_failing_stage_shows_its_error_line_and_changed_settings_rebuild_the_fc7(tmp_path):
+    """The issue's path: input_size 64 -> 96 with a truncated image fails at extract_image_shard with
+    the stage's own line on the console; after restoring the image, the FC7 is extracted again at
+    96 px (not the old 64-px file reused), and what the rules print is readable."""
+    import h5py
+
+    wd = tiny_config(tmp_path / "run")
+    smk(wd, "--cores", "2", "results/demo/features.h5")
+    image = sorted((wd / "data/demo/images").glob("*.jpg"))[5]
+    good = image.read_bytes()
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    cfg["datasets"]["demo"]["image_features"]["input_size"] = 96
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
+    image.write_bytes(good[:40])
+    p = smk(wd, "--cores", "2", "results/demo/features.h5", check=False)
+    assert p.returncode != 0
+    console = (p.stdout + p.stderr).splitlines()
+    assert any(line.startswith(f"cmimh: error: unreadable image for id {image.stem}: ") for line in console), console
+    assert "Traceback" not in p.stdout + p.stderr
+    commands = [line for line in console if "/cmimh " in line]
+    assert commands and all(len(c) < 400 and "{" not in c for c in commands), commands
+    image.write_bytes(good)
+    smk(wd, "--cores", "2", "results/demo/features.h5")
+    with h5py.File(wd / "results/demo/intermediate/fc7.h5") as f:
+        assert json.loads(f.attrs["fc7_settings"])["input_size"] == 96
+    with h5py.File(wd / "results/demo/features.h5") as f:
+        assert json.loads(f.attrs["provenance"])["image"]["input_size"] == 96
+
+
 # ----------------------------------------------------------------------------- studies and tune (dry runs)
 def study_config(workdir: Path, **over) -> Path:
     """The tiny config with small study and tune settings (dry runs only: nothing trains)."""
@@ -226,7 +255,7 @@ def test_tuned_method_trains_with_the_tune_choice(tmp_path):
     p = smk(wd, "-n", "--cores", "2", "-p", "all")
     jobs = planned(p.stdout)
     assert jobs["train"] == 4 and jobs["tune_select"] == 1 and jobs["tune_point"] == 4
-    train_cmds = [line for line in p.stdout.splitlines() if " train --settings" in line]
+    train_cmds = [line for line in p.stdout.splitlines() if " train --config" in line]
     assert sum("--method cmimh-tuned" in c and "--tuned results/demo/tune/cmimh.json" in c for c in train_cmds) == 2
     assert not any("--method cmimh " in c and "--tuned" in c for c in train_cmds)
 

@@ -4,11 +4,14 @@ import re
 import sys
 from pathlib import Path
 
-from pipeline.config import normalize, resolve_stage, validate
+from pipeline.config import normalize, resolve_stage, validate, write_run_config
 from pipeline.errors import PipelineError
 
 try:
     validate(normalize(config))
+    # Every rule runs its stage as a person would by hand: `cmimh STAGE --config CONFIG --dataset D`,
+    # CONFIG being this workflow's effective config (config.yaml plus --config overrides).
+    CONFIG = write_run_config(config)
 except PipelineError as _e:
     # One line that names the problem, then stop before any job is planned.
     print(f"cmimh: {_e}", file=sys.stderr)
@@ -42,7 +45,9 @@ wildcard_constraints:
 
 
 def settings(stage):
-    """The resolved settings that `stage` reads, as JSON for `cmimh --settings` (rule params).
+    """The resolved settings that `stage` reads, as JSON: a rule's params, so that a job reruns
+    exactly when what its stage reads changes (the stage itself resolves the same settings from
+    `--config CONFIG`).
 
     With a `method` wildcard, its variant (e.g. cmimh_no_mi) is applied, so each ablation run
     has its own params and reruns only when its own settings change."""

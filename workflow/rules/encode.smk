@@ -20,5 +20,5 @@ rule encode:
         mem_mb=4000,
         runtime=60,
     shell:
-        "{CMIMH} encode --settings {params.settings:q} --threads {threads} --model {input.model}"
-        " --features {input.features} --index {output.index} -o {output.codes} 2> {log}"
+        "{CMIMH} encode --config {CONFIG} --dataset {wildcards.dataset} --threads {threads} --model {input.model}"
+        " --features {input.features} --index {output.index} -o {output.codes} --log {log}"

@@ -41,8 +41,8 @@ for _study in STUDY_NAMES:
             mem_mb=1000,
             runtime=10,
         shell:
-            "{CMIMH} study {params.study} --settings {params.settings:q} --results {RESULTS}/{wildcards.dataset}"
-            " --k {params.k} --plot {output.plot} -o {output.table} 2> {log}"
+            "{CMIMH} study {params.study} --config {CONFIG} --dataset {wildcards.dataset}"
+            " --results {RESULTS}/{wildcards.dataset} --k {params.k} --plot {output.plot} -o {output.table} --log {log}"
 
     rule:
         name:

@@ -40,9 +40,9 @@ rule extract_image_shard:
         runtime=240,
         gpu=1,
     shell:
-        "{CMIMH} extract image --settings {params.settings:q} --threads {threads}"
+        "{CMIMH} extract image --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
         " --manifest {input.manifest} --shard {wildcards.shard} --shards {wildcards.nshards}"
-        " -o {output.fc7} 2> {log}"
+        " -o {output.fc7} --log {log}"
 
 
 rule extract_image:
@@ -52,6 +52,9 @@ rule extract_image:
         shards=fc7_shards,
     output:
         fc7=f"{RESULTS}/{{dataset}}/intermediate/fc7.h5",
+    params:
+        # the shards' settings: a change reruns the merge, which asks for new shards (they are temp)
+        settings=fc7_settings,
     wildcard_constraints:
         dataset=RAW_DATASETS,
     log:
@@ -63,7 +66,7 @@ rule extract_image:
         mem_mb=2000,
         runtime=60,
     shell:
-        "{CMIMH} extract merge --manifest {input.manifest} --parts {input.shards} -o {output.fc7} 2> {log}"
+        "{CMIMH} extract merge --manifest {input.manifest} --parts {input.shards} -o {output.fc7} --log {log}"
 
 
 rule extract_text:
@@ -85,8 +88,8 @@ rule extract_text:
         runtime=120,
         gpu=1,
     shell:
-        "{CMIMH} extract text --settings {params.settings:q} --threads {threads}"
-        " --manifest {input.manifest} -o {output.text} 2> {log}"
+        "{CMIMH} extract text --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
+        " --manifest {input.manifest} -o {output.text} --log {log}"
 
 
 rule extract:
@@ -109,8 +112,8 @@ rule extract:
         mem_mb=16000,
         runtime=60,
     shell:
-        "{CMIMH} extract assemble --settings {params.settings:q} --manifest {input.manifest}"
-        " --fc7 {input.fc7} --text {input.text} -o {output.features} 2> {log}"
+        "{CMIMH} extract assemble --config {CONFIG} --dataset {wildcards.dataset} --manifest {input.manifest}"
+        " --fc7 {input.fc7} --text {input.text} -o {output.features} --log {log}"
 
 
 rule import_features:
@@ -129,4 +132,4 @@ rule import_features:
         mem_mb=8000,
         runtime=30,
     shell:
-        "{CMIMH} extract import --settings {params.settings:q} --src {input.src} -o {output.features} 2> {log}"
+        "{CMIMH} import --config {CONFIG} --dataset {wildcards.dataset} {input.src} -o {output.features} --log {log}"

@@ -22,4 +22,4 @@ rule prepare:
         mem_mb=2000,
         runtime=120,
     shell:
-        "{CMIMH} prepare --settings {params.settings:q} -o {output.manifest} 2> {log}"
+        "{CMIMH} prepare --config {CONFIG} --dataset {wildcards.dataset} -o {output.manifest} --log {log}"

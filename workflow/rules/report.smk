@@ -31,4 +31,4 @@ rule report:
     shell:
         "{CMIMH} report --results {RESULTS}/{wildcards.dataset} --dataset {wildcards.dataset}"
         " --bits {params.bits} --methods {params.methods} --k {params.k} --include {input.tables}"
-        " -o {output.report} 2> {log}"
+        " -o {output.report} --log {log}"

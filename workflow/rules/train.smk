@@ -31,6 +31,6 @@ rule train:
         runtime=240,
         gpu=1,
     shell:
-        "{CMIMH} train --settings {params.settings:q} --threads {threads}"
+        "{CMIMH} train --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
         " --features {input.features} --method {wildcards.method} --bits {wildcards.bits}{params.tuned}"
-        " --log-csv {output.log_csv} --plot {output.plot} -o {output.model} 2> {log}"
+        " --log-csv {output.log_csv} --plot {output.plot} -o {output.model} --log {log}"

@@ -28,9 +28,9 @@ rule tune_point:
         runtime=240,
         gpu=1,
     shell:
-        "{CMIMH} tune point --settings {params.settings:q} --tune {params.tune:q} --threads {threads}"
+        "{CMIMH} tune point --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
         " --features {input.features} --point {wildcards.point} --fold {wildcards.fold}"
-        " -o {output.record} 2> {log}"
+        " -o {output.record} --log {log}"
 
 
 rule tune_select:
@@ -51,8 +51,8 @@ rule tune_select:
         mem_mb=1000,
         runtime=10,
     shell:
-        "{CMIMH} tune select --tune {params.tune:q} --table {output.table} --plot {output.plot}"
-        " --records {input.records} -o {output.tuned} 2> {log}"
+        "{CMIMH} tune select --config {CONFIG} --dataset {wildcards.dataset} --table {output.table}"
+        " --plot {output.plot} --records {input.records} -o {output.tuned} --log {log}"
 
 
 localrules:
