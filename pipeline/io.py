@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -186,17 +186,24 @@ def to_jsonable(obj: Any) -> Any:
     return obj
 
 
+@contextlib.contextmanager
 def open_h5(path: str | os.PathLike, what: str):
-    """Open an HDF5 file for reading; a missing or unreadable file is one line naming ``what``."""
+    """Open an HDF5 file for reading; a missing, unreadable or damaged file (a truncated copy that
+    opens but fails on reading a dataset) is one line naming ``what``."""
     import h5py
 
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"missing {what}: {path}")
     try:
-        return h5py.File(path, "r")
+        f = h5py.File(path, "r")
     except OSError as e:
         raise PipelineError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None
+    try:
+        with f:
+            yield f
+    except OSError as e:  # h5py reading damaged data or metadata
+        raise PipelineError(f"{path}: damaged {what} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from None
 
 
 def write_strings(f, name: str, values) -> None:
@@ -228,6 +235,15 @@ def read_arrays(f, group: str) -> dict | None:
 def read_attrs(obj) -> dict:
     """HDF5 attributes as plain Python values."""
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in obj.attrs.items()}
+
+
+def check_unique_ids(ids: Iterable, where: str) -> None:
+    """Every id once; else one line naming the first repeated id (ids key every artifact's rows)."""
+    seen: dict[str, int] = {}
+    for i, v in enumerate(ids):
+        if v in seen:
+            raise PipelineError(f"{where}: duplicate id {v!r} (rows {seen[v]} and {i}); ids must be unique")
+        seen[v] = i
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -15,3 +15,41 @@ def test_begin_rewrite_removes_the_manifest_first(tmp_path):
     (tmp_path / "blocker").write_text("a file, not a folder")
     with pytest.raises(PipelineError, match=r"^x: cannot create .*blocker"):
         begin_rewrite(tmp_path / "blocker", "x")
+
+
+def _demo_folder(tmp_path, lines, meta='{"classes": ["a", "b"]}'):
+    (tmp_path / "meta.json").write_text(meta)
+    (tmp_path / "manifest.jsonl").write_bytes(b"".join(lines))
+    return tmp_path / "manifest.jsonl"
+
+
+LINE = b'{"id": "%s", "image": "images/%s.jpg", "caption": "x", "tags": [], "labels": [0]}\n'
+
+
+def test_duplicate_ids_are_refused_naming_both_lines(tmp_path):
+    from pipeline.data.manifest import read_manifest
+
+    path = _demo_folder(tmp_path, [LINE % (b"1", b"1"), LINE % (b"2", b"2"), LINE % (b"1", b"3")])
+    with pytest.raises(PipelineError, match=r"manifest.jsonl:3: duplicate id '1' \(first on line 1\)"):
+        read_manifest(path)
+
+
+def test_writing_a_manifest_with_duplicate_ids_is_refused(tmp_path):
+    from pipeline.data.manifest import Pair, write_manifest
+
+    pairs = [Pair(id="a", image="i/a.jpg", caption="x", tags=[], labels=[0]) for _ in range(2)]
+    with pytest.raises(PipelineError, match="duplicate id 'a'"):
+        write_manifest(tmp_path, ["c"], pairs)
+    assert not (tmp_path / "manifest.jsonl").exists()
+
+
+def test_non_utf8_manifest_and_meta_are_one_line(tmp_path):
+    from pipeline.data.manifest import read_manifest
+
+    path = _demo_folder(tmp_path, [LINE % (b"1", b"1"), b'{"id": "2", "caption": "caf\xe9"}\n'])
+    with pytest.raises(PipelineError, match=r"manifest.jsonl:2: not valid UTF-8"):
+        read_manifest(path)
+    path = _demo_folder(tmp_path, [LINE % (b"1", b"1")])
+    (tmp_path / "meta.json").write_bytes(b'{"classes": ["\xe9"]}')  # latin-1, not UTF-8
+    with pytest.raises(PipelineError, match=r"meta.json: not valid UTF-8 JSON"):
+        read_manifest(path)

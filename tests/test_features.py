@@ -167,7 +167,7 @@ def test_assemble_writes_the_contract(tiny_demo, tmp_path):
     extract.run_image(tiny_demo, s, tmp_path / "fc7.h5", CPU, progress=False)
     s2 = settings(text_features={"kind": "tags"})
     extract.run_text(tiny_demo, s2, tmp_path / "text.h5", CPU, progress=False)
-    extract.run_assemble(tiny_demo, tmp_path / "fc7.h5", tmp_path / "text.h5", s, tmp_path / "features.h5")
+    extract.run_assemble(tiny_demo, tmp_path / "fc7.h5", tmp_path / "text.h5", s2, tmp_path / "features.h5")
     with h5py.File(tmp_path / "features.h5") as f:
         assert f["image"].dtype == np.float32 and f["image"].shape == (40, 6)
         assert f["labels"].dtype == np.uint8 and f["labels"].shape[1] >= 10

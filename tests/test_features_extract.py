@@ -168,3 +168,59 @@ def test_assemble_rejects_fc7_of_other_ids(tiny_demo, tmp_path):
     s = {**img_settings(pca_dim=2), "n_query": 5, "n_train": 10, "text_features": {"kind": "tags"}}
     with pytest.raises(PipelineError, match="ids differ from"):
         extract.run_assemble(tiny_demo, tmp_path / "fc7.h5", tmp_path / "text.h5", s, tmp_path / "f.h5")
+
+
+# ----------------------------------------------------------------------------- stale intermediate files
+def _assemble_settings(**image_over):
+    return {**img_settings(pca_dim=2, **image_over), "n_query": 5, "n_train": 10, "text_features": {"kind": "tags"}}
+
+
+@pytest.fixture
+def extracted(tiny_demo, tmp_path, cached_network):
+    """fc7.h5 and text.h5 of the tiny demo, made with _assemble_settings()."""
+    s = _assemble_settings()
+    extract.run_image(tiny_demo, s, tmp_path / "fc7.h5", CPU, progress=False)
+    extract.run_text(tiny_demo, s, tmp_path / "text.h5", CPU, progress=False)
+    return tmp_path / "fc7.h5", tmp_path / "text.h5"
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"input_size": 96}, "made with image_features.input_size=64 but the settings say 96"),
+    ({"on_bad_image": "drop"}, "made with image_features.on_bad_image='error' but the settings say 'drop'"),
+    ({"weights": "imagenet"}, "made with image_features.weights='random' but the settings say 'imagenet'"),
+])
+def test_assemble_refuses_fc7_made_with_other_settings(tiny_demo, tmp_path, extracted, change, needle):
+    fc7, txt = extracted
+    with pytest.raises(PipelineError, match=needle.replace("(", r"\(").replace(")", r"\)")) as e:
+        extract.run_assemble(tiny_demo, fc7, txt, _assemble_settings(**change), tmp_path / "f.h5")
+    assert "snakemake --forcerun extract_image" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "f.h5").exists()
+    extract.run_assemble(tiny_demo, fc7, txt, _assemble_settings(), tmp_path / "f.h5")  # the matching settings work
+
+
+def test_assemble_refuses_fc7_of_other_images_and_text_of_other_settings(tiny_demo, tmp_path, extracted):
+    fc7, txt = extracted
+    root = tmp_path / "demo"
+    import shutil
+
+    shutil.copytree(tiny_demo.parent, root)
+    lines = (root / "manifest.jsonl").read_text().splitlines()
+    rec = json.loads(lines[2])
+    rec["sha256"] = "0" * 64  # the manifest now says the image is another file
+    lines[2] = json.dumps(rec)
+    (root / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(PipelineError, match="made from other images than"):
+        extract.run_assemble(root / "manifest.jsonl", fc7, txt, _assemble_settings(), tmp_path / "f.h5")
+    s = {**_assemble_settings(), "text_features": {"kind": "sentence"}}
+    with pytest.raises(PipelineError, match="made with text_features.kind='tags' but the settings say 'sentence'"):
+        extract.run_assemble(tiny_demo, fc7, txt, s, tmp_path / "f.h5")
+
+
+def test_assemble_refuses_files_without_recorded_settings(tiny_demo, tmp_path):
+    ids = [p.id for p in read_manifest(tiny_demo).pairs]
+    fake_shard(tmp_path / "fc7.h5", 0, 40, 40, ids)
+    with h5py.File(tmp_path / "text.h5", "w") as f:
+        f["text"] = np.zeros((40, 3), np.float32)
+    with pytest.raises(PipelineError, match="no recorded image_features settings"):
+        extract.run_assemble(tiny_demo, tmp_path / "fc7.h5", tmp_path / "text.h5", _assemble_settings(),
+                             tmp_path / "f.h5")

@@ -275,3 +275,19 @@ def test_work_file_held_by_another_process_is_an_error_not_discarded(tmp_path):
         holder.wait(30)
     with image.WorkFile(out, "fp", layout, 4) as wf:  # released: resumed, not started afresh
         assert wf.rows_done == 2
+
+
+def test_an_image_replaced_by_another_valid_one_is_detected(demo16, reference, tmp_path, caplog):
+    """The manifest records each image's sha256: a file swapped for another valid JPEG after
+    prepare stops the run under `error` and is dropped (and named) under `drop`."""
+    manifest = copy_demo(demo16, tmp_path)
+    m = read_manifest(manifest)
+    shutil.copyfile(m.image_path(3), m.image_path(6))  # a valid JPEG, the wrong picture
+    with pytest.raises(PipelineError, match=f"changed image for id {m.pairs[6].id}: .*the file changed after prepare"):
+        extract.run_image(manifest, settings(), tmp_path / "fc7.h5", CPU, progress=False)
+    out = tmp_path / "drop.h5"
+    with caplog.at_level(logging.WARNING, logger="pipeline.features.image"):
+        extract.run_image(manifest, settings(on_bad_image="drop"), out, CPU, progress=False)
+    fc7, ok, attrs, _ = read(out)
+    assert np.flatnonzero(ok == 0).tolist() == [6] and json.loads(attrs["bad_image_ids"]) == [m.pairs[6].id]
+    assert f"changed image for id {m.pairs[6].id}" in caplog.text

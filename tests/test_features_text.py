@@ -71,7 +71,7 @@ def test_resumed_text_extraction_is_identical(enc, tmp_path):
     assert commits == [12]  # chunks of 4 texts: 0-3 and 4-7 were kept
     with h5py.File(ref) as a, h5py.File(out) as b:
         assert np.array_equal(a["text"][()], b["text"][()])
-        assert sorted(b) == ["text"] and b.attrs["pooling"] == "mean"
+        assert sorted(b) == ["ids", "text"] and b.attrs["pooling"] == "mean"
         np.testing.assert_allclose(b["text"][()], text.encode_sentences(enc, TEXTS, progress=False),
                                    rtol=1e-4, atol=1e-5)
     assert not image.work_path(out).exists()

@@ -28,7 +28,7 @@ from typing import Iterable
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output
+from pipeline.io import atomic_output, check_unique_ids
 
 
 @dataclass
@@ -91,16 +91,22 @@ def write_manifest(root: str | Path, classes: list[str], pairs: Iterable[Pair],
     meta_obj = dict(meta or {})
     meta_obj.update({"classes": list(classes), "tag_vocab": tag_vocab})
     with atomic_output(root / "meta.json") as tmp:
-        tmp.write_text(json.dumps(meta_obj, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(meta_obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    pairs = list(pairs)
+    check_unique_ids((p.id for p in pairs), str(root / "manifest.jsonl"))
     with atomic_output(root / "manifest.jsonl") as tmp:
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             for p in pairs:
                 f.write(json.dumps(p.to_json(), sort_keys=True) + "\n")
     return root / "manifest.jsonl"
 
 
 def read_manifest(path: str | Path) -> Manifest:
-    """Read ``manifest.jsonl`` (and ``meta.json`` beside it), checking every line."""
+    """Read ``manifest.jsonl`` (and ``meta.json`` beside it), checking every line.
+
+    A line that is not UTF-8 JSON, lacks a key, has a label outside ``classes`` or repeats an id
+    is one error naming the file and line.
+    """
     path = Path(path)
     root = path.parent
     if not path.is_file():
@@ -108,13 +114,21 @@ def read_manifest(path: str | Path) -> Manifest:
     meta_path = root / "meta.json"
     if not meta_path.is_file():
         raise PipelineError(f"missing {meta_path} beside {path}")
-    meta = json.loads(meta_path.read_text())
-    classes = meta.get("classes")
+    try:
+        meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise PipelineError(f"{meta_path}: not valid UTF-8 JSON ({str(e).splitlines()[0][:120]})") from None
+    classes = meta.get("classes") if isinstance(meta, dict) else None
     if not classes:
         raise PipelineError(f"{meta_path}: no 'classes' list")
     pairs = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
+    first_line: dict[str, int] = {}
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise PipelineError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
             if not line.strip():
                 continue
             try:
@@ -126,6 +140,10 @@ def read_manifest(path: str | Path) -> Manifest:
                 raise PipelineError(f"{path}:{lineno}: bad manifest line ({e})") from None
             if any(c < 0 or c >= len(classes) for c in pair.labels):
                 raise PipelineError(f"{path}:{lineno}: label index out of range 0..{len(classes) - 1}")
+            if pair.id in first_line:
+                raise PipelineError(f"{path}:{lineno}: duplicate id {pair.id!r} (first on line "
+                                    f"{first_line[pair.id]}); ids must be unique")
+            first_line[pair.id] = lineno
             pairs.append(pair)
     if not pairs:
         raise PipelineError(f"{path}: manifest has no pairs")

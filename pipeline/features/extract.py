@@ -33,7 +33,96 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_ROWS = 4096  # rows per read when fitting, projecting, merging, copying (64 MiB of FC7)
 # Attributes that must agree between the shards of one extraction.
-SHARD_SAME = ("weights", "weights_source", "weights_sha256", "input_size", "on_bad_image", "manifest_sha256")
+SHARD_SAME = ("weights", "weights_source", "weights_sha256", "input_size", "on_bad_image", "manifest_sha256",
+              "fc7_settings", "images_sha256")
+STALE = "a stale file: rerun its extraction (snakemake --forcerun {rule})"
+
+
+def image_settings(settings: dict) -> dict:
+    """``image_features`` with the defaults of :data:`pipeline.config.IMAGE_DEFAULTS` filled in."""
+    from pipeline.config import IMAGE_DEFAULTS
+
+    return {**IMAGE_DEFAULTS, **settings.get("image_features", {})}
+
+
+def text_settings(settings: dict) -> dict:
+    """``text_features`` with the defaults of :data:`pipeline.config.TEXT_DEFAULTS` filled in."""
+    from pipeline.config import TEXT_DEFAULTS
+
+    return {**TEXT_DEFAULTS, **settings.get("text_features", {})}
+
+
+def fc7_record(settings: dict) -> dict:
+    """What decides the FC7 rows besides the images: recorded in ``fc7.h5`` (``fc7_settings``) and
+    checked by assembly. Batch size, workers, shards and device are not in it: they change the
+    arithmetic order at most (see tests/test_features_image.py for the tolerance)."""
+    s = image_settings(settings)
+    rec = {"model": s["model"], "weights": str(s["weights"]), "input_size": int(s["input_size"]),
+           "on_bad_image": s["on_bad_image"]}
+    if rec["weights"] == "random":
+        rec["seed"] = int(settings["seed"])
+    return rec
+
+
+def text_record(settings: dict) -> dict:
+    """What decides the text rows besides the captions or tags: recorded in ``text.h5``
+    (``text_settings``) and checked by assembly."""
+    s = text_settings(settings)
+    if s["kind"] == "tags":
+        return {"kind": "tags"}
+    return {"kind": s["kind"], "model": s["model"], "pooling": s["pooling"], "max_length": int(s["max_length"])}
+
+
+def images_digest(m) -> str:
+    """The identity of a manifest's images: ids, paths and checksums, in row order."""
+    return image_mod.digest([f"{p.id}\t{p.image}\t{p.sha256 or ''}" for p in m.pairs])
+
+
+def texts_digest(m, kind: str) -> str:
+    """The identity of a manifest's texts for ``kind``: the captions, or the tag lists (and vocabulary)."""
+    if kind == "tags":
+        return image_mod.digest([json.dumps(m.tag_vocab)] + [f"{p.id}\t{json.dumps(p.tags)}" for p in m.pairs])
+    return image_mod.digest([f"{p.id}\t{p.caption}" for p in m.pairs])
+
+
+def _check_recorded(path: Path, attrs: dict, key: str, want: dict, section: str, rule: str) -> None:
+    """``attrs[key]`` (JSON) must equal ``want``; else one line naming the first setting that differs."""
+    raw = attrs.get(key)
+    if raw is None:
+        raise PipelineError(f"{path}: no recorded {section} settings (made by an older version?); "
+                            + STALE.format(rule=rule))
+    got = json.loads(raw)
+    for k in [*want, *(k for k in got if k not in want)]:  # the settings' own order: weights before seed
+        if got.get(k) != want.get(k):
+            raise PipelineError(f"{path} was made with {section}.{k}={got.get(k)!r} but the settings say "
+                                f"{want.get(k)!r}: " + STALE.format(rule=rule))
+
+
+def check_fc7_file(path: Path, attrs: dict, ids: list[str] | None, settings: dict, m) -> None:
+    """An FC7 file is usable for these settings and this manifest: the same recorded settings,
+    ids and image checksums (and, for a checkpoint, the same checkpoint file); else one line."""
+    _check_recorded(path, attrs, "fc7_settings", fc7_record(settings), "image_features", "extract_image")
+    if ids is not None and ids != [p.id for p in m.pairs]:
+        raise PipelineError(f"{path}: ids differ from {m.root / 'manifest.jsonl'}: " + STALE.format(rule="extract_image"))
+    if attrs.get("images_sha256") != images_digest(m):
+        raise PipelineError(f"{path}: made from other images than {m.root / 'manifest.jsonl'} lists (ids, files "
+                            "or checksums changed): " + STALE.format(rule="extract_image"))
+    w = image_settings(settings)["weights"]
+    if w not in ("random", "imagenet") and attrs.get("weights_sha256") and Path(w).is_file() \
+            and sha256_file(w) != attrs["weights_sha256"]:
+        raise PipelineError(f"{path}: made with another version of the checkpoint {w} (its sha256 changed): "
+                            + STALE.format(rule="extract_image"))
+
+
+def check_text_file(path: Path, attrs: dict, ids: list[str] | None, settings: dict, m) -> None:
+    """A text features file is usable for these settings and this manifest; else one line."""
+    rec = text_record(settings)
+    _check_recorded(path, attrs, "text_settings", rec, "text_features", "extract_text")
+    if ids is not None and ids != [p.id for p in m.pairs]:
+        raise PipelineError(f"{path}: ids differ from {m.root / 'manifest.jsonl'}: " + STALE.format(rule="extract_text"))
+    if attrs.get("texts_sha256") != texts_digest(m, rec["kind"]):
+        raise PipelineError(f"{path}: made from other {'tags' if rec['kind'] == 'tags' else 'captions'} than "
+                            f"{m.root / 'manifest.jsonl'} holds: " + STALE.format(rule="extract_text"))
 
 
 def shard_range(n: int, shard: int, shards: int) -> tuple[int, int]:
@@ -55,8 +144,8 @@ def run_image(manifest: Path, settings: dict, out: Path, device: torch.device, p
     and the shards have one format and :func:`merge_fc7` accepts either.
     """
     m = read_manifest(manifest)
-    s = settings["image_features"]
-    if s.get("model", "alexnet") != "alexnet":
+    s = image_settings(settings)
+    if s["model"] != "alexnet":
         raise PipelineError(f"image_features.model: only 'alexnet' is supported, not {s['model']!r}")
     n = len(m.pairs)
     i, k = shard if shard is not None else (0, 1)
@@ -67,13 +156,14 @@ def run_image(manifest: Path, settings: dict, out: Path, device: torch.device, p
     images = image_mod.digest([f"{p.image}\t{p.sha256 or ''}" for p in pairs])
     image_mod.extract_fc7(
         [m.image_path(j) for j in range(start, stop)], [p.id for p in pairs], out,
-        weights=str(s.get("weights", "imagenet")), seed=int(settings["seed"]), device=device,
-        batch_size=int(s.get("batch_size", 64)), input_size=int(s.get("input_size", 224)),
-        num_workers=int(s.get("num_workers", 0)), on_bad_image=s.get("on_bad_image", "error"),
-        progress=progress, chunk_batches=int(s.get("chunk_batches", 8)),
+        weights=str(s["weights"]), seed=int(settings["seed"]), device=device,
+        batch_size=int(s["batch_size"]), input_size=int(s["input_size"]),
+        num_workers=int(s["num_workers"]), on_bad_image=s["on_bad_image"],
+        progress=progress, chunk_batches=int(s["chunk_batches"]), sha256=[p.sha256 for p in pairs],
         fingerprint_extra={"rows": [start, stop, n], "images": images}, on_chunk=on_chunk,
         attrs={"manifest_sha256": sha256_file(manifest), "row_start": start, "row_stop": stop, "n_total": n,
-               "shard": int(i), "shards": int(k)})
+               "shard": int(i), "shards": int(k), "fc7_settings": json.dumps(fc7_record(settings), sort_keys=True),
+               "images_sha256": images_digest(m)})
 
 
 def merge_fc7(parts: Sequence[Path], out: Path, manifest: Path | None = None, progress: bool = True,
@@ -150,28 +240,30 @@ def run_text(manifest: Path, settings: dict, out: Path, device: torch.device, pr
              on_chunk: Callable[[int], None] | None = None) -> None:
     """Sentence embeddings of the captions (resumable), or tag vectors, into ``out`` (dataset ``text``)."""
     m = read_manifest(manifest)
-    s = settings["text_features"]
-    kind = s.get("kind", "sentence")
+    s = text_settings(settings)
+    kind = s["kind"]
     ids = [p.id for p in m.pairs]
+    if kind not in ("sentence", "tags"):
+        raise PipelineError(f"text_features.kind must be 'sentence' or 'tags', not {kind!r}")
+    recorded = {"text_settings": json.dumps(text_record(settings), sort_keys=True),
+                "texts_sha256": texts_digest(m, kind), "manifest_sha256": sha256_file(manifest)}
     if kind == "sentence":
-        enc = text_mod.load_text_encoder(s["model"], device, s.get("pooling", "mean"), int(s.get("max_length", 64)))
+        enc = text_mod.load_text_encoder(s["model"], device, s["pooling"], int(s["max_length"]))
         info = {"text_kind": "sentence", "text_model": enc.name, "text_model_source": enc.source,
-                "pooling": enc.pooling, "max_length": enc.max_length, "manifest_sha256": sha256_file(manifest)}
+                "pooling": enc.pooling, "max_length": enc.max_length, **recorded}
         text_mod.encode_sentences_h5(enc, [p.caption for p in m.pairs], out, ids=ids,
-                                     batch_size=int(s.get("batch_size", 128)),
-                                     chunk_batches=int(s.get("chunk_batches", 8)), progress=progress,
-                                     attrs=info, on_chunk=on_chunk)
+                                     batch_size=int(s["batch_size"]), chunk_batches=int(s["chunk_batches"]),
+                                     progress=progress, attrs=info, on_chunk=on_chunk)
         log.info("text: sentence features, %d x %d", len(ids), enc.dim)
         return
-    if kind != "tags":
-        raise PipelineError(f"text_features.kind must be 'sentence' or 'tags', not {kind!r}")
     vocab = m.tag_vocab or sorted({t for p in m.pairs for t in p.tags})
     feats = text_mod.tag_vectors([p.tags for p in m.pairs], vocab)
     with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("text", data=feats)
+        write_strings(f, "ids", ids)
         # kept so that a typed query can be turned into the same tag vector
         write_strings(f, "tag_vocab", vocab)
-        f.attrs.update({"text_kind": "tags", "tag_vocab_size": len(vocab), "manifest_sha256": sha256_file(manifest)})
+        f.attrs.update({"text_kind": "tags", "tag_vocab_size": len(vocab), **recorded})
     log.info("text: tag features, shape %s", feats.shape)
 
 
@@ -287,7 +379,7 @@ def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, ou
     labels = m.label_matrix()
     mids = [p.id for p in m.pairs]
     seed = int(settings["seed"])
-    dim = int(settings["image_features"].get("pca_dim", 1024))
+    dim = int(image_settings(settings)["pca_dim"])
     with open_h5(fc7_h5, "image features file") as fi, open_h5(text_h5, "text features file") as ft:
         for f, keys in ((fi, ("fc7", "ok")), (ft, ("text",))):
             for key in keys:
@@ -302,6 +394,8 @@ def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, ou
                                 "(stale intermediate files? rerun extraction)")
         if fc7_ids is not None and fc7_ids != mids:
             raise PipelineError(f"{fc7_h5}: ids differ from {manifest} (stale intermediate file? rerun extraction)")
+        check_fc7_file(fc7_h5, image_attrs, fc7_ids, settings, m)
+        check_text_file(text_h5, text_attrs, read_strings(ft, "ids"), settings, m)
         keep = ok & (labels.sum(1) > 0)
         idx = np.flatnonzero(keep)
         splits = split_indices(len(idx), int(settings["n_query"]), int(settings["n_train"]), seed,
@@ -348,10 +442,16 @@ def run_import(src: Path, settings: dict, out: Path) -> None:
     splits, protocol = choose_splits(imp, None if n_query is None else int(n_query),
                                      None if n_train is None else int(n_train), seed)
     sources = [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in srcs]
+    allow = bool(settings.get("allow_overlap", False))
     prov = provenance(settings, dataset=settings.get("dataset", "imported"), seed=seed, stage="import",
                       sources=sources, source_format=imp.source_format, keys_used=imp.keys_used,
-                      split_protocol=protocol, import_notes=imp.notes,
+                      split_protocol=protocol, import_notes=imp.notes, allow_overlap=allow,
                       counts={s: int(len(v)) for s, v in splits.items()})
+    if allow:
+        overlap = {o: int(len(np.intersect1d(splits["query"], splits[o]))) for o in ("database", "train")}
+        if any(overlap.values()):
+            log.warning("import: allow_overlap is set: %d queries are in the database, %d in the training split",
+                        overlap["database"], overlap["train"])
     write_features(out, image=imp.image, text=imp.text, labels=imp.labels, splits=splits,
                    ids=imp.ids or [str(i) for i in range(imp.n)], provenance=prov)
     log.info("imported %s (%s): %d pairs; query %d, database %d, train %d (%s)",

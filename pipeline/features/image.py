@@ -16,6 +16,7 @@ row is done the work file is renamed onto the output, so a complete-looking outp
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ FC7_DIM = 4096
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BAD_IMAGE_POLICIES = ("error", "drop")
+CHANGED = "the file changed after prepare"
 
 
 @dataclass
@@ -105,23 +107,34 @@ class ImageFiles(Dataset):
 
     Any exception of one file's decoding (PIL raises OSError, SyntaxError, ValueError,
     DecompressionBombError, struct errors ... depending on the format) marks that image bad
-    rather than stopping a many-hour run; the policy decides what happens next.
+    rather than stopping a many-hour run; the policy decides what happens next. With
+    ``sha256`` (the manifest's checksums, None where it has none), a file whose bytes no longer
+    match is bad too: an image replaced after ``prepare`` by another valid one would otherwise
+    give features of the wrong picture without a word.
     """
 
-    def __init__(self, paths: Sequence[Path], transform):
+    def __init__(self, paths: Sequence[Path], transform, sha256: Sequence[str | None] | None = None):
         self.paths = list(paths)
         self.transform = transform
+        self.sha256 = list(sha256) if sha256 is not None else [None] * len(self.paths)
+        if len(self.sha256) != len(self.paths):
+            raise ValueError("ImageFiles: one checksum per path")
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            with Image.open(self.paths[i]) as im:
+            data = Path(self.paths[i]).read_bytes()
+            with Image.open(io.BytesIO(data)) as im:
                 x = self.transform(im.convert("RGB"))
-            return x, True, ""
         except Exception as e:  # noqa: BLE001 - see the class docstring
             return None, False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+        want = self.sha256[i]
+        if want and (got := hashlib.sha256(data).hexdigest()) != want:
+            return None, False, (f"{CHANGED}: its sha256 {got[:12]}... is not the manifest's {want[:12]}...; "
+                                 "rerun prepare")
+        return x, True, ""
 
 
 def _collate(batch):
@@ -274,7 +287,8 @@ def extract_fc7(paths: Sequence[Path], ids: Sequence[str], out_h5: Path, *, weig
                 device: torch.device, batch_size: int = 64, input_size: int = 224,
                 num_workers: int = 0, on_bad_image: str = "error", progress: bool = True,
                 attrs: dict | None = None, chunk_batches: int = 8, fingerprint_extra: dict | None = None,
-                on_chunk: Callable[[int], None] | None = None) -> ResolvedWeights:
+                on_chunk: Callable[[int], None] | None = None,
+                sha256: Sequence[str | None] | None = None) -> ResolvedWeights:
     """FC7 features of every image into ``out_h5`` (``fc7`` n x 4096 float32, ``ok`` uint8, ``ids``).
 
     Resumable (see the module docstring): a rerun after a kill continues from the last committed
@@ -282,7 +296,8 @@ def extract_fc7(paths: Sequence[Path], ids: Sequence[str], out_h5: Path, *, weig
     (``on_bad_image: error``; committed rows are kept, so the rerun after a fix carries on) or is
     logged and recorded as ``ok = 0`` with a zero row (``drop``): assembly drops the pair; the
     count and ids are attributes ``n_bad_images`` and ``bad_image_ids`` (JSON). ``on_chunk(rows)``
-    is called after each commit (tests use it to interrupt). Batch size, workers and device are
+    is called after each commit (tests use it to interrupt). ``sha256``: the manifest's checksum of
+    each image (None: not checked); a file whose bytes differ is a bad image. Batch size, workers and device are
     not part of the fingerprint: they change the arithmetic order at most, not what is computed.
     """
     from tqdm import tqdm
@@ -307,7 +322,7 @@ def extract_fc7(paths: Sequence[Path], ids: Sequence[str], out_h5: Path, *, weig
         if start < n:
             if on_bad_image == "error":
                 _missing_files(paths[start:], ids[start:])
-            _run_fc7(net, paths, ids, wf, start, device=device, batch_size=batch_size, input_size=input_size,
+            _run_fc7(net, paths, ids, wf, start, sha256=sha256, device=device, batch_size=batch_size, input_size=input_size,
                      num_workers=num_workers, on_bad_image=on_bad_image, chunk_batches=chunk_batches,
                      on_chunk=on_chunk, bar=tqdm(total=n, initial=start, desc="fc7", unit="img",
                                                  disable=not progress))
@@ -325,12 +340,13 @@ def extract_fc7(paths: Sequence[Path], ids: Sequence[str], out_h5: Path, *, weig
 
 
 def _run_fc7(net: nn.Module, paths: Sequence[Path], ids: Sequence[str], wf: WorkFile, start: int, *,
-             device: torch.device, batch_size: int, input_size: int, num_workers: int, on_bad_image: str,
+             sha256: Sequence[str | None] | None, device: torch.device, batch_size: int, input_size: int, num_workers: int, on_bad_image: str,
              chunk_batches: int, on_chunk: Callable[[int], None] | None, bar) -> None:
     """Rows ``start..n`` through the network into the work file, committing every ``chunk_batches``."""
     cuda = device.type == "cuda"
     net.to(device)
-    loader = DataLoader(ImageFiles(paths[start:], imagenet_transform(input_size)), batch_size=batch_size,
+    files = ImageFiles(paths[start:], imagenet_transform(input_size), None if sha256 is None else sha256[start:])
+    loader = DataLoader(files, batch_size=batch_size,
                         shuffle=False, num_workers=num_workers, collate_fn=_collate, pin_memory=cuda)
     fc7, ok_ds = wf.f["fc7"], wf.f["ok"]
     n, row, batches = wf.n, start, 0
@@ -339,7 +355,8 @@ def _run_fc7(net: nn.Module, paths: Sequence[Path], ids: Sequence[str], wf: Work
             b = len(ok)
             bad = np.flatnonzero(~ok.numpy())
             for j in bad:
-                msg = f"unreadable image for id {ids[row + j]}: {paths[row + j]} ({reasons[j]})"
+                what = "changed" if reasons[j].startswith(CHANGED) else "unreadable"
+                msg = f"{what} image for id {ids[row + j]}: {paths[row + j]} ({reasons[j]})"
                 if on_bad_image == "error":
                     raise PipelineError(msg)
                 log.warning("%s; pair dropped", msg)

@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import (atomic_output, open_h5, read_arrays, read_attrs, read_strings, write_arrays,
+from pipeline.io import (atomic_output, check_unique_ids, open_h5, read_arrays, read_attrs, read_strings,
+                         write_arrays,
                          write_strings)
 
 SPLITS = ("query", "database", "train")
@@ -61,11 +62,39 @@ def check_arrays(image: np.ndarray, text: np.ndarray, labels: np.ndarray, where:
         raise PipelineError(f"{where}: labels must be multi-hot 0/1")
 
 
+def check_splits(splits: dict[str, np.ndarray], n: int, where: str, allow_overlap: bool = False) -> None:
+    """Splits are 1-D, non-empty, inside 0..n-1 without repeats, and honest: no query is in the
+    database or among the training pairs (a query found in the database, or a model trained on
+    its own queries, inflates every number). ``allow_overlap`` permits both, recorded in the
+    features' provenance by whoever asks for it."""
+    for s in SPLITS:
+        idx = np.asarray(splits[s])
+        if idx.ndim != 1 or len(idx) == 0:
+            raise PipelineError(f"{where}: split '{s}' is empty or not 1-D")
+        if idx.min() < 0 or idx.max() >= n:
+            raise PipelineError(f"{where}: split '{s}' has indices outside 0..{n - 1}")
+        if len(np.unique(idx)) != len(idx):
+            raise PipelineError(f"{where}: split '{s}' lists a row twice")
+    if allow_overlap:
+        return
+    for other in ("database", "train"):
+        both = np.intersect1d(splits["query"], splits[other])
+        if len(both):
+            raise PipelineError(f"{where}: {len(both)} query row(s) are also in the {other} split (first row "
+                                f"{int(both[0])}): queries must be held out; set allow_overlap: true to accept this "
+                                "on purpose (it is recorded in the provenance)")
+
+
 def write_features(path: str | Path, *, image: np.ndarray, text: np.ndarray, labels: np.ndarray,
                    splits: dict[str, np.ndarray], ids: list[str] | np.ndarray,
                    provenance: dict, pca: dict | None = None, tag_vocab: list[str] | None = None) -> None:
     """Validate and write a features file atomically."""
     check_arrays(image, text, labels, str(path))
+    ids = [str(v) for v in ids]
+    if len(ids) != len(image):
+        raise PipelineError(f"{path}: {len(ids)} ids for {len(image)} rows")
+    check_unique_ids(ids, str(path))
+    check_splits(splits, len(image), str(path), bool(provenance.get("allow_overlap")))
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("image", data=image.astype(np.float32))
         f.create_dataset("text", data=text.astype(np.float32))
@@ -83,6 +112,16 @@ def write_features(path: str | Path, *, image: np.ndarray, text: np.ndarray, lab
                 f.attrs[key] = provenance[key]
 
 
+def provenance_of(attrs: dict) -> dict:
+    """The ``provenance`` attribute of a features file as a dict ({} when absent or unreadable)."""
+    raw = attrs.get("provenance")
+    try:
+        d = json.loads(raw) if isinstance(raw, (str, bytes)) else {}
+    except ValueError:
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
 def read_features(path: str | Path) -> Features:
     """Read and validate a features file (any producer), with one-line errors."""
     path = Path(path)
@@ -97,11 +136,9 @@ def read_features(path: str | Path) -> Features:
         pca = read_arrays(f, "image_pca")
         vocab = read_strings(f, "tag_vocab")
     check_arrays(image, text, labels, str(path))
-    n = len(image)
-    for s, idx in splits.items():
-        if idx.ndim != 1 or len(idx) == 0:
-            raise PipelineError(f"{path}: split '{s}' is empty or not 1-D")
-        if idx.min() < 0 or idx.max() >= n:
-            raise PipelineError(f"{path}: split '{s}' has indices outside 0..{n - 1}")
+    if len(ids) != len(image):
+        raise PipelineError(f"{path}: {len(ids)} ids for {len(image)} rows")
+    check_unique_ids(ids, str(path))
+    check_splits(splits, len(image), str(path), bool(provenance_of(attrs).get("allow_overlap")))
     return Features(image=image, text=text, labels=labels, ids=ids, attrs=attrs, pca=pca, tag_vocab=vocab,
                     **splits)

@@ -151,6 +151,7 @@ def encode_sentences_h5(enc: TextEncoder, texts: Sequence[str], out_h5: Path, *,
     from tqdm import tqdm
 
     from pipeline.features.image import WorkFile, digest, fingerprint
+    from pipeline.io import write_strings
 
     if batch_size < 1 or chunk_batches < 1:
         raise PipelineError(f"text: batch_size ({batch_size}) and chunk_batches ({chunk_batches}) must be >= 1")
@@ -162,7 +163,7 @@ def encode_sentences_h5(enc: TextEncoder, texts: Sequence[str], out_h5: Path, *,
                       "model": [enc.name, enc.source], "pooling": enc.pooling, "max_length": enc.max_length,
                       "dim": dim})
     chunk = batch_size * chunk_batches
-    with WorkFile(out_h5, fp, {"text": ((n, dim), "float32")}, n) as wf:
+    with WorkFile(out_h5, fp, {"text": ((n, dim), "float32")}, n, init=lambda f: write_strings(f, "ids", ids)) as wf:
         start = wf.rows_done
         if start:
             log.info("text: resuming %s at row %d of %d", wf.path, start, n)
