@@ -6,6 +6,7 @@ the expected vocabulary, pairs and counts are worked out by hand in the comments
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -246,6 +247,47 @@ def test_download_through_http(prepared, archives, http_server, monkeypatch, tmp
     assert len(http_server.requests) == 2
     mf.prepare(tmp_path, {"min_tag_count": 2}, progress=False)  # archives kept: no new request
     assert len(http_server.requests) == 2
+
+
+def test_only_the_images_checksum_is_enforced():
+    """The images zip's MD5 is the official one; the annotations zip's was measured on one copy."""
+    assert mf.SOURCES["images"].checksum_official and mf.SOURCES["images"].md5
+    ann = mf.SOURCES["annotations"]
+    assert not ann.checksum_official and ann.md5 and ann.size == 207_220
+
+
+def _serve_real_annotation_remote(monkeypatch, http_server, archives, size_delta: int = 0) -> bytes:
+    """The images as in _serve; the annotations under the real Remote (its unofficial MD5, which
+    our tiny archive does not have), with the tiny archive's size (+ size_delta)."""
+    real = mf.SOURCES["annotations"]
+    _serve(monkeypatch, http_server, archives)
+    data = archives["annotations"].read_bytes()
+    real = dataclasses.replace(real, url=http_server.url(archives["annotations"].name),
+                               size=len(data) + size_delta)
+    monkeypatch.setattr(mf, "SOURCES", {**mf.SOURCES, "annotations": real})
+    return data
+
+
+def test_annotations_of_the_right_size_but_another_md5_are_used(prepared, archives, http_server,
+                                                                 monkeypatch, tmp_path, caplog):
+    data = _serve_real_annotation_remote(monkeypatch, http_server, archives)
+    with caplog.at_level(logging.INFO):
+        out = mf.prepare(tmp_path, {"min_tag_count": 2}, progress=False)
+    assert out.read_bytes() == prepared.read_bytes()
+    md5 = hashlib.md5(data).hexdigest()
+    assert f"md5 {md5} differs from the unofficial aa0138c79892b1b670184d142380948f" in caplog.text
+    src = json.loads((tmp_path / "meta.json").read_text())["provenance"]["sources"]["annotations"]
+    assert src["md5"] == md5 and src["size"] == len(data) and src["checksum"] == "unofficial"
+    assert src["matches_published"] is True      # the size: all that is enforced
+    assert src["md5_matches_unofficial"] is False
+
+
+def test_annotations_of_the_wrong_size_are_refused(archives, http_server, monkeypatch, tmp_path):
+    _serve_real_annotation_remote(monkeypatch, http_server, archives, size_delta=1)
+    with pytest.raises(PipelineError, match=r"mirflickr25k_annotations_v080.zip: size mismatch") as e:
+        mf.prepare(tmp_path, {"min_tag_count": 2}, progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "downloads" / "mirflickr25k_annotations_v080.zip").exists()
 
 
 def test_download_dir_and_mirror(prepared, archives, monkeypatch, tmp_path):

@@ -61,7 +61,9 @@ DEFAULT_MIN_TAG_COUNT = 20
 #   size 3,069,184,257 bytes, given with that MD5 by two independent public download scripts.
 # * mirflickr25k_annotations_v080.zip: size 207,220 bytes and MD5 aa0138c79892b1b670184d142380948f
 #   from a public task-staging script ("checked against the size and MD5 of the copy the agents
-#   received") -- measured on a downloaded copy, not published by the collection's authors.
+#   received") -- measured on a downloaded copy, not published by the collection's authors. So
+#   checksum_official=False: a download of that size is used whatever its MD5, which is logged
+#   (and recorded in meta.json); one of another size is refused.
 SOURCES: dict[str, Remote] = {
     "images": Remote(url="https://press.liacs.nl/mirflickr/mirflickr25k.v3b/mirflickr25k.zip",
                      filename="mirflickr25k.zip", md5="a23d0a8564ee84cda5622a6c2f947785",
@@ -69,7 +71,7 @@ SOURCES: dict[str, Remote] = {
     "annotations": Remote(
         url="https://press.liacs.nl/mirflickr/mirflickr25k.v3b/mirflickr25k_annotations_v080.zip",
         filename="mirflickr25k_annotations_v080.zip", md5="aa0138c79892b1b670184d142380948f",
-        size=207_220),
+        size=207_220, checksum_official=False),
 }
 
 # The 24 concepts of the v080 annotations, sorted (label index = position).
@@ -187,20 +189,35 @@ def _find_annotation_folder(path: Path) -> _Part | None:
 
 
 def _checked_archive(path: Path, remote: Remote, origin: str) -> dict:
-    """Checksums of an archive for provenance; a user's copy that differs is used with a warning."""
+    """Checksums of an archive for provenance; a user's copy that differs is used with a warning.
+
+    ``matches_published``: the size and the official checksums agree (None: nothing to compare).
+    Where the remote's checksums are unofficial only the size counts, and whether the MD5 agrees
+    with the unofficial one is recorded (``md5_matches_unofficial``) and logged.
+    """
     digests = file_digests(path, ("sha256", "md5"))
     size = path.stat().st_size
-    matches: bool | None = not ((remote.size is not None and size != remote.size)
-                   or (remote.sha256 and digests["sha256"] != remote.sha256.lower())
-                   or (remote.md5 and digests["md5"] != remote.md5.lower()))
-    if not (remote.size is not None or remote.sha256 or remote.md5):
+    official = remote.checksum_official
+    checks = [remote.size is None or size == remote.size]
+    if official:
+        checks += [not remote.sha256 or digests["sha256"] == remote.sha256.lower(),
+                   not remote.md5 or digests["md5"] == remote.md5.lower()]
+    matches: bool | None = all(checks)
+    if not (remote.size is not None or (official and (remote.sha256 or remote.md5))):
         matches = None  # nothing published to compare with
     elif not matches:
-        log.warning("%s: size/checksum differ from the published %s (size %s, md5 %s); using it "
+        log.warning("%s: size/checksum differ from the published %s (size %s, md5 %s%s); using it "
                     "anyway, its checksums are recorded in meta.json", path, remote.filename,
-                    remote.size, remote.md5)
-    return {"file": remote.filename, "origin": origin, "size": size, "sha256": digests["sha256"],
-            "md5": digests["md5"], "matches_published": matches}
+                    remote.size, remote.md5, "" if official else ", unofficial")
+    out = {"file": remote.filename, "origin": origin, "size": size, "sha256": digests["sha256"],
+           "md5": digests["md5"], "checksum": "official" if official else "unofficial",
+           "matches_published": matches}
+    if not official and remote.md5:
+        out["md5_matches_unofficial"] = digests["md5"] == remote.md5.lower()
+        log.info("%s: md5 %s (%s the unofficial %s), sha256 %s", remote.filename, digests["md5"],
+                 "matches" if out["md5_matches_unofficial"] else "differs from", remote.md5.lower(),
+                 digests["sha256"])
+    return out
 
 
 def _open_sources(settings: dict, out_dir: Path, progress: bool) -> tuple[_Part, _Part, dict]:
