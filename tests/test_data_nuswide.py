@@ -92,6 +92,16 @@ def zip_bytes(prefix: str) -> bytes:
     return buf.getvalue()
 
 
+def bundle_bytes(top: str = "NUS-WIDE/") -> bytes:
+    """The current NUS-WIDE.zip: Groundtruth/ and ConceptsList/ under a top folder; no ImageList."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in sorted(official_files().items()):
+            if name.startswith(("Groundtruth/", "ConceptsList/")):
+                z.writestr(top + name, data)
+    return buf.getvalue()
+
+
 def write_metadata(root: Path, zipped: bool) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if zipped:
@@ -152,11 +162,21 @@ def test_top_concepts_tie_broken_by_name_not_file_order():
     assert [names[j] for j in nuswide.top_concepts(names, counts, 6)][-1] == "zebra"
 
 
-def test_sources_are_the_official_archives():
-    assert {r.filename for r in nuswide.SOURCES.values()} == {
-        "ImageList.zip", "ConceptsList.zip", "Groundtruth.zip", "NUS_WID_Tags.zip", "NUS-WIDE-urls.rar"}
-    assert all(r.url.endswith("/" + r.filename) for r in nuswide.SOURCES.values())
-    assert all(r.sha256 is None and r.md5 is None and r.size is None for r in nuswide.SOURCES.values())
+BASE = "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/"
+
+
+def test_sources_are_the_current_official_locations():
+    """The old host (dl.nextcenter.org) is dead; the archives are on the university's site, and
+    the current bundle NUS-WIDE.zip is the fallback for the concepts and the ground truth."""
+    assert {k: r.url for k, r in nuswide.SOURCES.items()} == {
+        "imagelist": BASE + "ImageList.zip", "concepts": BASE + "ConceptsList.zip",
+        "groundtruth": BASE + "Groundtruth.zip", "tags": BASE + "NUS_WID_Tags.zip",
+        "urls": BASE + "NUS-WIDE-urls.rar"}
+    remotes = list(nuswide.SOURCES.values()) + [r for alts in nuswide.ALTERNATIVES.values() for r in alts]
+    assert all(r.url.endswith("/" + r.filename) and "nextcenter" not in r.url for r in remotes)
+    assert all(r.sha256 is None and r.md5 is None and r.size is None for r in remotes)
+    for key in ("concepts", "groundtruth"):
+        assert [r.filename for r in nuswide.ALTERNATIVES[key]][0] == "NUS-WIDE.zip"
 
 
 def test_prepare_protocol_from_zips(nus, tmp_path, caplog):
@@ -351,3 +371,45 @@ def test_chunked_parsing_matches_whole_file(nus, tmp_path, monkeypatch):
     p.write_bytes(b"\n".join(rows[:20] + [b"\t"] + rows[20:]))
     with pytest.raises(PipelineError, match=r"AllTags1k.txt:21: blank line"):
         nuswide.prepare(tmp_path / "o", settings(nus, path=str(folder)), progress=False)
+
+
+def test_download_falls_back_to_the_current_bundle(nus, tmp_path, http_server):
+    """ConceptsList.zip is not served: NUS-WIDE.zip is downloaded instead, and its Groundtruth/
+    serves the labels without another request."""
+    http_server.files["ImageList.zip"] = zip_bytes("ImageList/")
+    http_server.files["NUS_WID_Tags.zip"] = zip_bytes("NUS_WID_Tags/")
+    http_server.files["NUS-WIDE.zip"] = bundle_bytes()
+    s = settings(nus, path=None, mirror=http_server.base_url, download_dir=str(tmp_path / "dl"))
+    m = nuswide.prepare(tmp_path / "o", s, progress=False)
+    assert [(r.path, r.status) for r in http_server.requests] == [
+        ("ImageList.zip", 200), ("ConceptsList.zip", 404), ("NUS-WIDE.zip", 200), ("NUS_WID_Tags.zip", 200)]
+    assert m.read_bytes() == nuswide.prepare(tmp_path / "ref", settings(nus), progress=False).read_bytes()
+    prov = json.loads((tmp_path / "o" / "meta.json").read_text())["provenance"]
+    assert prov["downloaded"] == {"concepts": "NUS-WIDE.zip", "imagelist": "ImageList.zip",
+                                  "tags": "NUS_WID_Tags.zip"}
+    assert "NUS-WIDE.zip:NUS-WIDE/Groundtruth/AllLabels/Labels_sky.txt" in prov["sources"]
+
+
+def test_missing_file_says_which_and_where_it_comes_from(nus, tmp_path, http_server):
+    folder = tmp_path / "meta"
+    shutil.copytree(nus["folder"], folder)
+    shutil.rmtree(folder / "NUS_WID_Tags")
+    s = settings(nus, path=str(folder), mirror=http_server.base_url, download_dir=str(tmp_path / "dl"))
+    with pytest.raises(PipelineError) as e:            # not served: 404
+        nuswide.prepare(tmp_path / "o", s, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"nuswide: TagList1k.txt is not in {folder} or {tmp_path / 'dl'}, and "
+                          "NUS_WID_Tags.zip could not be downloaded (NUS_WID_Tags.zip: HTTP 404")
+    assert msg.endswith(f"it is in NUS_WID_Tags.zip, from {BASE}NUS_WID_Tags.zip (the NUS-WIDE "
+                        f"page: {BASE}NUS-WIDE.html)")
+    assert [r.path for r in http_server.requests] == ["NUS_WID_Tags.zip"]  # the mirror's, once
+
+    buf = io.BytesIO()                                 # an archive without AllTags1k.txt
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("TagList1k.txt", "".join(t + "\n" for t in VOCAB))
+    http_server.files["NUS_WID_Tags.zip"] = buf.getvalue()
+    with pytest.raises(PipelineError, match=r"^nuswide: AllTags1k.txt is not in .*, nor in the "
+                       r"downloaded NUS_WID_Tags.zip; it is in NUS_WID_Tags.zip, from https://") as e:
+        nuswide.prepare(tmp_path / "o", s, progress=False)
+    assert "\n" not in str(e.value)

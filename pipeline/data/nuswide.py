@@ -79,12 +79,22 @@ log = logging.getLogger(__name__)
 
 ADAPTER_VERSION = "nuswide-1"
 
-# Official download links: the NUS-WIDE page (lms.comp.nus.edu.sg, URL in the module docstring)
-# links its metadata archives to http://dl.nextcenter.org/public/nuswide/, as quoted by many
-# public loaders (e.g. "Groundtruth.zip", "ConceptsList.zip", "ImageList.zip" in a MatConvNet
-# NUS-WIDE script; "NUS_WID_Tags.zip"; "NUS-WIDE-urls.rar" in li-xirong/jingwei's data page).
+# Where the metadata comes from. The NUS-WIDE page (PAGE) used to link its archives to
+# http://dl.nextcenter.org/public/nuswide/, a host that is dead (its links are reported invalid
+# since 2021). The page now serves them from the university's own site, BASE_URL: ImageList.zip,
+# ConceptsList.zip, Groundtruth.zip, NUS_WID_Tags.zip and NUS-WIDE-urls.rar under that folder are
+# the URLs of several independent public NUS-WIDE download scripts and data READMEs found with the
+# project's code search (curl/wget/urllib lists of exactly these five names).
+# The current bundle, NUS-WIDE.zip, holds Groundtruth/ and ConceptsList/ (no ImageList): it is
+# what the NExT++ lab's "NUS-WIDE (Official Repo)" README on GitHub (NExTplusplus/NUS-WIDE)
+# describes, distributed with NUS_WID_Tags.zip from the Hugging Face data set it links to
+# (Lxyhaha/NUS-WIDE); the project's issue reports NUS-WIDE.zip under BASE_URL as well, which no
+# public script found confirms. These are ALTERNATIVES, tried in order when an archive cannot be
+# downloaded from BASE_URL (with ``mirror``, each name is tried once on the mirror).
 # Neither the page nor any source found gives sizes or checksums, so they are None.
-BASE_URL = "http://dl.nextcenter.org/public/nuswide/"
+PAGE = "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/NUS-WIDE.html"
+BASE_URL = "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/"
+HF_URL = "https://huggingface.co/datasets/Lxyhaha/NUS-WIDE/resolve/main/"
 SOURCES: dict[str, Remote] = {
     "imagelist": Remote(url=BASE_URL + "ImageList.zip", filename="ImageList.zip"),
     "concepts": Remote(url=BASE_URL + "ConceptsList.zip", filename="ConceptsList.zip"),
@@ -92,6 +102,21 @@ SOURCES: dict[str, Remote] = {
     "tags": Remote(url=BASE_URL + "NUS_WID_Tags.zip", filename="NUS_WID_Tags.zip"),
     # RAR: Python's standard library cannot read it; extract NUS-WIDE-urls.txt by hand.
     "urls": Remote(url=BASE_URL + "NUS-WIDE-urls.rar", filename="NUS-WIDE-urls.rar"),
+}
+_BUNDLE = (Remote(url=BASE_URL + "NUS-WIDE.zip", filename="NUS-WIDE.zip"),
+           Remote(url=HF_URL + "NUS-WIDE.zip", filename="NUS-WIDE.zip"))
+ALTERNATIVES: dict[str, tuple[Remote, ...]] = {
+    "concepts": _BUNDLE,
+    "groundtruth": _BUNDLE,
+    "tags": (Remote(url=HF_URL + "NUS_WID_Tags.zip", filename="NUS_WID_Tags.zip"),),
+}
+# The archives that hold each source's files, for the messages.
+HOLDERS = {
+    "imagelist": "ImageList.zip",
+    "concepts": "ConceptsList.zip or NUS-WIDE.zip",
+    "groundtruth": "Groundtruth.zip or NUS-WIDE.zip",
+    "tags": "NUS_WID_Tags.zip",
+    "urls": "NUS-WIDE-urls.rar",
 }
 N_IMAGES = 269_648        # rows of every official file (NUS-WIDE page, CIVR 2009 paper)
 PAPER_N_PAIRS = 186_577   # pairs with >= 1 of the top-10 concepts (CMIMH paper, section IV-A)
@@ -190,6 +215,11 @@ def _labels_name(concept: str) -> str:
     return f"Labels_{concept}.txt"
 
 
+def _origin(key: str) -> str:
+    """Where a source's files come from, for a message."""
+    return f"it is in {HOLDERS[key]}, from {SOURCES[key].url} (the NUS-WIDE page: {PAGE})"
+
+
 class _Files:
     """Locates the official files in ``folders``, downloading missing archives on demand."""
 
@@ -199,24 +229,45 @@ class _Files:
         self.mirror = mirror
         self.progress = progress
         self.fetched: dict[str, str] = {}  # source key -> file name
+        self.tried: set[str] = set()       # source keys whose download was attempted
         self.index = _index(self.folders)
 
-    def _fetch(self, key: str) -> None:
-        remote = SOURCES[key]
-        log.info("nuswide: downloading %s into %s", resolve_url(remote, self.mirror), self.download_dir)
-        self.download_dir.mkdir(parents=True, exist_ok=True)
-        fetch(remote, self.download_dir, mirror=self.mirror, progress=self.progress)
-        self.fetched[key] = remote.filename
-        self.index = _index(self.folders)
+    def find(self, name: str, parent: str | None = None) -> _Entry | None:
+        return _pick(self.index, name, parent)
 
-    def get(self, name: str, key: str, parent: str | None = None) -> _Entry:
-        entry = _pick(self.index, name, parent)
-        if entry is None and key not in self.fetched:
-            self._fetch(key)
-            entry = _pick(self.index, name, parent)
+    def _fetch(self, key: str, name: str, hint: str = "") -> None:
+        """Download the archive of ``key`` (or an alternative); one line naming ``name`` if none comes."""
+        self.tried.add(key)
+        errors: list[str] = []
+        urls: set[str] = set()
+        for remote in (SOURCES[key],) + ALTERNATIVES.get(key, ()):
+            url = resolve_url(remote, self.mirror)
+            if url in urls:  # a mirror serves each file name once
+                continue
+            urls.add(url)
+            log.info("nuswide: %s is not in %s: downloading %s into %s", name, self._where(), url,
+                     self.download_dir)
+            try:
+                fetch(remote, self.download_dir, mirror=self.mirror, progress=self.progress)
+            except PipelineError as e:
+                log.warning("nuswide: %s", e)
+                errors.append(str(e))
+                continue
+            self.fetched[key] = remote.filename
+            self.index = _index(self.folders)
+            return
+        names = " nor ".join(dict.fromkeys(r.filename for r in (SOURCES[key],) + ALTERNATIVES.get(key, ())))
+        raise PipelineError(f"nuswide: {name} is not in {self._where()}, and {names} could not be "
+                            f"downloaded ({'; '.join(errors)}); {_origin(key)}{hint}")
+
+    def get(self, name: str, key: str, parent: str | None = None, hint: str = "") -> _Entry:
+        entry = self.find(name, parent)
+        if entry is None and key not in self.tried:
+            self._fetch(key, name, hint)
+            entry = self.find(name, parent)
         if entry is None:
-            raise PipelineError(f"nuswide: {name} not found in {self._where()} (nor in the downloaded "
-                                f"{SOURCES[key].filename})")
+            got = f", nor in the downloaded {self.fetched[key]}" if key in self.fetched else ""
+            raise PipelineError(f"nuswide: {name} is not in {self._where()}{got}; {_origin(key)}{hint}")
         return entry
 
     def _where(self) -> str:
@@ -609,8 +660,8 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
     if download_images:
         e_urls = _pick(files.index, "NUS-WIDE-urls.txt")
         if e_urls is None:
-            if "urls" not in files.fetched:
-                files._fetch("urls")
+            if "urls" not in files.tried:
+                files._fetch("urls", "NUS-WIDE-urls.txt")
             raise PipelineError(f"nuswide: download_images needs NUS-WIDE-urls.txt: extract "
                                 f"{download_dir / SOURCES['urls'].filename} (RAR) into {download_dir}")
         urls, sources[e_urls.label] = read_urls(e_urls)
