@@ -102,6 +102,37 @@ def bundle_bytes(top: str = "NUS-WIDE/") -> bytes:
     return buf.getvalue()
 
 
+URLS_HEADER = "%%%%%%%%%%Photo_file    Photo_id    url_Large   url_Middle   url_Small  url_Original%%%%%"
+
+
+def urls_txt(n: int = N, header: str = URLS_HEADER) -> bytes:
+    """NUS-WIDE-urls.txt for the first ``n`` images, in image-list order (some without URL)."""
+    rows = [header]
+    for i in range(n):
+        win = "C:\\ImageData\\Flickr\\" + rel(i).replace("/", "\\")
+        urls = "null  null  null  null" if i % 7 == 3 else f"http://f/l{i}.jpg  http://f/m{i}.jpg  null  null"
+        rows.append(f"{win}  {1000 + i}  {urls}")
+    return ("\r\n".join(rows) + "\r\n").encode()
+
+
+def write_current_layout(root: Path, zipped: bool, urls: bytes | None = None) -> Path:
+    """The current distribution: NUS-WIDE.zip (top folder NUS-WIDE/) and NUS_WID_Tags.zip, or
+    their extracted folders; optionally NUS-WIDE-urls.txt; no ImageList."""
+    root.mkdir(parents=True, exist_ok=True)
+    if zipped:
+        (root / "NUS-WIDE.zip").write_bytes(bundle_bytes())
+        (root / "NUS_WID_Tags.zip").write_bytes(zip_bytes("NUS_WID_Tags/"))
+    else:
+        for name, data in official_files().items():
+            if not name.startswith("ImageList/"):
+                target = root / ("NUS-WIDE/" + name if not name.startswith("NUS_WID_Tags/") else name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+    if urls is not None:
+        (root / "NUS-WIDE-urls.txt").write_bytes(urls)
+    return root
+
+
 def write_metadata(root: Path, zipped: bool) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if zipped:
@@ -413,3 +444,62 @@ def test_missing_file_says_which_and_where_it_comes_from(nus, tmp_path, http_ser
                        r"downloaded NUS_WID_Tags.zip; it is in NUS_WID_Tags.zip, from https://") as e:
         nuswide.prepare(tmp_path / "o", s, progress=False)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+@pytest.mark.parametrize("header", [URLS_HEADER, "Photo_file  Photo_id  url_Large  url_Middle  url_Small  url_Original"])
+def test_current_layout_image_list_from_urls(nus, tmp_path, http_server, caplog, zipped, header):
+    """NUS-WIDE.zip + NUS_WID_Tags.zip (or extracted) without ImageList: NUS-WIDE-urls.txt lists
+    the same images in the same order, so it gives the row order; nothing is downloaded."""
+    meta = write_current_layout(tmp_path / "meta", zipped, urls_txt(header=header))
+    s = settings(nus, path=str(meta), mirror=http_server.base_url, download_dir=str(tmp_path / "dl"))
+    with caplog.at_level(logging.INFO, logger="pipeline.data.nuswide"):
+        m = nuswide.prepare(tmp_path / "o", s, progress=False)
+    assert http_server.requests == []
+    assert m.read_bytes() == nuswide.prepare(tmp_path / "ref", settings(nus), progress=False).read_bytes()
+    prov = json.loads((tmp_path / "o" / "meta.json").read_text())["provenance"]
+    assert prov["image_list"] == {"file": "NUS-WIDE-urls.txt",
+                                  "rule": "first column of NUS-WIDE-urls.txt, in file order (no Imagelist.txt)"}
+    assert prov["sources"]["NUS-WIDE-urls.txt"] == hashlib.sha256(urls_txt(header=header)).hexdigest()
+    assert ("Labels_sky.txt" if not zipped else "NUS-WIDE.zip:NUS-WIDE/Groundtruth/AllLabels/Labels_sky.txt") \
+        in prov["sources"]
+    assert "no Imagelist.txt: the row order is that of" in caplog.text
+
+
+def test_imagelist_is_preferred_to_urls(nus, tmp_path):
+    meta = tmp_path / "meta"
+    shutil.copytree(nus["folder"], meta)
+    (meta / "NUS-WIDE-urls.txt").write_bytes(urls_txt(n=N - 1))   # would not match: not used
+    nuswide.prepare(tmp_path / "o", settings(nus, path=str(meta)), progress=False)
+    prov = json.loads((tmp_path / "o" / "meta.json").read_text())["provenance"]
+    assert prov["image_list"] == {"file": "Imagelist.txt", "rule": "ImageList/Imagelist.txt"}
+
+
+def test_urls_list_with_another_row_count_is_one_line(nus, tmp_path):
+    meta = write_current_layout(tmp_path / "meta", True, urls_txt(n=N - 1))
+    with pytest.raises(PipelineError) as e:
+        nuswide.prepare(tmp_path / "o", settings(nus, path=str(meta)), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"nuswide: {meta / 'NUS-WIDE-urls.txt'} lists 39 images but {meta / 'NUS-WIDE.zip'}:"
+                          "NUS-WIDE/Groundtruth/AllLabels/Labels_")
+    assert "has more rows, so it cannot give the row order; put Imagelist.txt into " in msg
+    assert f"(it is in ImageList.zip, from {BASE}ImageList.zip" in msg
+    meta2 = write_current_layout(tmp_path / "meta2", True, urls_txt(n=N) + urls_txt(n=1, header="%"))
+    with pytest.raises(PipelineError, match=r"lists 41 images but .*Labels_\w+.txt has 40 rows, so it "
+                                            r"cannot give the row order"):
+        nuswide.prepare(tmp_path / "o", settings(nus, path=str(meta2)), progress=False)
+
+
+def test_no_source_of_the_image_list_is_one_line(nus, tmp_path, http_server):
+    meta = write_current_layout(tmp_path / "meta", True)            # no urls file either
+    s = settings(nus, path=str(meta), mirror=http_server.base_url, download_dir=str(tmp_path / "dl"))
+    with pytest.raises(PipelineError) as e:
+        nuswide.prepare(tmp_path / "o", s, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"nuswide: Imagelist.txt is not in {meta} or {tmp_path / 'dl'}, and "
+                          "ImageList.zip could not be downloaded (ImageList.zip: HTTP 404")
+    assert f"it is in ImageList.zip, from {BASE}ImageList.zip (the NUS-WIDE page: " in msg
+    assert msg.endswith(f"; or put NUS-WIDE-urls.txt (the same images in the same order; extract it from "
+                        f"NUS-WIDE-urls.rar, {BASE}NUS-WIDE-urls.rar) into {meta}")

@@ -7,18 +7,26 @@ al., TNNLS 2023, section IV-A; ``../shared/paper/method.md``, "Protocol") keeps 
 have at least one of the 10 most frequent concepts (186,577 on the real data), represents the
 text by the official 1,000-d tag vector and labels a pair with those 10 concepts.
 
-Inputs, all in the official formats (found by file name, case-insensitive, in ``path`` and in
-``download_dir``, either extracted or inside the official zips; what is missing is downloaded
-from :data:`SOURCES`):
+Inputs, all in the official formats, found by file name (case-insensitive) in ``path`` and in
+``download_dir``, either extracted or inside zips: the current bundle ``NUS-WIDE.zip``
+(``Groundtruth/`` and ``ConceptsList/``, possibly under a top folder ``NUS-WIDE/``) with
+``NUS_WID_Tags.zip``, or the separate ``ImageList.zip``, ``ConceptsList.zip`` and
+``Groundtruth.zip``. What is missing is downloaded from :data:`SOURCES` (the university's site),
+else from :data:`ALTERNATIVES`; when that fails too, one line names the missing file, the archive
+that holds it and its URL.
 
-* ``ImageList/Imagelist.txt``: one image per line, a Windows path relative to the authors'
-  ``Flickr/`` folder (``actor\\0001_2124494179.jpg``); its line order is the row order of every
-  other file.
+* The image list, one image per line, a Windows path relative to the authors' ``Flickr/``
+  folder (``actor\\0001_2124494179.jpg``); its line order is the row order of every other file.
+  It is ``ImageList/Imagelist.txt`` (in ``ImageList.zip``). The current bundle lacks it, so
+  without it the first column of ``NUS-WIDE-urls.txt``, which lists the same images in the same
+  order, gives the image list (a file of another row count than the label files is refused:
+  it cannot give the row order). With neither, ``ImageList.zip`` is downloaded.
 * ``ConceptsList/Concepts81.txt`` (81 names) and ``Groundtruth/AllLabels/Labels_{concept}.txt``
   (one 0/1 per line, in image-list order).
 * ``NUS_WID_Tags/TagList1k.txt`` (the 1,000 tags) and ``NUS_WID_Tags/AllTags1k.txt`` (one row of
   1,000 whitespace-separated 0/1 values per image, columns in TagList1k order).
-* ``NUS-WIDE-urls.txt`` (only for ``download_images``): ``%``-comment header, then
+* ``NUS-WIDE-urls.txt`` (for the image list when Imagelist.txt is absent, and for
+  ``download_images``): a header line (and ``%`` comment lines), then
   ``C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg  photo_id  url_Large  url_Middle  url_Small
   url_Original`` (``null`` where absent).
 
@@ -51,7 +59,7 @@ The rules, each recorded in ``meta.json["provenance"]``:
   ``download_dir/Flickr/``, skipping images already present; Flickr answers removed photos with a
   PNG/GIF placeholder, so a download that is not a JPEG is discarded and counted as failed.
 
-Pair ids are the zero-based row in Imagelist.txt (``"000123"``), stable across runs and subsets.
+Pair ids are the zero-based row in the image list (``"000123"``), stable across runs and subsets.
 Nothing is random: the same inputs and settings give a byte-identical ``manifest.jsonl`` (the
 ``seed`` setting is accepted and unused; splits are drawn later by :mod:`pipeline.data.splits`).
 """
@@ -402,6 +410,32 @@ def normalize_image_path(line: str) -> str:
     return "/".join(parts)
 
 
+def image_list_from_urls(entry: _Entry) -> tuple[list[str], str]:
+    """The image list from NUS-WIDE-urls.txt: its first column, normalised, in file order; sha256.
+
+    ``%`` lines are comments, and a first line whose first field is not a path (no ``\\`` or
+    ``/``) is a column header.
+    """
+    lines, digest = _read_text_lines(entry)
+    rels: list[str] = []
+    header_possible = True
+    for i, line in enumerate(lines, 1):
+        if line.startswith("%"):
+            continue
+        field = line.split()[0]
+        if header_possible and "\\" not in field and "/" not in field:
+            header_possible = False
+            continue
+        header_possible = False
+        try:
+            rels.append(normalize_image_path(field))
+        except PipelineError as e:
+            raise PipelineError(f"nuswide: {entry}:{i}: {str(e).removeprefix('nuswide: ')}") from None
+    if not rels:
+        raise PipelineError(f"nuswide: {entry} lists no image")
+    return rels, digest
+
+
 def top_concepts(concepts: list[str], counts: np.ndarray, n: int) -> list[int]:
     """Indices of the ``n`` concepts with the most positives; ties broken by name (alphabetical)."""
     order = sorted(range(len(concepts)), key=lambda j: (-int(counts[j]), concepts[j]))
@@ -588,12 +622,36 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
     files = _Files(folders, download_dir, mirror, progress)
     sources: dict[str, str] = {}
 
-    # Image list: the row order of every other file.
-    e_list = files.get("Imagelist.txt", "imagelist", parent="ImageList")
-    lines, sources[e_list.label] = _read_text_lines(e_list)
-    rels = [normalize_image_path(s) for s in lines]
+    # Image list: the row order of every other file. Imagelist.txt (ImageList.zip); the current
+    # bundle lacks it, and NUS-WIDE-urls.txt lists the same images in the same order.
+    e_list = files.find("Imagelist.txt", parent="ImageList")
+    from_urls = False
+    if e_list is None and (e_urls := files.find("NUS-WIDE-urls.txt")) is not None:
+        e_list, from_urls = e_urls, True
+    if e_list is None:
+        e_list = files.get("Imagelist.txt", "imagelist", parent="ImageList", hint=(
+            f"; or put NUS-WIDE-urls.txt (the same images in the same order; extract it from "
+            f"{SOURCES['urls'].filename}, {SOURCES['urls'].url}) into {folders[0]}"))
+    if from_urls:
+        rels, sources[e_list.label] = image_list_from_urls(e_list)
+        log.info("nuswide: no Imagelist.txt: the row order is that of %s, which lists the same "
+                 "images in the same order (%d images)", e_list, len(rels))
+    else:
+        lines, sources[e_list.label] = _read_text_lines(e_list)
+        rels = [normalize_image_path(s) for s in lines]
+        log.info("nuswide: %d images in %s", len(rels), e_list)
     n = len(rels)
-    log.info("nuswide: %d images in %s", n, e_list)
+
+    def rows_differ(e: _Entry, rows: int | None) -> PipelineError:
+        """A file whose row count is not the image list's (rows None: more rows)."""
+        if from_urls:
+            has = "more rows" if rows is None else f"{rows} rows"
+            return PipelineError(f"nuswide: {e_list} lists {n} images but {e} has {has}, so it cannot "
+                                 f"give the row order; put Imagelist.txt into {folders[0]} "
+                                 f"({_origin('imagelist')})")
+        if rows is None:
+            return PipelineError(f"nuswide: {e} has more rows than the {n} images of {e_list}")
+        return PipelineError(f"nuswide: {e} has {rows} rows, {e_list} {n}")
 
     # Concepts and their ground truth; the top-n by number of positives.
     e_con = files.get("Concepts81.txt", "concepts")
@@ -609,12 +667,12 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
 
         def put(first: int, rows: np.ndarray, j=j, e=e) -> None:
             if first + len(rows) > n:
-                raise PipelineError(f"nuswide: {e} has more rows than the {n} images of {e_list}")
+                raise rows_differ(e, None)
             y_all[first:first + len(rows), j] = rows[:, 0]
 
         rows_read, sources[e.label] = _binary_rows(e, 1, put)
         if rows_read != n:
-            raise PipelineError(f"nuswide: {e} has {rows_read} rows, {e_list} {n}")
+            raise rows_differ(e, rows_read)
     counts = y_all.sum(axis=0, dtype=np.int64)
     top = top_concepts(concepts, counts, n_concepts)
     classes = [concepts[j] for j in top]
@@ -641,7 +699,7 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
 
     def put_tags(first: int, rows: np.ndarray) -> None:
         if first + len(rows) > n:
-            raise PipelineError(f"nuswide: {e_tags} has more rows than the {n} images of {e_list}")
+            raise rows_differ(e_tags, None)
         local = np.flatnonzero(keep_mask[first:first + len(rows)])
         r, c = np.nonzero(rows[local])
         splits = np.searchsorted(r, np.arange(1, len(local)))
@@ -650,7 +708,7 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
 
     rows_read, sources[e_tags.label] = _binary_rows(e_tags, len(vocab), put_tags, progress, "nuswide tags")
     if rows_read != n:
-        raise PipelineError(f"nuswide: {e_tags} has {rows_read} rows, {e_list} {n}")
+        raise rows_differ(e_tags, rows_read)
 
     # Images: found in the user's folder (or downloaded), else dropped by the policy.
     dl_images = download_dir / "Flickr"
@@ -714,6 +772,9 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
             "missing_image": missing_policy, "images_mode": images_mode, "hash_images": hash_images,
             "images": str(images) if images is not None else None,
             "download_images": download_stats,
+            "image_list": {"file": e_list.label,
+                           "rule": ("first column of NUS-WIDE-urls.txt, in file order (no Imagelist.txt)"
+                                    if from_urls else "ImageList/Imagelist.txt")},
             "tag_vocab": "TagList1k.txt, all entries in file order",
             "no_tag_pairs": "kept (the paper does not drop them)",
             "sources": dict(sorted(sources.items())),
