@@ -503,3 +503,39 @@ def test_no_source_of_the_image_list_is_one_line(nus, tmp_path, http_server):
     assert f"it is in ImageList.zip, from {BASE}ImageList.zip (the NUS-WIDE page: " in msg
     assert msg.endswith(f"; or put NUS-WIDE-urls.txt (the same images in the same order; extract it from "
                         f"NUS-WIDE-urls.rar, {BASE}NUS-WIDE-urls.rar) into {meta}")
+
+
+def test_flat_image_folder_found_by_file_name(nus, tmp_path, caplog, monkeypatch):
+    """All images in one folder (images/0001_1001.jpg) instead of Flickr/<concept>/<file>: found
+    by file name from an index built once; a name found twice is ambiguous: counted, dropped."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted((nus["images"] / "Flickr").rglob("*.jpg")):
+        shutil.copy(p, flat / p.name)
+    (flat / "copies").mkdir()
+    shutil.copy(flat / Path(rel(1)).name, flat / "copies")           # row 1's name twice
+    calls = []
+    real_index = nuswide._name_index
+    monkeypatch.setattr(nuswide, "_name_index", lambda *a: calls.append(a) or real_index(*a))
+    with caplog.at_level(logging.INFO, logger="pipeline.data.nuswide"):
+        m = nuswide.prepare(tmp_path / "o", settings(nus, images=str(flat)), progress=False)
+    assert len(calls) == 1                                             # one index, not a walk per image
+    ref = [r for r in lines(nuswide.prepare(tmp_path / "ref", settings(nus), progress=False))]
+    assert lines(m) == [r for r in ref if r["id"] != "000001"]         # same pairs, same hashes
+    assert (tmp_path / "o" / "images" / rel(0)).resolve() == (flat / Path(rel(0)).name).resolve()
+    prov = json.loads((tmp_path / "o" / "meta.json").read_text())["provenance"]
+    assert prov["counts"]["missing_image"] == 3 and prov["counts"]["final"] == 31
+    assert prov["images_by_name"] == {"found": 31, "ambiguous": 1, "first_ambiguous": Path(rel(1)).name}
+    assert "31 images found by file name" in caplog.text
+    assert (f"1 image has a file name found more than once under {flat} ({Path(rel(1)).name}: {flat / Path(rel(1)).name}, {flat / 'copies' / Path(rel(1)).name}); "
+            "treated as missing") in caplog.text
+
+
+def test_authors_tree_needs_no_name_index(nus, tmp_path, monkeypatch):
+    """Every image at Flickr/<concept>/<file>: no directory walk at all."""
+    imgs = tmp_path / "imgs"
+    shutil.copytree(nus["images"], imgs)
+    for i in MISSING:
+        (imgs / "Flickr" / rel(i)).write_bytes(jpeg(i))
+    monkeypatch.setattr(nuswide, "_name_index", lambda *a: pytest.fail("walked the image folder"))
+    nuswide.prepare(tmp_path / "o", settings(nus, images=str(imgs), hash_images=False), progress=False)

@@ -44,9 +44,13 @@ The rules, each recorded in ``meta.json["provenance"]``:
   the tags joined by spaces. A pair with no tag is kept (the paper does not drop them), and
   counted.
 * Images are not downloadable from NUS (on request only) and many Flickr URLs are dead, so they
-  come from ``images``, a folder holding the authors' ``Flickr/`` tree (or that tree itself). A
-  pair without its image file is dropped and counted (``missing_image: drop``) or stops the run
-  (``missing_image: error``). Corrupt files are left to the image extraction (``on_bad_image``).
+  come from ``images``, a folder holding the authors' ``Flickr/`` tree (or that tree itself), or
+  the files themselves in one folder (``images/0001_2124494179.jpg``; any depth): an image not
+  at ``<concept>/<file>`` is looked up by its file name, in an index of the folder built once. A
+  file name found twice there is ambiguous: its pair counts as missing (both logged, and counted
+  in ``provenance.images_by_name``). A pair without its image file is dropped and counted
+  (``missing_image: drop``) or stops the run (``missing_image: error``). Corrupt files are left
+  to the image extraction (``on_bad_image``).
 * ``images_mode``: ``symlink`` (default) makes ``out_dir/images/<concept>/<file>`` a symbolic
   link to the image (186k copies would waste disk; the manifest stays independent of where the
   image folder is); ``copy`` copies the files; ``absolute`` writes the image's absolute path into
@@ -498,19 +502,92 @@ def _setting_bool(settings: dict, key: str, default: bool) -> bool:
 # Images
 
 
-def _find_image(roots: list[Path], rel: str) -> Path | None:
-    """The image ``rel`` under a root, or under its ``Flickr/`` subfolder."""
-    for root in roots:
-        for p in (root / rel, root / "Flickr" / rel):
-            if p.is_file():
-                return p
-    return None
+def _name_index(roots: list[Path], names: set[str]) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Files under ``roots`` (all depths) whose lower-case name is in ``names``: name -> path, and
+    the names found more than once (name -> their paths; two links to one file count once).
+
+    Hidden folders are skipped; symbolic links to files count, links to folders are not followed.
+    """
+    found: dict[str, Path] = {}
+    twice: dict[str, list[Path]] = {}
+    stack = [str(r) for r in reversed(roots)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # unreadable folder
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if not e.name.startswith("."):
+                        subdirs.append(e.path)
+                    continue
+                key = e.name.lower()
+                if key not in names or not e.is_file():
+                    continue
+            except OSError:
+                continue
+            p = Path(e.path)
+            if key not in found:
+                found[key] = p
+                continue
+            with contextlib.suppress(OSError):
+                if os.path.samefile(found[key], p):
+                    continue
+            twice.setdefault(key, [found[key]]).append(p)
+        stack.extend(reversed(subdirs))
+    return found, twice
 
 
-def _download_images(rels: list[str], urls: dict[str, str], dest: Path, roots: list[Path],
+class _ImageFinder:
+    """Finds the image of an image-list entry (``concept/file``) under the roots.
+
+    First at ``root/rel`` or ``root/Flickr/rel`` (the authors' tree), else by its file name
+    anywhere under a root: users often keep all images in one folder (``images/0001_2.jpg``).
+    The file names are indexed once, on the first image not found by path (the full set is
+    269,648 images: no directory walk per image). A name found more than once is ambiguous: the
+    image counts as missing.
+    """
+
+    def __init__(self, roots: list[Path], rels: list[str]):
+        self.roots = roots
+        self.names = {PurePosixPath(r).name.lower() for r in rels}
+        self.by_name: dict[str, Path] | None = None
+        self.twice: dict[str, list[Path]] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Look again which roots (and ``Flickr/`` subfolders) exist (after downloads)."""
+        self.bases = [str(d) for r in self.roots for d in (r, r / "Flickr") if d.is_dir()]
+
+    def _name(self, rel: str) -> str:
+        return PurePosixPath(rel).name.lower()
+
+    def find(self, rel: str) -> Path | None:
+        for base in self.bases:  # os.path on strings: 186k lookups, fast
+            p = os.path.join(base, rel)
+            if os.path.isfile(p):
+                return Path(p)
+        if self.by_name is None:
+            self.by_name, self.twice = _name_index([r for r in self.roots if r.is_dir()], self.names)
+        name = self._name(rel)
+        p = self.by_name.get(name)
+        return p if p is not None and name not in self.twice else None
+
+    def by_file_name(self, rel: str, path: Path) -> bool:
+        """Whether ``path`` (found for ``rel``) was found by file name, not by path."""
+        return self.by_name is not None and self.by_name.get(self._name(rel)) == path
+
+    def ambiguous(self, rel: str) -> list[Path] | None:
+        return self.twice.get(self._name(rel))
+
+
+def _download_images(rels: list[str], urls: dict[str, str], dest: Path, finder: _ImageFinder,
                      progress: bool) -> dict:
     """Fetch the images not already present; return counts and the first failure."""
-    todo = [r for r in rels if _find_image(roots, r) is None]
+    todo = [r for r in rels if finder.find(r) is None]
     stats = {"attempted": 0, "downloaded": 0, "failed": 0, "no_url": 0, "first_failure": None}
     # Flickr publishes no checksums: keep fetch's per-file "no checksum known" warning (and its
     # failures, counted below) out of the log, which would otherwise get one line per image.
@@ -590,7 +667,8 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
     """Write NUS-WIDE under ``out_dir`` in the raw form; return ``out_dir/"manifest.jsonl"``.
 
     ``settings``: ``path`` (folder with the official metadata, extracted or as zips; may be
-    omitted to download it), ``images`` (folder with the ``Flickr/`` image tree), ``download_dir``
+    omitted to download it), ``images`` (folder with the ``Flickr/`` image tree, or with the
+    image files themselves), ``download_dir``
     (default ``out_dir/"downloads"``), ``mirror`` (for the metadata downloads), ``n_concepts``
     (10), ``missing_image`` (drop | error), ``images_mode`` (symlink | copy | absolute),
     ``hash_images`` (true), ``download_images`` (false), ``seed`` (unused). See the module
@@ -612,8 +690,8 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
         raise PipelineError(f"nuswide: path {path} is not a folder (the official NUS-WIDE metadata)")
     if images is None and not download_images:
         raise PipelineError("nuswide: setting 'images' must name your folder of NUS-WIDE images (the "
-                            "Flickr/ tree; NUS distributes them on request only), or set "
-                            "download_images: true")
+                            "Flickr/ tree, or one folder of the files; NUS distributes them on request "
+                            "only), or set download_images: true")
     if images is not None and not images.is_dir():
         raise PipelineError(f"nuswide: images folder {images} does not exist")
     begin_rewrite(out_dir, "nuswide")
@@ -714,6 +792,7 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
     dl_images = download_dir / "Flickr"
     roots = ([images] if images is not None else []) + [dl_images]
     kept_rels = [rels[i] for i in keep]
+    finder = _ImageFinder(roots, kept_rels)
     download_stats = None
     if download_images:
         e_urls = _pick(files.index, "NUS-WIDE-urls.txt")
@@ -723,11 +802,22 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
             raise PipelineError(f"nuswide: download_images needs NUS-WIDE-urls.txt: extract "
                                 f"{download_dir / SOURCES['urls'].filename} (RAR) into {download_dir}")
         urls, sources[e_urls.label] = read_urls(e_urls)
-        download_stats = _download_images(kept_rels, urls, dl_images, roots, progress)
-    found: list[Path | None] = [_find_image(roots, r) for r in
+        download_stats = _download_images(kept_rels, urls, dl_images, finder, progress)
+        finder.refresh()
+    found: list[Path | None] = [finder.find(r) for r in
                                 tqdm(kept_rels, desc="nuswide find images", unit="img", disable=not progress)]
     missing = [r for r, p in zip(kept_rels, found) if p is None]
     where = " or ".join(str(r) for r in roots if r.is_dir()) or str(roots[0])
+    n_by_name = sum(1 for r, p in zip(kept_rels, found) if p is not None and finder.by_file_name(r, p))
+    if n_by_name:
+        log.info("nuswide: %d images found by file name under %s (not at Flickr/<concept>/<file>)",
+                 n_by_name, where)
+    ambiguous = [r for r in missing if finder.ambiguous(r)]
+    if ambiguous:
+        first = PurePosixPath(ambiguous[0]).name
+        log.warning("nuswide: %d image%s a file name found more than once under %s (%s: %s); treated "
+                    "as missing", len(ambiguous), " has" if len(ambiguous) == 1 else "s have", where,
+                    first, ", ".join(str(p) for p in finder.ambiguous(ambiguous[0])))
     if missing:
         msg = f"{len(missing)} of {len(kept_rels)} pairs have no image in {where} (first: {missing[0]})"
         if missing_policy == "error":
@@ -769,6 +859,8 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
             "counts": {"total": n, "kept_by_concepts": int(len(keep)), "missing_image": len(missing),
                        "final": len(pairs), "no_tags": n_no_tags},
             "first_missing_images": missing[:5],
+            "images_by_name": {"found": n_by_name, "ambiguous": len(ambiguous),
+                               "first_ambiguous": PurePosixPath(ambiguous[0]).name if ambiguous else None},
             "missing_image": missing_policy, "images_mode": images_mode, "hash_images": hash_images,
             "images": str(images) if images is not None else None,
             "download_images": download_stats,
