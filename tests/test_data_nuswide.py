@@ -436,6 +436,14 @@ def test_missing_file_says_which_and_where_it_comes_from(nus, tmp_path, http_ser
                         f"page: {BASE}NUS-WIDE.html)")
     assert [r.path for r in http_server.requests] == ["NUS_WID_Tags.zip"]  # the mirror's, once
 
+    shutil.rmtree(folder / "ConceptsList")              # two archives hold it: both named
+    with pytest.raises(PipelineError, match=r"^nuswide: Concepts81.txt is not in .*, and neither "
+                       r"ConceptsList.zip nor NUS-WIDE.zip could be downloaded \(ConceptsList.zip: HTTP "
+                       r"404 .*; NUS-WIDE.zip: HTTP 404 .*\); it is in ConceptsList.zip or NUS-WIDE.zip, "
+                       r"from https://"):
+        nuswide.prepare(tmp_path / "o", s, progress=False)
+    shutil.copytree(nus["folder"] / "ConceptsList", folder / "ConceptsList")
+
     buf = io.BytesIO()                                 # an archive without AllTags1k.txt
     with zipfile.ZipFile(buf, "w") as z:
         z.writestr("TagList1k.txt", "".join(t + "\n" for t in VOCAB))

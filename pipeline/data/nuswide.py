@@ -268,9 +268,11 @@ class _Files:
             self.fetched[key] = remote.filename
             self.index = _index(self.folders)
             return
-        names = " nor ".join(dict.fromkeys(r.filename for r in (SOURCES[key],) + ALTERNATIVES.get(key, ())))
-        raise PipelineError(f"nuswide: {name} is not in {self._where()}, and {names} could not be "
-                            f"downloaded ({'; '.join(errors)}); {_origin(key)}{hint}")
+        names = list(dict.fromkeys(r.filename for r in (SOURCES[key],) + ALTERNATIVES.get(key, ())))
+        what = (f"{names[0]} could not be downloaded" if len(names) == 1
+                else f"neither {' nor '.join(names)} could be downloaded")
+        raise PipelineError(f"nuswide: {name} is not in {self._where()}, and {what} "
+                            f"({'; '.join(errors)}); {_origin(key)}{hint}")
 
     def get(self, name: str, key: str, parent: str | None = None, hint: str = "") -> _Entry:
         entry = self.find(name, parent)
