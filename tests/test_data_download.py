@@ -211,3 +211,26 @@ def test_mirror_http_and_folder(http_server, tmp_path):
 def test_unsupported_scheme(tmp_path):
     with pytest.raises(PipelineError, match="unsupported URL"):
         fetch(Remote("ftp://host/a.bin", "a.bin"), tmp_path, progress=False)
+
+
+def test_unofficial_checksum_is_logged_not_enforced(http_server, tmp_path, caplog):
+    """A checksum from an unofficial source (checksum_official=False): the size is enforced, a
+    different checksum is accepted and logged with the file's own digests."""
+    r = _remote(http_server, sha256=None, md5="0" * 32, size=len(DATA), checksum_official=False)
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.download"):
+        out = fetch(r, tmp_path, progress=False)
+    assert out.read_bytes() == DATA
+    assert f"md5 {MD5} differs from the unofficial {'0' * 32}" in caplog.text
+    assert f"size 10244 bytes, as expected); using it, its sha256 is {SHA}" in caplog.text
+    verify(out, r)  # a rerun accepts it as well
+    with pytest.raises(PipelineError, match=r"a.bin: size mismatch \(expected 5 bytes, got 10244\)") as ei:
+        verify(out, Remote("x", "a.bin", md5="0" * 32, size=5, checksum_official=False))
+    assert "\n" not in str(ei.value)
+
+
+def test_unofficial_checksum_wrong_size_refused(http_server, tmp_path):
+    r = _remote(http_server, sha256=None, md5=MD5, size=len(DATA) + 1, checksum_official=False)
+    with pytest.raises(PipelineError, match=r"a.bin: size mismatch .*; the file was removed") as ei:
+        fetch(r, tmp_path, progress=False, retries=0)
+    assert "\n" not in str(ei.value)
+    assert list(tmp_path.iterdir()) == []

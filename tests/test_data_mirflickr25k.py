@@ -6,6 +6,7 @@ the expected vocabulary, pairs and counts are worked out by hand in the comments
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -52,8 +53,10 @@ CONCEPTS_BY_HAND = ["animals", "baby", "bird", "car", "clouds", "dog", "female",
                     "indoor", "lake", "male", "night", "people", "plant_life", "portrait", "river",
                     "sea", "sky", "structures", "sunset", "transport", "tree", "water"]
 
-# min_tag_count 2: vocabulary {café, dog, sky, water} (code-point order: "café" < "dog").
+# min_tag_count 2: vocabulary {café, dog, sky, water}: recomputed, in code-point order ("café" <
+# "dog"); from doc/common_tags.txt (COMMON_TAGS below: the same tags), in the file's order.
 VOCAB_2 = ["café", "dog", "sky", "water"]
+VOCAB_2_FILE = ["sky", "café", "dog", "water"]
 # kept = vocab tag AND label: 1-10, 11, 12, 15, 27, 28, 29 (16 pairs)
 # dropped for no vocab tag: 13 14 17 18 19 20 21 22 23 24 25 26 (12)
 # dropped for no label: 16 18 19 20 22 23 24 25 26 30 (10); for both: 18-20, 22-26 (8)
@@ -70,7 +73,7 @@ COUNTS_2 = {"pairs_total": 30, "no_vocab_tag": 12, "no_label": 10,
 COUNTS_3 = {"pairs_total": 30, "no_vocab_tag": 17, "no_label": 10,
             "no_vocab_tag_and_no_label": 9, "kept": 12, "vocab_size": 1}
 
-COMMON_TAGS = "sky 13\ncafé 2\ndog 2\nwater 2\n"
+COMMON_TAGS = "sky 13\ncafé 2\ndog 2\nwater 2\n"  # "tag count" lines, as in the collection
 
 
 def _jpeg(n: int) -> bytes:
@@ -139,7 +142,7 @@ def test_rule_helpers():
 def test_prepare_from_zips_vocabulary_pairs_counts(prepared, archives):
     m = read_manifest(prepared)
     assert m.classes == CONCEPTS_BY_HAND
-    assert m.tag_vocab == VOCAB_2
+    assert m.tag_vocab == VOCAB_2_FILE          # doc/common_tags.txt, file order
     assert _pairs(prepared) == EXPECTED_2
     for p in m.pairs:
         assert p.caption == " ".join(p.tags) and p.split is None
@@ -248,6 +251,47 @@ def test_download_through_http(prepared, archives, http_server, monkeypatch, tmp
     assert len(http_server.requests) == 2
 
 
+def test_only_the_images_checksum_is_enforced():
+    """The images zip's MD5 is the official one; the annotations zip's was measured on one copy."""
+    assert mf.SOURCES["images"].checksum_official and mf.SOURCES["images"].md5
+    ann = mf.SOURCES["annotations"]
+    assert not ann.checksum_official and ann.md5 and ann.size == 207_220
+
+
+def _serve_real_annotation_remote(monkeypatch, http_server, archives, size_delta: int = 0) -> bytes:
+    """The images as in _serve; the annotations under the real Remote (its unofficial MD5, which
+    our tiny archive does not have), with the tiny archive's size (+ size_delta)."""
+    real = mf.SOURCES["annotations"]
+    _serve(monkeypatch, http_server, archives)
+    data = archives["annotations"].read_bytes()
+    real = dataclasses.replace(real, url=http_server.url(archives["annotations"].name),
+                               size=len(data) + size_delta)
+    monkeypatch.setattr(mf, "SOURCES", {**mf.SOURCES, "annotations": real})
+    return data
+
+
+def test_annotations_of_the_right_size_but_another_md5_are_used(prepared, archives, http_server,
+                                                                 monkeypatch, tmp_path, caplog):
+    data = _serve_real_annotation_remote(monkeypatch, http_server, archives)
+    with caplog.at_level(logging.INFO):
+        out = mf.prepare(tmp_path, {"min_tag_count": 2}, progress=False)
+    assert out.read_bytes() == prepared.read_bytes()
+    md5 = hashlib.md5(data).hexdigest()
+    assert f"md5 {md5} differs from the unofficial aa0138c79892b1b670184d142380948f" in caplog.text
+    src = json.loads((tmp_path / "meta.json").read_text())["provenance"]["sources"]["annotations"]
+    assert src["md5"] == md5 and src["size"] == len(data) and src["checksum"] == "unofficial"
+    assert src["matches_published"] is True      # the size: all that is enforced
+    assert src["md5_matches_unofficial"] is False
+
+
+def test_annotations_of_the_wrong_size_are_refused(archives, http_server, monkeypatch, tmp_path):
+    _serve_real_annotation_remote(monkeypatch, http_server, archives, size_delta=1)
+    with pytest.raises(PipelineError, match=r"mirflickr25k_annotations_v080.zip: size mismatch") as e:
+        mf.prepare(tmp_path, {"min_tag_count": 2}, progress=False)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "downloads" / "mirflickr25k_annotations_v080.zip").exists()
+
+
 def test_download_dir_and_mirror(prepared, archives, monkeypatch, tmp_path):
     dead = {k: Remote(f"http://127.0.0.1:9/gone/{p.name}", p.name,
                       sha256=hashlib.sha256(p.read_bytes()).hexdigest()) for k, p in archives.items()}
@@ -259,16 +303,85 @@ def test_download_dir_and_mirror(prepared, archives, monkeypatch, tmp_path):
     assert (tmp_path / "dl" / "mirflickr25k.zip").is_file()
 
 
-def test_common_tags_disagreement_is_reported(tmp_path, caplog):
+def test_vocabulary_is_doc_common_tags_when_present(prepared, caplog, archives, tmp_path):
+    """Every public 20,015-pair pipeline indexes doc/common_tags.txt: its tags (with a count >=
+    min_tag_count), in its order, are the vocabulary; the provenance says so."""
+    m = read_manifest(prepared)
+    assert m.tag_vocab == VOCAB_2_FILE
+    assert m.meta["provenance"]["vocabulary"] == {
+        "source": "doc/common_tags.txt", "file": "mirflickr/doc/common_tags.txt",
+        "order": "file order", "note": None}
+    with caplog.at_level(logging.INFO, logger="pipeline.data.mirflickr25k"):
+        mf.prepare(tmp_path, {"path": str(archives["images"].parent), "min_tag_count": 2},
+                   progress=False)
+    assert "vocabulary: 4 tags from doc/common_tags.txt (count >= 2, file order)" in caplog.text
+
+
+def test_common_tags_file_differing_from_the_recomputed_vocabulary_is_used(tmp_path, caplog):
     src = mirflickr_build_archives(tmp_path / "src", common_tags="sky 13\ndog 5\ncat 2\n")
-    with caplog.at_level(logging.WARNING, logger="pipeline.data.mirflickr25k"):
+    with caplog.at_level(logging.INFO, logger="pipeline.data.mirflickr25k"):
         out = mf.prepare(tmp_path / "out", {"path": str(src["images"].parent), "min_tag_count": 2},
                          progress=False)
-    check = json.loads((out.parent / "meta.json").read_text())["provenance"]["common_tags_check"]
-    # file >= 2: {sky, dog, cat}; ours: {café, dog, sky, water}; dog's count 5 vs our 2
+    m = read_manifest(out)
+    assert m.tag_vocab == ["sky", "dog", "cat"]
+    # cat (1 image, labelled animals) now counts: im13 is kept; café and water no longer do
+    ids = [p.id for p in m.pairs]
+    assert ids == [f"im{n}" for n in list(range(1, 14)) + [28, 29]]
+    assert m.pairs[12].tags == ["cat"] and m.pairs[13].tags == ["sky"]   # im13; im28 loses café
+    check = m.meta["provenance"]["common_tags_check"]
+    # file >= 2: {sky, dog, cat}; recomputed: {café, dog, sky, water}; dog's count 5 vs 2
     assert check == {"checked": True, "file_vocab_size": 3, "agree": False, "only_in_ours": 2,
                      "only_in_file": 1, "count_differences": 1}
-    assert "differs from doc/common_tags.txt" in caplog.text
+    assert "recomputing it from meta/tags would give 4 tags (2 not in the file, 1 only in it; 1 of " \
+        "the file's counts differ); the file's list is used" in caplog.text
+
+
+def test_common_tags_without_counts(tmp_path, caplog):
+    """One tag per line (no count column): the file is the vocabulary at the default threshold
+    (the one it was made with); another min_tag_count cannot be applied to it: recomputed."""
+    src = mirflickr_build_archives(tmp_path / "src", common_tags="dog\r\nsky\n\ncat\n")
+    out = mf.prepare(tmp_path / "a", {"path": str(src["images"].parent)}, progress=False)
+    m = read_manifest(out)
+    assert m.tag_vocab == ["dog", "sky", "cat"]
+    assert [p.id for p in m.pairs] == [f"im{n}" for n in list(range(1, 14)) + [28, 29]]
+    assert m.meta["provenance"]["vocabulary"]["source"] == "doc/common_tags.txt"
+    assert m.meta["provenance"]["common_tags_check"]["count_differences"] is None
+    with caplog.at_level(logging.INFO, logger="pipeline.data.mirflickr25k"):
+        out = mf.prepare(tmp_path / "b", {"path": str(src["images"].parent), "min_tag_count": 2},
+                         progress=False)
+    m = read_manifest(out)
+    assert m.tag_vocab == VOCAB_2
+    voc = m.meta["provenance"]["vocabulary"]
+    assert voc["source"] == "recomputed" and voc["order"] == "code point"
+    assert voc["note"] == "doc/common_tags.txt has no counts to apply min_tag_count 2 to"
+    assert "vocabulary recomputed" in caplog.text and "has no counts" in caplog.text
+
+
+def test_vocabulary_recomputed_without_common_tags(prepared, tmp_path, caplog):
+    src = mirflickr_build_archives(tmp_path / "src", common_tags=None)
+    with caplog.at_level(logging.INFO, logger="pipeline.data.mirflickr25k"):
+        out = mf.prepare(tmp_path / "out", {"path": str(src["images"].parent), "min_tag_count": 2},
+                         progress=False)
+    m = read_manifest(out)
+    assert m.tag_vocab == VOCAB_2                    # same tags, code-point order
+    assert _pairs(out) == EXPECTED_2
+    assert m.meta["provenance"]["vocabulary"] == {
+        "source": "recomputed", "file": None, "order": "code point",
+        "note": "no doc/common_tags.txt in " + str(src["images"])}
+    assert m.meta["provenance"]["common_tags_check"] is None
+    assert "vocabulary recomputed: 4 processed tags used by >= 2 images" in caplog.text
+
+
+def test_min_tag_count_below_the_files_counts_is_recomputed(tmp_path):
+    """The file lists only tags used by >= 2 images: min_tag_count 1 needs the recount."""
+    src = mirflickr_build_archives(tmp_path / "src")
+    out = mf.prepare(tmp_path / "out", {"path": str(src["images"].parent), "min_tag_count": 1},
+                     progress=False)
+    m = read_manifest(out)
+    assert m.tag_vocab == sorted(["café", "cat", "dog", "rare1", "rare2", "rare3", "rare4", "rare5",
+                                  "sky", "tree", "water"])
+    assert m.meta["provenance"]["vocabulary"]["note"] == \
+        "doc/common_tags.txt lists only tags used by >= 2 images, min_tag_count is 1"
 
 
 def test_user_errors(archives, tmp_path):

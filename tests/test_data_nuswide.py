@@ -92,6 +92,47 @@ def zip_bytes(prefix: str) -> bytes:
     return buf.getvalue()
 
 
+def bundle_bytes(top: str = "NUS-WIDE/") -> bytes:
+    """The current NUS-WIDE.zip: Groundtruth/ and ConceptsList/ under a top folder; no ImageList."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in sorted(official_files().items()):
+            if name.startswith(("Groundtruth/", "ConceptsList/")):
+                z.writestr(top + name, data)
+    return buf.getvalue()
+
+
+URLS_HEADER = "%%%%%%%%%%Photo_file    Photo_id    url_Large   url_Middle   url_Small  url_Original%%%%%"
+
+
+def urls_txt(n: int = N, header: str = URLS_HEADER) -> bytes:
+    """NUS-WIDE-urls.txt for the first ``n`` images, in image-list order (some without URL)."""
+    rows = [header]
+    for i in range(n):
+        win = "C:\\ImageData\\Flickr\\" + rel(i).replace("/", "\\")
+        urls = "null  null  null  null" if i % 7 == 3 else f"http://f/l{i}.jpg  http://f/m{i}.jpg  null  null"
+        rows.append(f"{win}  {1000 + i}  {urls}")
+    return ("\r\n".join(rows) + "\r\n").encode()
+
+
+def write_current_layout(root: Path, zipped: bool, urls: bytes | None = None) -> Path:
+    """The current distribution: NUS-WIDE.zip (top folder NUS-WIDE/) and NUS_WID_Tags.zip, or
+    their extracted folders; optionally NUS-WIDE-urls.txt; no ImageList."""
+    root.mkdir(parents=True, exist_ok=True)
+    if zipped:
+        (root / "NUS-WIDE.zip").write_bytes(bundle_bytes())
+        (root / "NUS_WID_Tags.zip").write_bytes(zip_bytes("NUS_WID_Tags/"))
+    else:
+        for name, data in official_files().items():
+            if not name.startswith("ImageList/"):
+                target = root / ("NUS-WIDE/" + name if not name.startswith("NUS_WID_Tags/") else name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+    if urls is not None:
+        (root / "NUS-WIDE-urls.txt").write_bytes(urls)
+    return root
+
+
 def write_metadata(root: Path, zipped: bool) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     if zipped:
@@ -152,11 +193,21 @@ def test_top_concepts_tie_broken_by_name_not_file_order():
     assert [names[j] for j in nuswide.top_concepts(names, counts, 6)][-1] == "zebra"
 
 
-def test_sources_are_the_official_archives():
-    assert {r.filename for r in nuswide.SOURCES.values()} == {
-        "ImageList.zip", "ConceptsList.zip", "Groundtruth.zip", "NUS_WID_Tags.zip", "NUS-WIDE-urls.rar"}
-    assert all(r.url.endswith("/" + r.filename) for r in nuswide.SOURCES.values())
-    assert all(r.sha256 is None and r.md5 is None and r.size is None for r in nuswide.SOURCES.values())
+BASE = "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/"
+
+
+def test_sources_are_the_current_official_locations():
+    """The old host (dl.nextcenter.org) is dead; the archives are on the university's site, and
+    the current bundle NUS-WIDE.zip is the fallback for the concepts and the ground truth."""
+    assert {k: r.url for k, r in nuswide.SOURCES.items()} == {
+        "imagelist": BASE + "ImageList.zip", "concepts": BASE + "ConceptsList.zip",
+        "groundtruth": BASE + "Groundtruth.zip", "tags": BASE + "NUS_WID_Tags.zip",
+        "urls": BASE + "NUS-WIDE-urls.rar"}
+    remotes = list(nuswide.SOURCES.values()) + [r for alts in nuswide.ALTERNATIVES.values() for r in alts]
+    assert all(r.url.endswith("/" + r.filename) and "nextcenter" not in r.url for r in remotes)
+    assert all(r.sha256 is None and r.md5 is None and r.size is None for r in remotes)
+    for key in ("concepts", "groundtruth"):
+        assert [r.filename for r in nuswide.ALTERNATIVES[key]][0] == "NUS-WIDE.zip"
 
 
 def test_prepare_protocol_from_zips(nus, tmp_path, caplog):
@@ -351,3 +402,148 @@ def test_chunked_parsing_matches_whole_file(nus, tmp_path, monkeypatch):
     p.write_bytes(b"\n".join(rows[:20] + [b"\t"] + rows[20:]))
     with pytest.raises(PipelineError, match=r"AllTags1k.txt:21: blank line"):
         nuswide.prepare(tmp_path / "o", settings(nus, path=str(folder)), progress=False)
+
+
+def test_download_falls_back_to_the_current_bundle(nus, tmp_path, http_server):
+    """ConceptsList.zip is not served: NUS-WIDE.zip is downloaded instead, and its Groundtruth/
+    serves the labels without another request."""
+    http_server.files["ImageList.zip"] = zip_bytes("ImageList/")
+    http_server.files["NUS_WID_Tags.zip"] = zip_bytes("NUS_WID_Tags/")
+    http_server.files["NUS-WIDE.zip"] = bundle_bytes()
+    s = settings(nus, path=None, mirror=http_server.base_url, download_dir=str(tmp_path / "dl"))
+    m = nuswide.prepare(tmp_path / "o", s, progress=False)
+    assert [(r.path, r.status) for r in http_server.requests] == [
+        ("ImageList.zip", 200), ("ConceptsList.zip", 404), ("NUS-WIDE.zip", 200), ("NUS_WID_Tags.zip", 200)]
+    assert m.read_bytes() == nuswide.prepare(tmp_path / "ref", settings(nus), progress=False).read_bytes()
+    prov = json.loads((tmp_path / "o" / "meta.json").read_text())["provenance"]
+    assert prov["downloaded"] == {"concepts": "NUS-WIDE.zip", "imagelist": "ImageList.zip",
+                                  "tags": "NUS_WID_Tags.zip"}
+    assert "NUS-WIDE.zip:NUS-WIDE/Groundtruth/AllLabels/Labels_sky.txt" in prov["sources"]
+
+
+def test_missing_file_says_which_and_where_it_comes_from(nus, tmp_path, http_server):
+    folder = tmp_path / "meta"
+    shutil.copytree(nus["folder"], folder)
+    shutil.rmtree(folder / "NUS_WID_Tags")
+    s = settings(nus, path=str(folder), mirror=http_server.base_url, download_dir=str(tmp_path / "dl"))
+    with pytest.raises(PipelineError) as e:            # not served: 404
+        nuswide.prepare(tmp_path / "o", s, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"nuswide: TagList1k.txt is not in {folder} or {tmp_path / 'dl'}, and "
+                          "NUS_WID_Tags.zip could not be downloaded (NUS_WID_Tags.zip: HTTP 404")
+    assert msg.endswith(f"it is in NUS_WID_Tags.zip, from {BASE}NUS_WID_Tags.zip (the NUS-WIDE "
+                        f"page: {BASE}NUS-WIDE.html)")
+    assert [r.path for r in http_server.requests] == ["NUS_WID_Tags.zip"]  # the mirror's, once
+
+    shutil.rmtree(folder / "ConceptsList")              # two archives hold it: both named
+    with pytest.raises(PipelineError, match=r"^nuswide: Concepts81.txt is not in .*, and neither "
+                       r"ConceptsList.zip nor NUS-WIDE.zip could be downloaded \(ConceptsList.zip: HTTP "
+                       r"404 .*; NUS-WIDE.zip: HTTP 404 .*\); it is in ConceptsList.zip or NUS-WIDE.zip, "
+                       r"from https://"):
+        nuswide.prepare(tmp_path / "o", s, progress=False)
+    shutil.copytree(nus["folder"] / "ConceptsList", folder / "ConceptsList")
+
+    buf = io.BytesIO()                                 # an archive without AllTags1k.txt
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("TagList1k.txt", "".join(t + "\n" for t in VOCAB))
+    http_server.files["NUS_WID_Tags.zip"] = buf.getvalue()
+    with pytest.raises(PipelineError, match=r"^nuswide: AllTags1k.txt is not in .*, nor in the "
+                       r"downloaded NUS_WID_Tags.zip; it is in NUS_WID_Tags.zip, from https://") as e:
+        nuswide.prepare(tmp_path / "o", s, progress=False)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("zipped", [True, False])
+@pytest.mark.parametrize("header", [URLS_HEADER, "Photo_file  Photo_id  url_Large  url_Middle  url_Small  url_Original"])
+def test_current_layout_image_list_from_urls(nus, tmp_path, http_server, caplog, zipped, header):
+    """NUS-WIDE.zip + NUS_WID_Tags.zip (or extracted) without ImageList: NUS-WIDE-urls.txt lists
+    the same images in the same order, so it gives the row order; nothing is downloaded."""
+    meta = write_current_layout(tmp_path / "meta", zipped, urls_txt(header=header))
+    s = settings(nus, path=str(meta), mirror=http_server.base_url, download_dir=str(tmp_path / "dl"))
+    with caplog.at_level(logging.INFO, logger="pipeline.data.nuswide"):
+        m = nuswide.prepare(tmp_path / "o", s, progress=False)
+    assert http_server.requests == []
+    assert m.read_bytes() == nuswide.prepare(tmp_path / "ref", settings(nus), progress=False).read_bytes()
+    prov = json.loads((tmp_path / "o" / "meta.json").read_text())["provenance"]
+    assert prov["image_list"] == {"file": "NUS-WIDE-urls.txt",
+                                  "rule": "first column of NUS-WIDE-urls.txt, in file order (no Imagelist.txt)"}
+    assert prov["sources"]["NUS-WIDE-urls.txt"] == hashlib.sha256(urls_txt(header=header)).hexdigest()
+    assert ("Labels_sky.txt" if not zipped else "NUS-WIDE.zip:NUS-WIDE/Groundtruth/AllLabels/Labels_sky.txt") \
+        in prov["sources"]
+    assert "no Imagelist.txt: the row order is that of" in caplog.text
+
+
+def test_imagelist_is_preferred_to_urls(nus, tmp_path):
+    meta = tmp_path / "meta"
+    shutil.copytree(nus["folder"], meta)
+    (meta / "NUS-WIDE-urls.txt").write_bytes(urls_txt(n=N - 1))   # would not match: not used
+    nuswide.prepare(tmp_path / "o", settings(nus, path=str(meta)), progress=False)
+    prov = json.loads((tmp_path / "o" / "meta.json").read_text())["provenance"]
+    assert prov["image_list"] == {"file": "Imagelist.txt", "rule": "ImageList/Imagelist.txt"}
+
+
+def test_urls_list_with_another_row_count_is_one_line(nus, tmp_path):
+    meta = write_current_layout(tmp_path / "meta", True, urls_txt(n=N - 1))
+    with pytest.raises(PipelineError) as e:
+        nuswide.prepare(tmp_path / "o", settings(nus, path=str(meta)), progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"nuswide: {meta / 'NUS-WIDE-urls.txt'} lists 39 images but {meta / 'NUS-WIDE.zip'}:"
+                          "NUS-WIDE/Groundtruth/AllLabels/Labels_")
+    assert "has more rows, so it cannot give the row order; put Imagelist.txt into " in msg
+    assert f"(it is in ImageList.zip, from {BASE}ImageList.zip" in msg
+    meta2 = write_current_layout(tmp_path / "meta2", True, urls_txt(n=N) + urls_txt(n=1, header="%"))
+    with pytest.raises(PipelineError, match=r"lists 41 images but .*Labels_\w+.txt has 40 rows, so it "
+                                            r"cannot give the row order"):
+        nuswide.prepare(tmp_path / "o", settings(nus, path=str(meta2)), progress=False)
+
+
+def test_no_source_of_the_image_list_is_one_line(nus, tmp_path, http_server):
+    meta = write_current_layout(tmp_path / "meta", True)            # no urls file either
+    s = settings(nus, path=str(meta), mirror=http_server.base_url, download_dir=str(tmp_path / "dl"))
+    with pytest.raises(PipelineError) as e:
+        nuswide.prepare(tmp_path / "o", s, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"nuswide: Imagelist.txt is not in {meta} or {tmp_path / 'dl'}, and "
+                          "ImageList.zip could not be downloaded (ImageList.zip: HTTP 404")
+    assert f"it is in ImageList.zip, from {BASE}ImageList.zip (the NUS-WIDE page: " in msg
+    assert msg.endswith(f"; or put NUS-WIDE-urls.txt (the same images in the same order; extract it from "
+                        f"NUS-WIDE-urls.rar, {BASE}NUS-WIDE-urls.rar) into {meta}")
+
+
+def test_flat_image_folder_found_by_file_name(nus, tmp_path, caplog, monkeypatch):
+    """All images in one folder (images/0001_1001.jpg) instead of Flickr/<concept>/<file>: found
+    by file name from an index built once; a name found twice is ambiguous: counted, dropped."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for p in sorted((nus["images"] / "Flickr").rglob("*.jpg")):
+        shutil.copy(p, flat / p.name)
+    (flat / "copies").mkdir()
+    shutil.copy(flat / Path(rel(1)).name, flat / "copies")           # row 1's name twice
+    calls = []
+    real_index = nuswide._name_index
+    monkeypatch.setattr(nuswide, "_name_index", lambda *a: calls.append(a) or real_index(*a))
+    with caplog.at_level(logging.INFO, logger="pipeline.data.nuswide"):
+        m = nuswide.prepare(tmp_path / "o", settings(nus, images=str(flat)), progress=False)
+    assert len(calls) == 1                                             # one index, not a walk per image
+    ref = [r for r in lines(nuswide.prepare(tmp_path / "ref", settings(nus), progress=False))]
+    assert lines(m) == [r for r in ref if r["id"] != "000001"]         # same pairs, same hashes
+    assert (tmp_path / "o" / "images" / rel(0)).resolve() == (flat / Path(rel(0)).name).resolve()
+    prov = json.loads((tmp_path / "o" / "meta.json").read_text())["provenance"]
+    assert prov["counts"]["missing_image"] == 3 and prov["counts"]["final"] == 31
+    assert prov["images_by_name"] == {"found": 31, "ambiguous": 1, "first_ambiguous": Path(rel(1)).name}
+    assert "31 images found by file name" in caplog.text
+    assert (f"1 image has a file name found more than once under {flat} ({Path(rel(1)).name}: {flat / Path(rel(1)).name}, {flat / 'copies' / Path(rel(1)).name}); "
+            "treated as missing") in caplog.text
+
+
+def test_authors_tree_needs_no_name_index(nus, tmp_path, monkeypatch):
+    """Every image at Flickr/<concept>/<file>: no directory walk at all."""
+    imgs = tmp_path / "imgs"
+    shutil.copytree(nus["images"], imgs)
+    for i in MISSING:
+        (imgs / "Flickr" / rel(i)).write_bytes(jpeg(i))
+    monkeypatch.setattr(nuswide, "_name_index", lambda *a: pytest.fail("walked the image folder"))
+    nuswide.prepare(tmp_path / "o", settings(nus, images=str(imgs), hash_images=False), progress=False)

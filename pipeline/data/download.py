@@ -11,7 +11,10 @@ over, and a file must never be used unless it is whole and the one expected:
 * once complete, size and checksum are verified (SHA-256 where known, else the MD5 that official
   sites often publish); only a verified file is renamed to its final name. A mismatch removes the
   partial file and raises one line;
-* with no checksum known, a warning gives the SHA-256 that was computed, so a user can pin it.
+* with no checksum known, a warning gives the SHA-256 that was computed, so a user can pin it;
+* a checksum that is not official (``checksum_official=False``: measured on one copy, not
+  published by the data set's authors) is not enforced: the size is, and a file whose checksum
+  differs is used with a warning giving its own MD5 and SHA-256.
 
 ``mirror`` replaces a remote's host and folder with a base URL (``http(s)://``, ``file://`` or a
 plain local folder) for users with a local copy of the archives. Only the standard library
@@ -54,6 +57,9 @@ class Remote:
     sha256: str | None = None
     md5: str | None = None   # official sites often publish md5 only
     size: int | None = None  # bytes, when known
+    # False where sha256/md5 come from an unofficial source: then only the size is enforced and
+    # a checksum mismatch is logged (with the file's own digests) instead of refused.
+    checksum_official: bool = True
 
 
 def file_digest(path: Path, algo: str) -> str:
@@ -81,7 +87,8 @@ def verify(path: Path, remote: Remote) -> None:
     """Check ``path`` against the remote's size and checksum (sha256 preferred, else md5).
 
     Raises :class:`PipelineError` with one line naming the file on a mismatch. With neither
-    checksum known only the size (if known) is checked.
+    checksum known only the size (if known) is checked. A checksum that is not official
+    (``remote.checksum_official`` false) is compared and a mismatch logged, never raised.
     """
     path = Path(path)
     if not path.is_file():
@@ -93,10 +100,18 @@ def verify(path: Path, remote: Remote) -> None:
     for algo in ("sha256", "md5"):
         expected = getattr(remote, algo)
         if expected:
-            got = file_digest(path, algo)
-            if got.lower() != expected.lower():
-                raise PipelineError(f"{remote.filename}: checksum mismatch (expected {algo} "
-                                    f"{expected.lower()}, got {got})")
+            if remote.checksum_official:
+                got = file_digest(path, algo)
+                if got.lower() != expected.lower():
+                    raise PipelineError(f"{remote.filename}: checksum mismatch (expected {algo} "
+                                        f"{expected.lower()}, got {got})")
+                return
+            got = file_digests(path, ("sha256", "md5"))
+            if got[algo] != expected.lower():
+                log.warning("%s: %s %s differs from the unofficial %s (size %d bytes, %s); using "
+                            "it, its sha256 is %s", remote.filename, algo, got[algo], expected.lower(),
+                            actual, "as expected" if remote.size is not None else "no size known",
+                            got["sha256"])
             return
 
 

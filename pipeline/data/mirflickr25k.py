@@ -16,11 +16,16 @@ Sources (press.liacs.nl/mirflickr/mirdownload.html):
 
 Rules (decided here, tested in ``tests/test_data_mirflickr25k.py``):
 
-* Vocabulary: the *processed* tags (``meta/tags/``) used by at least ``min_tag_count`` (20)
-  images among all 25,000, an image counting once however often it repeats a tag -- the counts
-  of ``doc/common_tags.txt``, which ships with the collection and which DCMH's 1,386-d tag
-  vectors index. When that file is present the vocabulary is compared with it and the outcome
-  logged and stored in ``meta.json`` (``provenance.common_tags_check``). Sorted by code point.
+* Vocabulary: ``doc/common_tags.txt``, which ships with the collection and which every public
+  pipeline that reproduces the 20,015 pairs indexes (DCMH's 1,386-d tag vectors): its tags, read
+  as the first whitespace-separated field of each line, in the file's order; where the lines
+  carry a count (``tag count``), those with a count >= ``min_tag_count`` (20). Without the file
+  (or when it cannot give the vocabulary: ``min_tag_count`` below its smallest count, or another
+  ``min_tag_count`` than 20 and no counts), the vocabulary is recomputed: the *processed* tags
+  (``meta/tags/``) used by at least ``min_tag_count`` images among all 25,000, an image counting
+  once however often it repeats a tag, sorted by code point. Which one was used, and why, is
+  logged and stored in ``meta.json`` (``provenance.vocabulary``); where the file is present the
+  recomputed vocabulary is compared with it (``provenance.common_tags_check``).
 * A pair is kept when it has at least one vocabulary tag AND at least one of the 24 labels
   (the paper names only the first rule; with both, the collection gives 20,015 pairs).
 * ``labels``: indices into :data:`CONCEPTS` (the 24 concept names, sorted); the ``_r1`` files
@@ -61,7 +66,9 @@ DEFAULT_MIN_TAG_COUNT = 20
 #   size 3,069,184,257 bytes, given with that MD5 by two independent public download scripts.
 # * mirflickr25k_annotations_v080.zip: size 207,220 bytes and MD5 aa0138c79892b1b670184d142380948f
 #   from a public task-staging script ("checked against the size and MD5 of the copy the agents
-#   received") -- measured on a downloaded copy, not published by the collection's authors.
+#   received") -- measured on a downloaded copy, not published by the collection's authors. So
+#   checksum_official=False: a download of that size is used whatever its MD5, which is logged
+#   (and recorded in meta.json); one of another size is refused.
 SOURCES: dict[str, Remote] = {
     "images": Remote(url="https://press.liacs.nl/mirflickr/mirflickr25k.v3b/mirflickr25k.zip",
                      filename="mirflickr25k.zip", md5="a23d0a8564ee84cda5622a6c2f947785",
@@ -69,7 +76,7 @@ SOURCES: dict[str, Remote] = {
     "annotations": Remote(
         url="https://press.liacs.nl/mirflickr/mirflickr25k.v3b/mirflickr25k_annotations_v080.zip",
         filename="mirflickr25k_annotations_v080.zip", md5="aa0138c79892b1b670184d142380948f",
-        size=207_220),
+        size=207_220, checksum_official=False),
 }
 
 # The 24 concepts of the v080 annotations, sorted (label index = position).
@@ -187,20 +194,35 @@ def _find_annotation_folder(path: Path) -> _Part | None:
 
 
 def _checked_archive(path: Path, remote: Remote, origin: str) -> dict:
-    """Checksums of an archive for provenance; a user's copy that differs is used with a warning."""
+    """Checksums of an archive for provenance; a user's copy that differs is used with a warning.
+
+    ``matches_published``: the size and the official checksums agree (None: nothing to compare).
+    Where the remote's checksums are unofficial only the size counts, and whether the MD5 agrees
+    with the unofficial one is recorded (``md5_matches_unofficial``) and logged.
+    """
     digests = file_digests(path, ("sha256", "md5"))
     size = path.stat().st_size
-    matches: bool | None = not ((remote.size is not None and size != remote.size)
-                   or (remote.sha256 and digests["sha256"] != remote.sha256.lower())
-                   or (remote.md5 and digests["md5"] != remote.md5.lower()))
-    if not (remote.size is not None or remote.sha256 or remote.md5):
+    official = remote.checksum_official
+    checks = [remote.size is None or size == remote.size]
+    if official:
+        checks += [not remote.sha256 or digests["sha256"] == remote.sha256.lower(),
+                   not remote.md5 or digests["md5"] == remote.md5.lower()]
+    matches: bool | None = all(checks)
+    if not (remote.size is not None or (official and (remote.sha256 or remote.md5))):
         matches = None  # nothing published to compare with
     elif not matches:
-        log.warning("%s: size/checksum differ from the published %s (size %s, md5 %s); using it "
+        log.warning("%s: size/checksum differ from the published %s (size %s, md5 %s%s); using it "
                     "anyway, its checksums are recorded in meta.json", path, remote.filename,
-                    remote.size, remote.md5)
-    return {"file": remote.filename, "origin": origin, "size": size, "sha256": digests["sha256"],
-            "md5": digests["md5"], "matches_published": matches}
+                    remote.size, remote.md5, "" if official else ", unofficial")
+    out = {"file": remote.filename, "origin": origin, "size": size, "sha256": digests["sha256"],
+           "md5": digests["md5"], "checksum": "official" if official else "unofficial",
+           "matches_published": matches}
+    if not official and remote.md5:
+        out["md5_matches_unofficial"] = digests["md5"] == remote.md5.lower()
+        log.info("%s: md5 %s (%s the unofficial %s), sha256 %s", remote.filename, digests["md5"],
+                 "matches" if out["md5_matches_unofficial"] else "differs from", remote.md5.lower(),
+                 digests["sha256"])
+    return out
 
 
 def _open_sources(settings: dict, out_dir: Path, progress: bool) -> tuple[_Part, _Part, dict]:
@@ -276,25 +298,46 @@ def parse_concept_file(text: str, where: str) -> list[int]:
     return out
 
 
-def _common_tags_check(text: str, vocab: list[str], counts: Counter, min_tag_count: int) -> dict:
-    """Compare the vocabulary with ``doc/common_tags.txt`` (``tag count`` lines) of the collection."""
-    listed: dict[str, int] = {}
+def parse_common_tags(text: str) -> tuple[list[str], dict[str, int] | None]:
+    """``doc/common_tags.txt``: its tags (first field of each non-blank line, each once, in file
+    order) and their counts (second field), or None where not every line has an integer count."""
+    tags: dict[str, int | None] = {}
     for line in text.splitlines():
         f = line.split()
-        if not f:
-            continue
-        if len(f) != 2 or not f[1].isdigit():
-            return {"checked": False, "reason": f"unexpected line {line.strip()[:60]!r}"}
-        listed[f[0]] = int(f[1])
-    if not listed:
-        return {"checked": False, "reason": "empty file"}
-    if min_tag_count < min(listed.values()):
-        return {"checked": False, "reason": f"the file lists only tags used >= {min(listed.values())} times"}
-    ref = {t for t, c in listed.items() if c >= min_tag_count}
-    ours = set(vocab)
-    count_diff = sum(1 for t in ref & ours if counts[t] != listed[t])
-    return {"checked": True, "file_vocab_size": len(ref), "agree": ref == ours,
-            "only_in_ours": len(ours - ref), "only_in_file": len(ref - ours),
+        if f and f[0] not in tags:
+            tags[f[0]] = int(f[1]) if len(f) >= 2 and f[1].isdigit() else None
+    if tags and all(c is not None for c in tags.values()):
+        return list(tags), dict(tags)  # type: ignore[arg-type]
+    return list(tags), None
+
+
+def choose_vocabulary(file_tags: list[str] | None, file_counts: dict[str, int] | None,
+                      min_tag_count: int) -> tuple[list[str] | None, str | None]:
+    """The vocabulary doc/common_tags.txt gives for ``min_tag_count`` (None: it cannot give one),
+    and why not."""
+    if file_tags is None:
+        return None, None
+    if not file_tags:
+        return None, "doc/common_tags.txt is empty"
+    if file_counts is None:
+        if min_tag_count != DEFAULT_MIN_TAG_COUNT:
+            return None, f"doc/common_tags.txt has no counts to apply min_tag_count {min_tag_count} to"
+        return list(file_tags), None
+    least = min(file_counts.values())
+    if min_tag_count < least:
+        return None, (f"doc/common_tags.txt lists only tags used by >= {least} images, "
+                      f"min_tag_count is {min_tag_count}")
+    return [t for t in file_tags if file_counts[t] >= min_tag_count], None
+
+
+def _common_tags_check(file_vocab: list[str], file_counts: dict[str, int] | None,
+                       ours: list[str], counts: Counter) -> dict:
+    """Compare the recomputed vocabulary (``ours``) with the file's."""
+    ref, mine = set(file_vocab), set(ours)
+    count_diff = (None if file_counts is None
+                  else sum(1 for t in ref & mine if counts[t] != file_counts[t]))
+    return {"checked": True, "file_vocab_size": len(ref), "agree": ref == mine,
+            "only_in_ours": len(mine - ref), "only_in_file": len(ref - mine),
             "count_differences": count_diff}
 
 
@@ -320,7 +363,9 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
     contents, searched two levels deep, an archive preferred to a folder; a copy whose checksums
     differ from the published ones is used with a warning; without ``path`` the archives are
     downloaded, resumably and verified), ``download_dir`` (default ``out_dir/"downloads"``),
-    ``mirror`` (a base URL or folder replacing the official host), ``min_tag_count`` (20).
+    ``mirror`` (a base URL or folder replacing the official host), ``min_tag_count`` (20:
+    applied to doc/common_tags.txt's counts, or to a recount without that file; see the module
+    docstring).
     ``seed`` is accepted and unused: nothing here is random. A rerun rebuilds the same bytes.
     """
     from tqdm import tqdm
@@ -350,7 +395,32 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
         if n_no_tag_file:
             log.warning("mirflickr25k: %d image(s) have no tags file (counted as untagged)",
                         n_no_tag_file)
-        vocab, counts = tag_vocabulary(tags, min_tag_count)
+        recomputed, counts = tag_vocabulary(tags, min_tag_count)
+        file_tags = file_counts = None
+        if images.common_tags is not None:
+            file_tags, file_counts = parse_common_tags(_decode(images.read(images.common_tags)))
+        vocab, note = choose_vocabulary(file_tags, file_counts, min_tag_count)
+        common_check = None
+        if vocab is not None:
+            vocab_prov = {"source": "doc/common_tags.txt", "file": images.common_tags,
+                          "order": "file order", "note": None}
+            log.info("mirflickr25k: vocabulary: %d tags from doc/common_tags.txt (%s, file order)",
+                     len(vocab), f"count >= {min_tag_count}" if file_counts else "all its tags")
+            common_check = _common_tags_check(vocab, file_counts, recomputed, counts)
+            if not common_check["agree"] or common_check["count_differences"]:
+                diff = common_check["count_differences"]
+                log.info("mirflickr25k: recomputing it from meta/tags would give %d tags (%d not in "
+                         "the file, %d only in it%s); the file's list is used", len(recomputed),
+                         common_check["only_in_ours"], common_check["only_in_file"],
+                         "" if diff is None else f"; {diff} of the file's counts differ")
+        else:
+            vocab = recomputed
+            if note is None:
+                note = f"no doc/common_tags.txt in {images.describe}"
+            vocab_prov = {"source": "recomputed", "file": images.common_tags, "order": "code point",
+                          "note": note}
+            log.info("mirflickr25k: vocabulary recomputed: %d processed tags used by >= %d images "
+                     "(%s)", len(vocab), min_tag_count, note)
         vocab_set = set(vocab)
 
         labels: dict[int, set[int]] = {n: set() for n in numbers}
@@ -367,14 +437,6 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
             log.warning("mirflickr25k: %d annotation entries name images that are not in %s "
                         "(ignored)", unknown, images.describe)
 
-        common_check = None
-        if images.common_tags is not None:
-            common_check = _common_tags_check(_decode(images.read(images.common_tags)), vocab,
-                                              counts, min_tag_count)
-            if common_check.get("checked") and not common_check["agree"]:
-                log.warning("mirflickr25k: vocabulary differs from doc/common_tags.txt (%s)",
-                            common_check)
-
         kept: list[int] = []
         n_no_vocab = n_no_label = n_neither = 0
         for n in numbers:
@@ -389,11 +451,11 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
                       "no_label": n_no_label, "no_vocab_tag_and_no_label": n_neither,
                       "kept": len(kept), "vocab_size": len(vocab)}
         log.info("mirflickr25k: %d pairs, %d without a vocabulary tag, %d without a label, "
-                 "%d kept; %d tags used by >= %d images", len(numbers), n_no_vocab, n_no_label,
-                 len(kept), len(vocab), min_tag_count)
+                 "%d kept; %d vocabulary tags", len(numbers), n_no_vocab, n_no_label,
+                 len(kept), len(vocab))
         if not kept:
-            raise PipelineError(f"mirflickr25k: no pair has both a tag used by >= {min_tag_count} "
-                                "images and a label")
+            raise PipelineError(f"mirflickr25k: no pair has both a vocabulary tag ({len(vocab)} tags, "
+                                f"{vocab_prov['source']}) and a label")
 
         pairs: list[Pair] = []
         written: set[str] = set()
@@ -423,8 +485,9 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
         "provenance": {
             "adapter": "pipeline.data.mirflickr25k", "version": ADAPTER_VERSION,
             "min_tag_count": min_tag_count, "counts": counts_out, "sources": sources,
-            "common_tags_check": common_check,
-            "rules": "vocab = processed tags (meta/tags) used by >= min_tag_count images; keep "
+            "vocabulary": vocab_prov, "common_tags_check": common_check,
+            "rules": "vocab = doc/common_tags.txt (tags with count >= min_tag_count, file order), "
+                     "else the processed tags (meta/tags) used by >= min_tag_count images; keep "
                      "pairs with >= 1 vocab tag and >= 1 of the 24 labels (_r1 files ignored)",
         },
     }

@@ -7,18 +7,26 @@ al., TNNLS 2023, section IV-A; ``../shared/paper/method.md``, "Protocol") keeps 
 have at least one of the 10 most frequent concepts (186,577 on the real data), represents the
 text by the official 1,000-d tag vector and labels a pair with those 10 concepts.
 
-Inputs, all in the official formats (found by file name, case-insensitive, in ``path`` and in
-``download_dir``, either extracted or inside the official zips; what is missing is downloaded
-from :data:`SOURCES`):
+Inputs, all in the official formats, found by file name (case-insensitive) in ``path`` and in
+``download_dir``, either extracted or inside zips: the current bundle ``NUS-WIDE.zip``
+(``Groundtruth/`` and ``ConceptsList/``, possibly under a top folder ``NUS-WIDE/``) with
+``NUS_WID_Tags.zip``, or the separate ``ImageList.zip``, ``ConceptsList.zip`` and
+``Groundtruth.zip``. What is missing is downloaded from :data:`SOURCES` (the university's site),
+else from :data:`ALTERNATIVES`; when that fails too, one line names the missing file, the archive
+that holds it and its URL.
 
-* ``ImageList/Imagelist.txt``: one image per line, a Windows path relative to the authors'
-  ``Flickr/`` folder (``actor\\0001_2124494179.jpg``); its line order is the row order of every
-  other file.
+* The image list, one image per line, a Windows path relative to the authors' ``Flickr/``
+  folder (``actor\\0001_2124494179.jpg``); its line order is the row order of every other file.
+  It is ``ImageList/Imagelist.txt`` (in ``ImageList.zip``). The current bundle lacks it, so
+  without it the first column of ``NUS-WIDE-urls.txt``, which lists the same images in the same
+  order, gives the image list (a file of another row count than the label files is refused:
+  it cannot give the row order). With neither, ``ImageList.zip`` is downloaded.
 * ``ConceptsList/Concepts81.txt`` (81 names) and ``Groundtruth/AllLabels/Labels_{concept}.txt``
   (one 0/1 per line, in image-list order).
 * ``NUS_WID_Tags/TagList1k.txt`` (the 1,000 tags) and ``NUS_WID_Tags/AllTags1k.txt`` (one row of
   1,000 whitespace-separated 0/1 values per image, columns in TagList1k order).
-* ``NUS-WIDE-urls.txt`` (only for ``download_images``): ``%``-comment header, then
+* ``NUS-WIDE-urls.txt`` (for the image list when Imagelist.txt is absent, and for
+  ``download_images``): a header line (and ``%`` comment lines), then
   ``C:\\ImageData\\Flickr\\actor\\0001_2124494179.jpg  photo_id  url_Large  url_Middle  url_Small
   url_Original`` (``null`` where absent).
 
@@ -36,9 +44,13 @@ The rules, each recorded in ``meta.json["provenance"]``:
   the tags joined by spaces. A pair with no tag is kept (the paper does not drop them), and
   counted.
 * Images are not downloadable from NUS (on request only) and many Flickr URLs are dead, so they
-  come from ``images``, a folder holding the authors' ``Flickr/`` tree (or that tree itself). A
-  pair without its image file is dropped and counted (``missing_image: drop``) or stops the run
-  (``missing_image: error``). Corrupt files are left to the image extraction (``on_bad_image``).
+  come from ``images``, a folder holding the authors' ``Flickr/`` tree (or that tree itself), or
+  the files themselves in one folder (``images/0001_2124494179.jpg``; any depth): an image not
+  at ``<concept>/<file>`` is looked up by its file name, in an index of the folder built once. A
+  file name found twice there is ambiguous: its pair counts as missing (both logged, and counted
+  in ``provenance.images_by_name``). A pair without its image file is dropped and counted
+  (``missing_image: drop``) or stops the run (``missing_image: error``). Corrupt files are left
+  to the image extraction (``on_bad_image``).
 * ``images_mode``: ``symlink`` (default) makes ``out_dir/images/<concept>/<file>`` a symbolic
   link to the image (186k copies would waste disk; the manifest stays independent of where the
   image folder is); ``copy`` copies the files; ``absolute`` writes the image's absolute path into
@@ -51,7 +63,7 @@ The rules, each recorded in ``meta.json["provenance"]``:
   ``download_dir/Flickr/``, skipping images already present; Flickr answers removed photos with a
   PNG/GIF placeholder, so a download that is not a JPEG is discarded and counted as failed.
 
-Pair ids are the zero-based row in Imagelist.txt (``"000123"``), stable across runs and subsets.
+Pair ids are the zero-based row in the image list (``"000123"``), stable across runs and subsets.
 Nothing is random: the same inputs and settings give a byte-identical ``manifest.jsonl`` (the
 ``seed`` setting is accepted and unused; splits are drawn later by :mod:`pipeline.data.splits`).
 """
@@ -79,12 +91,22 @@ log = logging.getLogger(__name__)
 
 ADAPTER_VERSION = "nuswide-1"
 
-# Official download links: the NUS-WIDE page (lms.comp.nus.edu.sg, URL in the module docstring)
-# links its metadata archives to http://dl.nextcenter.org/public/nuswide/, as quoted by many
-# public loaders (e.g. "Groundtruth.zip", "ConceptsList.zip", "ImageList.zip" in a MatConvNet
-# NUS-WIDE script; "NUS_WID_Tags.zip"; "NUS-WIDE-urls.rar" in li-xirong/jingwei's data page).
+# Where the metadata comes from. The NUS-WIDE page (PAGE) used to link its archives to
+# http://dl.nextcenter.org/public/nuswide/, a host that is dead (its links are reported invalid
+# since 2021). The page now serves them from the university's own site, BASE_URL: ImageList.zip,
+# ConceptsList.zip, Groundtruth.zip, NUS_WID_Tags.zip and NUS-WIDE-urls.rar under that folder are
+# the URLs of several independent public NUS-WIDE download scripts and data READMEs found with the
+# project's code search (curl/wget/urllib lists of exactly these five names).
+# The current bundle, NUS-WIDE.zip, holds Groundtruth/ and ConceptsList/ (no ImageList): it is
+# what the NExT++ lab's "NUS-WIDE (Official Repo)" README on GitHub (NExTplusplus/NUS-WIDE)
+# describes, distributed with NUS_WID_Tags.zip from the Hugging Face data set it links to
+# (Lxyhaha/NUS-WIDE); the project's issue reports NUS-WIDE.zip under BASE_URL as well, which no
+# public script found confirms. These are ALTERNATIVES, tried in order when an archive cannot be
+# downloaded from BASE_URL (with ``mirror``, each name is tried once on the mirror).
 # Neither the page nor any source found gives sizes or checksums, so they are None.
-BASE_URL = "http://dl.nextcenter.org/public/nuswide/"
+PAGE = "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/NUS-WIDE.html"
+BASE_URL = "https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/"
+HF_URL = "https://huggingface.co/datasets/Lxyhaha/NUS-WIDE/resolve/main/"
 SOURCES: dict[str, Remote] = {
     "imagelist": Remote(url=BASE_URL + "ImageList.zip", filename="ImageList.zip"),
     "concepts": Remote(url=BASE_URL + "ConceptsList.zip", filename="ConceptsList.zip"),
@@ -92,6 +114,21 @@ SOURCES: dict[str, Remote] = {
     "tags": Remote(url=BASE_URL + "NUS_WID_Tags.zip", filename="NUS_WID_Tags.zip"),
     # RAR: Python's standard library cannot read it; extract NUS-WIDE-urls.txt by hand.
     "urls": Remote(url=BASE_URL + "NUS-WIDE-urls.rar", filename="NUS-WIDE-urls.rar"),
+}
+_BUNDLE = (Remote(url=BASE_URL + "NUS-WIDE.zip", filename="NUS-WIDE.zip"),
+           Remote(url=HF_URL + "NUS-WIDE.zip", filename="NUS-WIDE.zip"))
+ALTERNATIVES: dict[str, tuple[Remote, ...]] = {
+    "concepts": _BUNDLE,
+    "groundtruth": _BUNDLE,
+    "tags": (Remote(url=HF_URL + "NUS_WID_Tags.zip", filename="NUS_WID_Tags.zip"),),
+}
+# The archives that hold each source's files, for the messages.
+HOLDERS = {
+    "imagelist": "ImageList.zip",
+    "concepts": "ConceptsList.zip or NUS-WIDE.zip",
+    "groundtruth": "Groundtruth.zip or NUS-WIDE.zip",
+    "tags": "NUS_WID_Tags.zip",
+    "urls": "NUS-WIDE-urls.rar",
 }
 N_IMAGES = 269_648        # rows of every official file (NUS-WIDE page, CIVR 2009 paper)
 PAPER_N_PAIRS = 186_577   # pairs with >= 1 of the top-10 concepts (CMIMH paper, section IV-A)
@@ -190,6 +227,11 @@ def _labels_name(concept: str) -> str:
     return f"Labels_{concept}.txt"
 
 
+def _origin(key: str) -> str:
+    """Where a source's files come from, for a message."""
+    return f"it is in {HOLDERS[key]}, from {SOURCES[key].url} (the NUS-WIDE page: {PAGE})"
+
+
 class _Files:
     """Locates the official files in ``folders``, downloading missing archives on demand."""
 
@@ -199,24 +241,47 @@ class _Files:
         self.mirror = mirror
         self.progress = progress
         self.fetched: dict[str, str] = {}  # source key -> file name
+        self.tried: set[str] = set()       # source keys whose download was attempted
         self.index = _index(self.folders)
 
-    def _fetch(self, key: str) -> None:
-        remote = SOURCES[key]
-        log.info("nuswide: downloading %s into %s", resolve_url(remote, self.mirror), self.download_dir)
-        self.download_dir.mkdir(parents=True, exist_ok=True)
-        fetch(remote, self.download_dir, mirror=self.mirror, progress=self.progress)
-        self.fetched[key] = remote.filename
-        self.index = _index(self.folders)
+    def find(self, name: str, parent: str | None = None) -> _Entry | None:
+        return _pick(self.index, name, parent)
 
-    def get(self, name: str, key: str, parent: str | None = None) -> _Entry:
-        entry = _pick(self.index, name, parent)
-        if entry is None and key not in self.fetched:
-            self._fetch(key)
-            entry = _pick(self.index, name, parent)
+    def _fetch(self, key: str, name: str, hint: str = "") -> None:
+        """Download the archive of ``key`` (or an alternative); one line naming ``name`` if none comes."""
+        self.tried.add(key)
+        errors: list[str] = []
+        urls: set[str] = set()
+        for remote in (SOURCES[key],) + ALTERNATIVES.get(key, ()):
+            url = resolve_url(remote, self.mirror)
+            if url in urls:  # a mirror serves each file name once
+                continue
+            urls.add(url)
+            log.info("nuswide: %s is not in %s: downloading %s into %s", name, self._where(), url,
+                     self.download_dir)
+            try:
+                fetch(remote, self.download_dir, mirror=self.mirror, progress=self.progress)
+            except PipelineError as e:
+                log.warning("nuswide: %s", e)
+                errors.append(str(e))
+                continue
+            self.fetched[key] = remote.filename
+            self.index = _index(self.folders)
+            return
+        names = list(dict.fromkeys(r.filename for r in (SOURCES[key],) + ALTERNATIVES.get(key, ())))
+        what = (f"{names[0]} could not be downloaded" if len(names) == 1
+                else f"neither {' nor '.join(names)} could be downloaded")
+        raise PipelineError(f"nuswide: {name} is not in {self._where()}, and {what} "
+                            f"({'; '.join(errors)}); {_origin(key)}{hint}")
+
+    def get(self, name: str, key: str, parent: str | None = None, hint: str = "") -> _Entry:
+        entry = self.find(name, parent)
+        if entry is None and key not in self.tried:
+            self._fetch(key, name, hint)
+            entry = self.find(name, parent)
         if entry is None:
-            raise PipelineError(f"nuswide: {name} not found in {self._where()} (nor in the downloaded "
-                                f"{SOURCES[key].filename})")
+            got = f", nor in the downloaded {self.fetched[key]}" if key in self.fetched else ""
+            raise PipelineError(f"nuswide: {name} is not in {self._where()}{got}; {_origin(key)}{hint}")
         return entry
 
     def _where(self) -> str:
@@ -351,6 +416,32 @@ def normalize_image_path(line: str) -> str:
     return "/".join(parts)
 
 
+def image_list_from_urls(entry: _Entry) -> tuple[list[str], str]:
+    """The image list from NUS-WIDE-urls.txt: its first column, normalised, in file order; sha256.
+
+    ``%`` lines are comments, and a first line whose first field is not a path (no ``\\`` or
+    ``/``) is a column header.
+    """
+    lines, digest = _read_text_lines(entry)
+    rels: list[str] = []
+    header_possible = True
+    for i, line in enumerate(lines, 1):
+        if line.startswith("%"):
+            continue
+        field = line.split()[0]
+        if header_possible and "\\" not in field and "/" not in field:
+            header_possible = False
+            continue
+        header_possible = False
+        try:
+            rels.append(normalize_image_path(field))
+        except PipelineError as e:
+            raise PipelineError(f"nuswide: {entry}:{i}: {str(e).removeprefix('nuswide: ')}") from None
+    if not rels:
+        raise PipelineError(f"nuswide: {entry} lists no image")
+    return rels, digest
+
+
 def top_concepts(concepts: list[str], counts: np.ndarray, n: int) -> list[int]:
     """Indices of the ``n`` concepts with the most positives; ties broken by name (alphabetical)."""
     order = sorted(range(len(concepts)), key=lambda j: (-int(counts[j]), concepts[j]))
@@ -413,19 +504,92 @@ def _setting_bool(settings: dict, key: str, default: bool) -> bool:
 # Images
 
 
-def _find_image(roots: list[Path], rel: str) -> Path | None:
-    """The image ``rel`` under a root, or under its ``Flickr/`` subfolder."""
-    for root in roots:
-        for p in (root / rel, root / "Flickr" / rel):
-            if p.is_file():
-                return p
-    return None
+def _name_index(roots: list[Path], names: set[str]) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Files under ``roots`` (all depths) whose lower-case name is in ``names``: name -> path, and
+    the names found more than once (name -> their paths; two links to one file count once).
+
+    Hidden folders are skipped; symbolic links to files count, links to folders are not followed.
+    """
+    found: dict[str, Path] = {}
+    twice: dict[str, list[Path]] = {}
+    stack = [str(r) for r in reversed(roots)]
+    while stack:
+        try:
+            with os.scandir(stack.pop()) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # unreadable folder
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if not e.name.startswith("."):
+                        subdirs.append(e.path)
+                    continue
+                key = e.name.lower()
+                if key not in names or not e.is_file():
+                    continue
+            except OSError:
+                continue
+            p = Path(e.path)
+            if key not in found:
+                found[key] = p
+                continue
+            with contextlib.suppress(OSError):
+                if os.path.samefile(found[key], p):
+                    continue
+            twice.setdefault(key, [found[key]]).append(p)
+        stack.extend(reversed(subdirs))
+    return found, twice
 
 
-def _download_images(rels: list[str], urls: dict[str, str], dest: Path, roots: list[Path],
+class _ImageFinder:
+    """Finds the image of an image-list entry (``concept/file``) under the roots.
+
+    First at ``root/rel`` or ``root/Flickr/rel`` (the authors' tree), else by its file name
+    anywhere under a root: users often keep all images in one folder (``images/0001_2.jpg``).
+    The file names are indexed once, on the first image not found by path (the full set is
+    269,648 images: no directory walk per image). A name found more than once is ambiguous: the
+    image counts as missing.
+    """
+
+    def __init__(self, roots: list[Path], rels: list[str]):
+        self.roots = roots
+        self.names = {PurePosixPath(r).name.lower() for r in rels}
+        self.by_name: dict[str, Path] | None = None
+        self.twice: dict[str, list[Path]] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Look again which roots (and ``Flickr/`` subfolders) exist (after downloads)."""
+        self.bases = [str(d) for r in self.roots for d in (r, r / "Flickr") if d.is_dir()]
+
+    def _name(self, rel: str) -> str:
+        return PurePosixPath(rel).name.lower()
+
+    def find(self, rel: str) -> Path | None:
+        for base in self.bases:  # os.path on strings: 186k lookups, fast
+            p = os.path.join(base, rel)
+            if os.path.isfile(p):
+                return Path(p)
+        if self.by_name is None:
+            self.by_name, self.twice = _name_index([r for r in self.roots if r.is_dir()], self.names)
+        name = self._name(rel)
+        p = self.by_name.get(name)
+        return p if p is not None and name not in self.twice else None
+
+    def by_file_name(self, rel: str, path: Path) -> bool:
+        """Whether ``path`` (found for ``rel``) was found by file name, not by path."""
+        return self.by_name is not None and self.by_name.get(self._name(rel)) == path
+
+    def ambiguous(self, rel: str) -> list[Path] | None:
+        return self.twice.get(self._name(rel))
+
+
+def _download_images(rels: list[str], urls: dict[str, str], dest: Path, finder: _ImageFinder,
                      progress: bool) -> dict:
     """Fetch the images not already present; return counts and the first failure."""
-    todo = [r for r in rels if _find_image(roots, r) is None]
+    todo = [r for r in rels if finder.find(r) is None]
     stats = {"attempted": 0, "downloaded": 0, "failed": 0, "no_url": 0, "first_failure": None}
     # Flickr publishes no checksums: keep fetch's per-file "no checksum known" warning (and its
     # failures, counted below) out of the log, which would otherwise get one line per image.
@@ -505,7 +669,8 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
     """Write NUS-WIDE under ``out_dir`` in the raw form; return ``out_dir/"manifest.jsonl"``.
 
     ``settings``: ``path`` (folder with the official metadata, extracted or as zips; may be
-    omitted to download it), ``images`` (folder with the ``Flickr/`` image tree), ``download_dir``
+    omitted to download it), ``images`` (folder with the ``Flickr/`` image tree, or with the
+    image files themselves), ``download_dir``
     (default ``out_dir/"downloads"``), ``mirror`` (for the metadata downloads), ``n_concepts``
     (10), ``missing_image`` (drop | error), ``images_mode`` (symlink | copy | absolute),
     ``hash_images`` (true), ``download_images`` (false), ``seed`` (unused). See the module
@@ -527,8 +692,8 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
         raise PipelineError(f"nuswide: path {path} is not a folder (the official NUS-WIDE metadata)")
     if images is None and not download_images:
         raise PipelineError("nuswide: setting 'images' must name your folder of NUS-WIDE images (the "
-                            "Flickr/ tree; NUS distributes them on request only), or set "
-                            "download_images: true")
+                            "Flickr/ tree, or one folder of the files; NUS distributes them on request "
+                            "only), or set download_images: true")
     if images is not None and not images.is_dir():
         raise PipelineError(f"nuswide: images folder {images} does not exist")
     begin_rewrite(out_dir, "nuswide")
@@ -537,12 +702,36 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
     files = _Files(folders, download_dir, mirror, progress)
     sources: dict[str, str] = {}
 
-    # Image list: the row order of every other file.
-    e_list = files.get("Imagelist.txt", "imagelist", parent="ImageList")
-    lines, sources[e_list.label] = _read_text_lines(e_list)
-    rels = [normalize_image_path(s) for s in lines]
+    # Image list: the row order of every other file. Imagelist.txt (ImageList.zip); the current
+    # bundle lacks it, and NUS-WIDE-urls.txt lists the same images in the same order.
+    e_list = files.find("Imagelist.txt", parent="ImageList")
+    from_urls = False
+    if e_list is None and (e_urls := files.find("NUS-WIDE-urls.txt")) is not None:
+        e_list, from_urls = e_urls, True
+    if e_list is None:
+        e_list = files.get("Imagelist.txt", "imagelist", parent="ImageList", hint=(
+            f"; or put NUS-WIDE-urls.txt (the same images in the same order; extract it from "
+            f"{SOURCES['urls'].filename}, {SOURCES['urls'].url}) into {folders[0]}"))
+    if from_urls:
+        rels, sources[e_list.label] = image_list_from_urls(e_list)
+        log.info("nuswide: no Imagelist.txt: the row order is that of %s, which lists the same "
+                 "images in the same order (%d images)", e_list, len(rels))
+    else:
+        lines, sources[e_list.label] = _read_text_lines(e_list)
+        rels = [normalize_image_path(s) for s in lines]
+        log.info("nuswide: %d images in %s", len(rels), e_list)
     n = len(rels)
-    log.info("nuswide: %d images in %s", n, e_list)
+
+    def rows_differ(e: _Entry, rows: int | None) -> PipelineError:
+        """A file whose row count is not the image list's (rows None: more rows)."""
+        if from_urls:
+            has = "more rows" if rows is None else f"{rows} rows"
+            return PipelineError(f"nuswide: {e_list} lists {n} images but {e} has {has}, so it cannot "
+                                 f"give the row order; put Imagelist.txt into {folders[0]} "
+                                 f"({_origin('imagelist')})")
+        if rows is None:
+            return PipelineError(f"nuswide: {e} has more rows than the {n} images of {e_list}")
+        return PipelineError(f"nuswide: {e} has {rows} rows, {e_list} {n}")
 
     # Concepts and their ground truth; the top-n by number of positives.
     e_con = files.get("Concepts81.txt", "concepts")
@@ -558,12 +747,12 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
 
         def put(first: int, rows: np.ndarray, j=j, e=e) -> None:
             if first + len(rows) > n:
-                raise PipelineError(f"nuswide: {e} has more rows than the {n} images of {e_list}")
+                raise rows_differ(e, None)
             y_all[first:first + len(rows), j] = rows[:, 0]
 
         rows_read, sources[e.label] = _binary_rows(e, 1, put)
         if rows_read != n:
-            raise PipelineError(f"nuswide: {e} has {rows_read} rows, {e_list} {n}")
+            raise rows_differ(e, rows_read)
     counts = y_all.sum(axis=0, dtype=np.int64)
     top = top_concepts(concepts, counts, n_concepts)
     classes = [concepts[j] for j in top]
@@ -590,7 +779,7 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
 
     def put_tags(first: int, rows: np.ndarray) -> None:
         if first + len(rows) > n:
-            raise PipelineError(f"nuswide: {e_tags} has more rows than the {n} images of {e_list}")
+            raise rows_differ(e_tags, None)
         local = np.flatnonzero(keep_mask[first:first + len(rows)])
         r, c = np.nonzero(rows[local])
         splits = np.searchsorted(r, np.arange(1, len(local)))
@@ -599,26 +788,38 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
 
     rows_read, sources[e_tags.label] = _binary_rows(e_tags, len(vocab), put_tags, progress, "nuswide tags")
     if rows_read != n:
-        raise PipelineError(f"nuswide: {e_tags} has {rows_read} rows, {e_list} {n}")
+        raise rows_differ(e_tags, rows_read)
 
     # Images: found in the user's folder (or downloaded), else dropped by the policy.
     dl_images = download_dir / "Flickr"
     roots = ([images] if images is not None else []) + [dl_images]
     kept_rels = [rels[i] for i in keep]
+    finder = _ImageFinder(roots, kept_rels)
     download_stats = None
     if download_images:
         e_urls = _pick(files.index, "NUS-WIDE-urls.txt")
         if e_urls is None:
-            if "urls" not in files.fetched:
-                files._fetch("urls")
+            if "urls" not in files.tried:
+                files._fetch("urls", "NUS-WIDE-urls.txt")
             raise PipelineError(f"nuswide: download_images needs NUS-WIDE-urls.txt: extract "
                                 f"{download_dir / SOURCES['urls'].filename} (RAR) into {download_dir}")
         urls, sources[e_urls.label] = read_urls(e_urls)
-        download_stats = _download_images(kept_rels, urls, dl_images, roots, progress)
-    found: list[Path | None] = [_find_image(roots, r) for r in
+        download_stats = _download_images(kept_rels, urls, dl_images, finder, progress)
+        finder.refresh()
+    found: list[Path | None] = [finder.find(r) for r in
                                 tqdm(kept_rels, desc="nuswide find images", unit="img", disable=not progress)]
     missing = [r for r, p in zip(kept_rels, found) if p is None]
     where = " or ".join(str(r) for r in roots if r.is_dir()) or str(roots[0])
+    n_by_name = sum(1 for r, p in zip(kept_rels, found) if p is not None and finder.by_file_name(r, p))
+    if n_by_name:
+        log.info("nuswide: %d images found by file name under %s (not at Flickr/<concept>/<file>)",
+                 n_by_name, where)
+    ambiguous = [r for r in missing if finder.ambiguous(r)]
+    if ambiguous:
+        first = PurePosixPath(ambiguous[0]).name
+        log.warning("nuswide: %d image%s a file name found more than once under %s (%s: %s); treated "
+                    "as missing", len(ambiguous), " has" if len(ambiguous) == 1 else "s have", where,
+                    first, ", ".join(str(p) for p in finder.ambiguous(ambiguous[0])))
     if missing:
         msg = f"{len(missing)} of {len(kept_rels)} pairs have no image in {where} (first: {missing[0]})"
         if missing_policy == "error":
@@ -660,9 +861,14 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
             "counts": {"total": n, "kept_by_concepts": int(len(keep)), "missing_image": len(missing),
                        "final": len(pairs), "no_tags": n_no_tags},
             "first_missing_images": missing[:5],
+            "images_by_name": {"found": n_by_name, "ambiguous": len(ambiguous),
+                               "first_ambiguous": PurePosixPath(ambiguous[0]).name if ambiguous else None},
             "missing_image": missing_policy, "images_mode": images_mode, "hash_images": hash_images,
             "images": str(images) if images is not None else None,
             "download_images": download_stats,
+            "image_list": {"file": e_list.label,
+                           "rule": ("first column of NUS-WIDE-urls.txt, in file order (no Imagelist.txt)"
+                                    if from_urls else "ImageList/Imagelist.txt")},
             "tag_vocab": "TagList1k.txt, all entries in file order",
             "no_tag_pairs": "kept (the paper does not drop them)",
             "sources": dict(sorted(sources.items())),
