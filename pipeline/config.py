@@ -158,7 +158,7 @@ STAGE_KEYS = {
     "extract": ("dataset", "seed", "n_query", "n_train", "image_features", "text_features"),
     "import_features": ("dataset", "seed", "n_query", "n_train", "path", "import_keys", "allow_overlap"),
     "train": ("dataset", "seed", "device", "cmimh"),
-    "encode": ("dataset", "seed", "device", "image_features", "text_features"),
+    "encode": ("dataset", "seed", "device"),  # the index records the extractors from the features file
 }
 
 

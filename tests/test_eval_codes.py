@@ -119,3 +119,27 @@ def test_write_codes_rejects_bad_labels_naming_the_file(tmp_path):
         write_codes(tmp_path / "c.h5", **a)
     assert str(e.value).startswith(str(tmp_path / "c.h5")) and "db_labels must be 0/1" in str(e.value)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("bits_attr", [None, 256])
+def test_unpacked_01_codes_are_refused(tmp_path, bits_attr):
+    """One byte per bit (np.uint8 0/1) must not be read as 8x longer packed codes."""
+    rng = np.random.default_rng(3)
+    path = tmp_path / "codes.h5"
+    with h5py.File(path, "w") as f:
+        for name, n in (("query_image", 4), ("query_text", 4), ("db_image", 9), ("db_text", 9)):
+            f[name] = rng.integers(0, 2, (n, 32)).astype(np.uint8)
+        f["query_labels"] = np.eye(4, 3, dtype=np.uint8)
+        f["db_labels"] = np.ones((9, 3), np.uint8)
+        if bits_attr:
+            f.attrs["bits"] = bits_attr
+    with pytest.raises(PipelineError, match="look like unpacked 0/1 codes"):
+        read_codes(path)
+
+
+def test_all_zero_codes_of_a_collapsed_model_are_still_read(tmp_path):
+    a = _arrays(bits=32)
+    for name in ("query_image", "query_text", "db_image", "db_text"):
+        a[name] = np.zeros_like(a[name])
+    write_codes(tmp_path / "c.h5", **a)
+    assert read_codes(tmp_path / "c.h5").bits == 32

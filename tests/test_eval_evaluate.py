@@ -99,3 +99,10 @@ def test_plots(hand_codes, tmp_path):
     paths = plot_curves({"map@all": {}}, tmp_path / "a.png", tmp_path / "b.png")
     assert all(p.is_file() for p in paths)
     assert not list((tmp_path / "plots").glob(".*"))
+
+
+def test_labels_summary_counts_queries_without_relevant_items(hand_codes, tmp_path):
+    m = evaluate_file(hand_codes, tmp_path / "metrics.json", k=1000)
+    # query 1's class (2) is in no database item: it has labels but no relevant item
+    assert m["labels"] == {"query_unlabelled": 0, "db_unlabelled": 0, "query_without_relevant": 1,
+                           "n_query": 2, "n_db": 6}

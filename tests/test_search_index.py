@@ -86,3 +86,50 @@ def test_search_bad_input_is_one_line(run, tmp_path):
         assert p.returncode == 2 and needle in p.stderr and "Traceback" not in p.stderr, p.stderr
     p = subprocess.run([cmimh, "search", str(tmp_path), "--text", "ball"], capture_output=True, text=True)
     assert p.returncode == 2 and "not an index folder" in p.stderr
+
+
+def test_index_records_the_extractors_of_its_features(run):
+    d, _, _ = run
+    meta = json.loads((d / "index" / "index.json").read_text())
+    assert meta["extractors"]["image"]["weights"] == "random" and meta["extractors"]["image"]["input_size"] == 64
+    assert meta["extractors"]["text"] == {"kind": "tags"}
+
+
+def test_index_of_imported_features_refuses_raw_queries_in_one_line(tmp_path, capsys):
+    from conftest import make_features_h5
+    from pipeline.cli import main
+
+    src = make_features_h5(tmp_path / "mine.h5", splits=True)
+    feats = tmp_path / "features.h5"
+    extract.run_import(src, {"dataset": "x", "seed": 0}, feats)
+    f = read_features(feats)
+    model, _ = train_cmimh(f.image[f.train], f.text[f.train], 8, TINY, 0, CPU, progress=False)
+    save_model(tmp_path / "model.pt", model, {})
+    encode_stage(tmp_path / "model.pt", feats, tmp_path / "codes.h5", {"dataset": "x", "seed": 0}, CPU,
+                 index_dir=tmp_path / "index")
+    for args in (["--text", "a red ball"], ["--image", str(tmp_path / "any.jpg")]):
+        assert main(["search", str(tmp_path / "index"), *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "its features were imported" in err and "extractor that made them is unknown" in err
+        assert "\n" not in err and "Traceback" not in err
+
+
+def test_damaged_index_and_undecodable_text_are_one_line(run, tmp_path, capsys):
+    import shutil
+
+    from pipeline.cli import main
+
+    d, _, _ = run
+    idx = tmp_path / "index"
+    shutil.copytree(d / "index", idx)
+    assert main(["search", str(idx), "--text", "caf\udce9 ball"]) == 2  # what Python makes of bytes b"caf\xe9"
+    assert "--text is not valid UTF-8" in capsys.readouterr().err
+    (idx / "index.json").write_text("{not json")
+    assert main(["search", str(idx), "--text", "ball"]) == 2
+    assert "index.json: damaged" in capsys.readouterr().err
+    shutil.copyfile(d / "index" / "index.json", idx / "index.json")
+    data = (idx / "index.h5").read_bytes()
+    (idx / "index.h5").write_bytes(data[: len(data) // 3])
+    assert main(["search", str(idx), "--text", "ball"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "index.h5" in err and "\n" not in err and "Traceback" not in err

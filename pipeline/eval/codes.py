@@ -167,6 +167,13 @@ def _validate(data: dict[str, np.ndarray], ids: dict[str, np.ndarray | None], bi
     width = widths["query_image"]
     if width == 0:
         raise fail("codes have zero width")
+    # Unpacked 0/1 codes (one byte per bit) pass every shape check and would be scored as 8x longer
+    # codes. Packed real codes whose every byte is 0 or 1 need 7 of every 8 bits constant 0 while
+    # the 8th varies: not a code any method produces. All-zero codes (a collapsed model) are allowed.
+    if width >= 2 and not any((data[n] > 1).any() for n in CODE_SETS) and any((data[n] == 1).any() for n in CODE_SETS):
+        raise fail(f"every byte of the codes is 0 or 1: these look like unpacked 0/1 codes (one byte per bit, "
+                   f"{width} bytes a row) rather than numpy.packbits(codes, axis=1); pack them and set the "
+                   "attribute bits")
     for side in ("query", "db"):
         n_img, n_txt = data[f"{side}_image"].shape[0], data[f"{side}_text"].shape[0]
         if n_img != n_txt:

@@ -39,6 +39,20 @@ def chance_level(codes: Codes, k: int = 1000, seed: int = CHANCE_SEED, n_threads
     return {f"map@{k}": out}
 
 
+def label_summary(codes: Codes) -> dict:
+    """How many items carry no label, and how many queries have no relevant database item at all.
+
+    Such a query's AP is 0 under every method (relevant = shares a label), so it lowers every mAP
+    alike; the report says so instead of showing unexplained low numbers (or 0.00 everywhere when
+    the data set has no labels).
+    """
+    q_lab, db_lab = codes.query_labels.astype(bool), codes.db_labels.astype(bool)
+    db_any = db_lab.any(axis=0)
+    return {"query_unlabelled": int((~q_lab.any(axis=1)).sum()), "db_unlabelled": int((~db_lab.any(axis=1)).sum()),
+            "query_without_relevant": int((~(q_lab & db_any).any(axis=1)).sum()),
+            "n_query": codes.n_query, "n_db": codes.n_db}
+
+
 def evaluate_file(codes_h5: str | os.PathLike, out_json: str | os.PathLike, k: int = 1000, *,
                   chance: bool = True, n_threads: int = 1) -> dict:
     """Evaluate ``codes_h5`` (all four tasks) and write ``out_json`` atomically; return the dict.
@@ -50,6 +64,13 @@ def evaluate_file(codes_h5: str | os.PathLike, out_json: str | os.PathLike, k: i
     t0 = time.perf_counter()
     codes = read_codes(codes_h5)
     metrics = evaluate_all(codes, k=k, n_threads=n_threads)
+    metrics["labels"] = label_summary(codes)
+    lab = metrics["labels"]
+    if lab["query_without_relevant"] or lab["db_unlabelled"]:
+        log.warning("evaluate: %d of %d queries have no relevant database item (%d carry no label) and %d of %d "
+                    "database items carry no label: those queries score AP 0 under any method",
+                    lab["query_without_relevant"], lab["n_query"], lab["query_unlabelled"], lab["db_unlabelled"],
+                    lab["n_db"])
     t1 = time.perf_counter()
     if chance:
         metrics["chance"] = chance_level(codes, k, n_threads=n_threads)

@@ -398,8 +398,19 @@ def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, ou
         check_text_file(text_h5, text_attrs, read_strings(ft, "ids"), settings, m)
         keep = ok & (labels.sum(1) > 0)
         idx = np.flatnonzero(keep)
-        splits = split_indices(len(idx), int(settings["n_query"]), int(settings["n_train"]), seed,
-                               fixed=[m.pairs[i].split for i in idx])
+        n_train, n_query = int(settings["n_train"]), int(settings["n_query"])
+        fixed = [m.pairs[i].split for i in idx]
+        n_db = len(idx) - (sum(f == "query" for f in fixed) if all(f in ("query", "database") for f in fixed)
+                           else n_query)
+        capped = None
+        if 0 < n_db < n_train and len(idx) < len(m.pairs):
+            # pairs were dropped (unreadable images, no label): the database shrank below n_train,
+            # as on the demo, whose n_train is its whole database. Train on all of it, and say so.
+            capped = {"asked": n_train, "used": n_db, "dropped_pairs": int(len(m.pairs) - len(idx))}
+            log.warning("extract: n_train %d capped to the database size %d (%d pairs dropped)", n_train, n_db,
+                        capped["dropped_pairs"])
+            n_train = n_db
+        splits = split_indices(len(idx), n_query, n_train, seed, fixed=fixed)
         train_rows = idx[splits["train"]]
         pca = fit_pca(fc7, train_rows, dim, seed)
         image = apply_pca_rows(fc7, idx, pca)
@@ -412,7 +423,7 @@ def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, ou
                       image=image_attrs, text=text_attrs, dropped=dropped,
                       pca={"method": "exact (streamed covariance + eigh, or SVD when n_train <= d)",
                            "fit_rows": int(len(train_rows)), "dim": dim},
-                      manifest_sha256=sha256_file(manifest), classes=m.classes,
+                      manifest_sha256=sha256_file(manifest), classes=m.classes, n_train_capped=capped,
                       counts={s: int(len(v)) for s, v in splits.items()})
     write_features(out, image=image, text=text, labels=labels[idx], splits=splits,
                    ids=[mids[i] for i in idx], provenance=prov, pca=pca, tag_vocab=tag_vocab)

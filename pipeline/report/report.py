@@ -66,6 +66,26 @@ def ablation_table(metrics: dict[str, dict], key: str) -> str:
     return "\n".join(rows)
 
 
+def label_notes(metrics: dict[str, dict[int, dict]]) -> list[str]:
+    """Warnings under the tables when labels cannot support the numbers (evaluate's ``labels``)."""
+    lab = next((mb["labels"] for by in metrics.values() for mb in by.values() if mb.get("labels")), None)
+    if not lab:
+        return []
+    nq, none, unl = lab["n_query"], lab["query_without_relevant"], lab["query_unlabelled"]
+    if none == nq:
+        return [f"**Warning: none of the {nq} queries has a relevant database item** ({unl} carry no label, "
+                f"{lab['db_unlabelled']} of {lab['n_db']} database items carry none): every label-based number "
+                "above is 0 and says nothing about the methods. Relevance needs labels.", ""]
+    out = []
+    if none:
+        out.append(f"**Warning:** {none} of {nq} queries ({100 * none / nq:.1f}%) have no relevant database item "
+                   f"({unl} carry no label): their AP is 0 under every method, which lowers every mAP alike.")
+    if lab["db_unlabelled"]:
+        out.append(f"**Warning:** {lab['db_unlabelled']} of {lab['n_db']} database items carry no label: they are "
+                   "never relevant to any query.")
+    return out + [""] if out else []
+
+
 def write_report(results: Path, dataset: str, bits: list[int], methods: list[str], out: Path,
                  k: int = 1000, include: list[Path] | None = None) -> None:
     """Write ``report.md`` and its plots (``plots/`` beside it); ``include``: extra sections."""
@@ -78,6 +98,7 @@ def write_report(results: Path, dataset: str, bits: list[int], methods: list[str
              f"Code version {code_version()}. Relevant = shares at least one label. Values in %.", ""]
     key = f"map@{k}"
     lines += [f"## mAP@{k} (the paper's Table III layout)", "", metric_table(metrics, key, bits), ""]
+    lines += label_notes(metrics)
     chance = {b: next(iter(metrics.values()))[b].get("chance", {}).get(key) for b in bits}
     if any(v for v in chance.values()):
         lines += ["Chance level (random codes, same queries and database): "

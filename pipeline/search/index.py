@@ -1,9 +1,11 @@
 """A searchable index per data set, method and code length (``results/.../{bits}/index/``).
 
 The folder holds ``index.h5`` (packed database codes of both modalities, item ids, labels, the
-image PCA), ``model.pt`` (the trained encoders) and ``settings.json`` (image extractor weights
-and text encoder): enough to encode a raw text or image and rank the database by Hamming
-distance (ties by database index, like the evaluation).
+image PCA, the tag vocabulary), ``model.pt`` (the trained encoders) and ``index.json`` (format,
+code length, and which feature extractors made the features: taken from the features file's
+provenance, never from the config, so a query is encoded exactly as the database was). Features
+imported from elsewhere have unknown extractors: such an index answers no raw text or image query,
+and says so in one line. Ranking is by Hamming distance, ties by database index, as in evaluation.
 """
 
 from __future__ import annotations
@@ -24,7 +26,34 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import pack_bits
 from pipeline.eval.hamming import topk
-from pipeline.io import atomic_directory, read_arrays, read_strings, to_jsonable, write_arrays, write_strings
+from pipeline.io import (atomic_directory, open_h5, read_arrays, read_strings, sha256_file, to_jsonable, write_arrays,
+                         write_strings)
+
+INDEX_FORMAT = "cmimh-index/2"
+
+
+def recorded_extractors(features) -> dict:
+    """``{"image": ..., "text": ...}``: the extractors that made ``features``, from its provenance.
+
+    image: the FC7 settings (model, weights, input size, seed for random weights) and the
+    checkpoint's sha256, usable only with the stored PCA; text: the sentence encoder (model,
+    pooling, max length) or tag vectors (with the stored vocabulary). None where unknown: an
+    imported file, or one written before extractors were recorded.
+    """
+    from pipeline.features.store import provenance_of
+
+    prov = provenance_of(features.attrs)
+    out: dict[str, Any] = {"image": None, "text": None, "features_stage": prov.get("stage", "unknown")}
+    if prov.get("stage") != "extract":
+        return out
+    img, txt = prov.get("image") or {}, prov.get("text") or {}
+    if img.get("fc7_settings") and features.pca is not None:
+        out["image"] = {**json.loads(img["fc7_settings"]), "weights_sha256": img.get("weights_sha256") or None}
+    if txt.get("text_settings"):
+        t = json.loads(txt["text_settings"])
+        if t.get("kind") != "tags" or features.tag_vocab is not None:
+            out["text"] = t
+    return out
 
 
 def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.ndarray, db_text: np.ndarray,
@@ -43,7 +72,9 @@ def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.nda
             if features.pca is not None:
                 write_arrays(f, "image_pca", features.pca)
         shutil.copyfile(model_path, tmp / "model.pt")
-        (tmp / "settings.json").write_text(json.dumps(to_jsonable(settings), indent=2, sort_keys=True))
+        meta = {"format": INDEX_FORMAT, "bits": int(db_image.shape[1]), "dataset": settings.get("dataset"),
+                "extractors": recorded_extractors(features)}
+        (tmp / "index.json").write_text(json.dumps(to_jsonable(meta), indent=2, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -57,38 +88,81 @@ class Index:
     ids: np.ndarray
     pca: dict | None
     tag_vocab: list[str] | None
-    settings: dict
+    extractors: dict
     model: Any  # pipeline.methods.Hasher: CMIMH or a baseline
     device: torch.device
     encoders: dict = field(default_factory=dict)  # query feature extractors, loaded once on first use
 
 
+def _read_index_json(path: Path) -> dict:
+    try:
+        meta = json.loads((path / "index.json").read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise PipelineError(f"{path / 'index.json'}: damaged ({str(e).splitlines()[0][:120]}); "
+                            "rerun the encode stage") from None
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or not isinstance(meta.get("extractors"), dict):
+        raise PipelineError(f"{path / 'index.json'}: not a {INDEX_FORMAT} index (made by an older version?); "
+                            "rerun the encode stage")
+    return meta
+
+
 def load_index(path: str | Path, device: torch.device | None = None) -> Index:
-    """Load an index folder; a missing or incomplete folder is one clear error."""
+    """Load an index folder; a missing, incomplete or damaged folder is one clear error."""
     from pipeline.methods import load_trained
 
     path = Path(path)
-    for name in ("index.h5", "model.pt", "settings.json"):
+    if not path.is_dir():
+        raise PipelineError(f"not an index folder: {path}")
+    for name in ("index.h5", "model.pt", "index.json"):
         if not (path / name).is_file():
             raise PipelineError(f"not an index folder: {path} (missing {name})")
+    meta = _read_index_json(path)
     device = device or torch.device("cpu")
-    with h5py.File(path / "index.h5", "r") as f:
+    with open_h5(path / "index.h5", "index") as f:
+        for key in ("db_image", "db_text", "ids"):
+            if key not in f:
+                raise PipelineError(f"{path / 'index.h5'}: missing dataset '{key}' (damaged index; rerun encode)")
         db_image, db_text = f["db_image"][()], f["db_text"][()]
         ids = np.array(read_strings(f, "ids"))
-        bits = int(f.attrs["bits"])
+        bits = int(f.attrs.get("bits", 8 * db_image.shape[1]))
         pca = read_arrays(f, "image_pca")
         vocab = read_strings(f, "tag_vocab")
+    if not (len(ids) == len(db_image) == len(db_text)) or db_image.shape[1:] != db_text.shape[1:]:
+        raise PipelineError(f"{path / 'index.h5'}: codes and ids disagree in size (damaged index; rerun encode)")
     model, _ = load_trained(path / "model.pt", device)
-    settings = json.loads((path / "settings.json").read_text())
-    return Index(path, bits, db_image, db_text, ids, pca, vocab, settings, model, device)
+    return Index(path, bits, db_image, db_text, ids, pca, vocab, meta["extractors"], model, device)
+
+
+def _extractor(index: Index, modality: str) -> dict:
+    """The recorded extractor of ``modality``, or one line saying why raw queries cannot be encoded."""
+    ex = index.extractors.get(modality)
+    if ex is None:
+        stage = index.extractors.get("features_stage")
+        why = ("its features were imported from another project's files" if stage == "import"
+               else "its features file does not record how they were made")
+        raise PipelineError(f"index {index.path}: {why}, so the {modality} extractor that made them is unknown and a "
+                            f"raw {modality} query cannot be encoded the same way (extract the features with "
+                            "`cmimh extract` to search with raw queries)")
+    return ex
+
+
+def check_query_text(text: str) -> str:
+    """A typed query: non-empty, valid UTF-8 (a shell can pass undecodable bytes); else one line."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PipelineError("--text is not valid UTF-8 (check the terminal's encoding)") from None
+    if not text.strip():
+        raise PipelineError("empty --text query")
+    return text
 
 
 def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
     """Text features exactly as extraction made them (same encoder and pooling, or tag vector)."""
     from pipeline.features import text as text_mod
 
-    s = index.settings["text_features"]
-    if s.get("kind", "sentence") == "tags":  # the words of the query that are tags of the vocabulary
+    ex = _extractor(index, "text")
+    if ex["kind"] == "tags":  # the words of the query that are tags of the vocabulary
         if not index.tag_vocab:
             raise PipelineError(f"index {index.path} uses tag vectors but stores no tag vocabulary")
         tags = [[w for w in re.findall(r"[\w-]+", t.lower())] for t in texts]
@@ -100,15 +174,15 @@ def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
 
 
 def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
-    """AlexNet FC7 of the images with the index's weights, projected by its PCA."""
+    """AlexNet FC7 of the images with the index's recorded weights, projected by its PCA."""
     from pipeline.features.extract import apply_pca
     from pipeline.features.image import imagenet_transform
     from PIL import Image, UnidentifiedImageError
 
-    s = index.settings["image_features"]
+    ex = _extractor(index, "image")
     load_query_encoder(index, "image")
     net = index.encoders["image"]
-    tf = imagenet_transform(int(s.get("input_size", 224)))
+    tf = imagenet_transform(int(ex["input_size"]))
     xs = []
     for p in paths:
         try:
@@ -120,8 +194,6 @@ def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
             raise PipelineError(f"unreadable image: {p}") from None
     with torch.inference_mode():
         fc7 = net.to(index.device)(torch.stack(xs).to(index.device)).float().cpu().numpy()
-    if index.pca is None:
-        raise PipelineError(f"index {index.path} has no image PCA (features were imported); image queries need it")
     return apply_pca(fc7, index.pca)
 
 
@@ -138,9 +210,7 @@ def search(index: Index, *, text: str | None = None, image: str | Path | None = 
     if backend not in ("exact", "faiss", "faiss-hash"):
         raise PipelineError(f"unknown search backend {backend!r} (use exact, faiss or faiss-hash)")
     if text is not None:
-        if not text.strip():
-            raise PipelineError("empty --text query")
-        code = index.model.encode_text(text_query_features(index, [text]))
+        code = index.model.encode_text(text_query_features(index, [check_query_text(text)]))
         target = target or "image"
     elif image is not None:
         code = index.model.encode_image(image_query_features(index, [Path(image)]))
@@ -163,17 +233,22 @@ def search(index: Index, *, text: str | None = None, image: str | Path | None = 
 
 
 def load_query_encoder(index: Index, modality: str) -> None:
-    """Load the text encoder or image extractor now (part of loading, not of the query)."""
-    s = index.settings["text_features" if modality == "text" else "image_features"]
-    if modality == "text" and s.get("kind", "sentence") == "sentence" and "text" not in index.encoders:
+    """Load the recorded text encoder or image extractor now (part of loading, not of the query)."""
+    ex = _extractor(index, modality)
+    if modality == "text" and ex["kind"] == "sentence" and "text" not in index.encoders:
         from pipeline.features import text as text_mod
 
-        index.encoders["text"] = text_mod.load_text_encoder(s["model"], index.device, s.get("pooling", "mean"),
-                                                            int(s.get("max_length", 64)))
+        index.encoders["text"] = text_mod.load_text_encoder(ex["model"], index.device, ex["pooling"],
+                                                            int(ex["max_length"]))
     elif modality == "image" and "image" not in index.encoders:
         from pipeline.features.image import fc7_network
 
-        index.encoders["image"] = fc7_network(str(s.get("weights", "imagenet")), int(index.settings["seed"]))[0]
+        weights = str(ex["weights"])
+        if weights not in ("random", "imagenet") and ex.get("weights_sha256") and Path(weights).is_file() \
+                and sha256_file(weights) != ex["weights_sha256"]:
+            raise PipelineError(f"index {index.path}: the checkpoint {weights} changed since the features were "
+                                "extracted (its sha256 differs): image queries would not match the database")
+        index.encoders["image"] = fc7_network(weights, int(ex.get("seed", 0)))[0]
 
 
 def search_cli(a) -> None:
