@@ -142,9 +142,13 @@ def cmd_train(a) -> None:
                       final=without_timings(history[-1]) if history else None)
     save_trained(a.output, a.method, model, meta)
     if a.plot and a.log_csv:
+        from pipeline.config import base_method
+        from pipeline.methods import BASELINES, baseline_module
         from pipeline.report.report import plot_train_log
 
-        plot_train_log(Path(a.log_csv), Path(a.plot))
+        base = base_method(a.method)
+        spec = baseline_module(base).PLOT if base in BASELINES else {"x": "epoch", "columns": None}
+        plot_train_log(Path(a.log_csv), Path(a.plot), **spec)
 
 
 def cmd_encode(a) -> None:
@@ -167,7 +171,7 @@ def cmd_report(a) -> None:
     from pipeline.report.report import write_report
 
     write_report(Path(a.results), a.dataset, [int(b) for b in a.bits], a.methods, Path(a.output), k=a.k,
-                 include=[Path(p) for p in a.include])
+                 include=[Path(p) for p in a.include], html=Path(a.html) if a.html else None)
 
 
 def cmd_study(a) -> None:
@@ -274,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--methods", nargs="+", default=["cmimh"])
     q.add_argument("--k", type=int, default=1000)
     q.add_argument("--include", nargs="*", default=[], help="Markdown sections to add (experiment tables)")
+    q.add_argument("--html", help="also write the report as one self-contained HTML page (tables and plots)")
     q.add_argument("-o", "--output", required=True, help="report.md")
     _common(q)
     q.set_defaults(fn=cmd_report)

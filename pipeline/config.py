@@ -165,6 +165,7 @@ STAGE_KEYS = {
 TERMS = ("rec", "mi", "kl", "tc", "bal")
 BASELINES = ("cvh", "cmfh", "ccaitq", "djsrh")
 BASES = ("cmimh", *BASELINES)
+TORCH_BASES = ("cmimh", "djsrh")  # the methods that train with torch (and so can use a GPU)
 # Variant keys of a method name (``cmimh-mi2-kl0.1``): weights, learning rate, critic samples,
 # epochs (CMIMH only) and the training-set size (any method).
 VARIANT_KEYS = (*TERMS, "lr", "samples", "epochs", "ntrain")

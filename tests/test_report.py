@@ -64,3 +64,24 @@ def test_report_says_when_labels_cannot_support_the_numbers(tmp_path, labels, ne
     p.write_text(json.dumps({**_metrics(0.0), "labels": labels}))
     write_report(tmp_path, "demo", [16], ["cmimh"], tmp_path / "report.md")
     assert needle in (tmp_path / "report.md").read_text()
+
+
+def test_train_loss_plots_what_each_method_optimises(tmp_path):
+    """CVH is closed-form: its log's per-bit eigenvalues are not a curve over epochs; CMFH and
+    CCA-ITQ plot their objectives per iteration; CMIMH every loss term."""
+    import numpy as np
+
+    from pipeline.baselines import ccaitq, cmfh, cvh
+    from pipeline.methods import write_history
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 6)), rng.normal(size=(60, 5))
+    for mod, want in ((cvh, []), (cmfh, list(cmfh.PLOT["columns"])), (ccaitq, ["quant_loss"])):
+        m = mod.Model(4)
+        write_history(tmp_path / f"{mod.NAME}.csv", m.fit(x, y))
+        got = plot_train_log(tmp_path / f"{mod.NAME}.csv", tmp_path / f"{mod.NAME}.png", **mod.PLOT)
+        assert got == want and "bit" not in got, mod.NAME
+        assert (tmp_path / f"{mod.NAME}.png").read_bytes()[:4] == b"\x89PNG"
+    csv = tmp_path / "log.csv"
+    csv.write_text("epoch,step,loss,rec,mi,seconds\n1,10,5.0,4.0,0.1,0.2\n2,20,4.0,3.5,0.3,0.2\n")
+    assert plot_train_log(csv, tmp_path / "loss.png") == ["loss", "rec", "mi"]

@@ -62,6 +62,36 @@ def test_dry_run_through_profile(tmp_path, profile):
     assert "train" in p.stdout and "This was a dry-run" in p.stdout
 
 
+def test_only_torch_jobs_ask_for_a_gpu_and_slurm_sends_the_rest_to_a_cpu_partition(tmp_path):
+    """CVH, CMFH and CCA-ITQ train on NumPy: their jobs declare gpu=0, and the SLURM profile's
+    partition file (the executor plugin's dynamic selection) puts them on the CPU partition."""
+    import re
+    import types
+
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
+    wd = tiny_config(tmp_path, methods=["cmimh", "cvh", "cmfh", "ccaitq", "djsrh"])
+    p = smk(wd, "-n", "--profile", str(REPO / "workflow" / "profiles" / "slurm"), "all")
+    gpus = {}
+    for block in p.stdout.split("\nrule train:")[1:]:
+        method = re.search(r"wildcards: dataset=demo, method=([^,\s]+)", block).group(1)
+        gpus[method] = int(re.search(r"resources: .*gpu=(\d+)", block).group(1))
+    assert gpus == {"cmimh": 1, "djsrh": 1, "cvh": 0, "cmfh": 0, "ccaitq": 0}, gpus
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    assert "set-resources" not in profile  # no rule is sent to a partition by name
+    parts = read_partition_file(REPO / "workflow/profiles/slurm" / profile["slurm-partition-config"])
+
+    class Job(types.SimpleNamespace):
+        name = "train"
+
+    def job(gpu):
+        return Job(resources={"gpu": gpu, "mem_mb": 8000, "runtime": 240, "_cores": 1}, threads=1)
+
+    log = types.SimpleNamespace(info=lambda *a: None, debug=lambda *a: None, warning=lambda *a: None)
+    assert get_best_partition(parts, job(0), log) == "cpu"
+    assert get_best_partition(parts, job(1), log) == "gpu"
+
+
 @pytest.mark.parametrize("override, needle", [
     ("dataset=nosuch", "unknown dataset 'nosuch'"),
     ("code_lengths=[0]", "code_lengths[0]: 0 is less than the minimum of 1"),
@@ -98,6 +128,13 @@ def test_end_to_end_tiny_demo(tmp_path):
     report = (wd / "results/demo/report.md").read_text()
     assert "| Img→Txt | cmimh |" in report and "8 bits" in report and "16 bits" in report
     assert list((wd / "results/demo/plots").glob("*.png"))
+    page = (wd / "results/demo/report.html").read_text()
+    assert "<table>" in page and "<td>Img→Txt</td>" in page and "data:image/png;base64," in page
+    # Snakemake's own HTML report carries the result tables (the page above) and no mailto link
+    smk(wd, "--report", str(wd / "snakemake-report.html"))
+    rep = (wd / "snakemake-report.html").read_text()
+    assert '"results/demo/report.html": {"name": "report.html"' in rep
+    assert "mailto:mAP" not in rep and "mAP&#64;1000" in rep
     # a second run has nothing to do
     p = smk(wd, "-n", "--cores", "2", "all")
     assert "Nothing to be done" in p.stdout + p.stderr

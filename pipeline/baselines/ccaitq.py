@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
 """reg: relative ridge (see the module docstring); eig_power: p of the rho^p scaling (0: none);
 iterations: ITQ iterations (Gong et al.: 50)."""
 
+#: What train_loss.png shows: the ITQ quantisation loss ||B - VR||^2 it minimises, per iteration.
+PLOT = {"x": "ITQ iteration", "columns": ("quant_loss",)}
 _SPEC = {"reg": ("float", 0.0, True), "eig_power": ("float", 0.0, True), "iterations": ("int", 1, True)}
 
 

@@ -65,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
 """lambda: weight of the image reconstruction (1 - lambda: text); mu: weight of the projection
 terms; gamma: Frobenius regularisation; max_iter / tol: stopping rule (relative decrease)."""
 
+#: What train_loss.png shows: the CMFH objective it minimises and its parts, per iteration.
+PLOT = {"x": "iteration", "columns": ("objective", "rec_x", "rec_y", "proj_x", "proj_y", "reg")}
 _SPEC = {"lambda": ("float", 0.0, False), "mu": ("float", 0.0, False), "gamma": ("float", 0.0, False),
          "max_iter": ("int", 1, True), "tol": ("float", 0.0, True)}
 

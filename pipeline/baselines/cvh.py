@@ -58,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
 }
 """reg: ridge on each view's covariance, relative to its mean variance (see module docstring)."""
 
+#: train_loss.png: nothing iterates (a generalised eigenproblem); the log lists the eigenvalues.
+PLOT = {"x": "epoch", "columns": ()}
 _SPEC = {"reg": ("float", 0.0, True)}
 
 

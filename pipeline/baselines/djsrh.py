@@ -70,6 +70,8 @@ log = logging.getLogger(__name__)
 NAME = "djsrh"
 STATE_FORMAT = "djsrh-state/1"
 
+#: What train_loss.png shows: the loss it minimises and its three terms, per epoch.
+PLOT = {"x": "epoch", "columns": ("loss", "loss_it", "loss_ii", "loss_tt")}
 DEFAULTS: dict[str, Any] = {
     "beta": 0.9,            # S~ = beta S_I + (1-beta) S_T; official MIRFlickr (WIKI 0.3, NUS-WIDE 0.6)
     "eta": 0.4,             # S = (1-eta) S~ + eta S~S~^T/m; official, all data sets

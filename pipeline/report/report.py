@@ -87,8 +87,9 @@ def label_notes(metrics: dict[str, dict[int, dict]]) -> list[str]:
 
 
 def write_report(results: Path, dataset: str, bits: list[int], methods: list[str], out: Path,
-                 k: int = 1000, include: list[Path] | None = None) -> None:
-    """Write ``report.md`` and its plots (``plots/`` beside it); ``include``: extra sections."""
+                 k: int = 1000, include: list[Path] | None = None, html: Path | None = None) -> None:
+    """Write ``report.md`` and its plots (``plots/`` beside it); ``include``: extra sections;
+    ``html``: the same report as one self-contained HTML page (:func:`markdown_html`)."""
     from pipeline.eval.plots import plot_curves_by_bits
 
     metrics = load_metrics(results, methods, bits)
@@ -143,12 +144,57 @@ def write_report(results: Path, dataset: str, bits: list[int], methods: list[str
         for p in pngs:
             lines.append(f"- [{p.stem}](plots/{p.name})")
     lines.append("")
-    write_text(out, "\n".join(lines))
+    text = "\n".join(lines)
+    write_text(out, text)
     log.info("report: %s", out)
+    if html is not None:
+        write_text(html, markdown_html(text, out.parent, title=f"CMIMH report: {dataset}"))
+        log.info("report: %s", html)
 
 
-def plot_train_log(csv_path: Path, out_png: Path) -> None:
-    """Loss curves per term from a training log CSV (one panel per term)."""
+HTML_STYLE = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
+table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .6rem}
+th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}img{max-width:100%}code{background:#f3f3f3}"""
+
+
+def markdown_html(text: str, base: Path, title: str) -> str:
+    """``report.md`` as one self-contained HTML page: tables rendered, plots embedded.
+
+    Snakemake's ``--report`` shows HTML, images and PDF files but offers anything else (Markdown,
+    TSV) only as a download, so the result tables reach its report through this page. The
+    Markdown is rendered by markdown-it-py (CommonMark with tables); links to the PNG plots beside
+    the report become inline images (data URIs), so the page works wherever it is opened.
+    """
+    import base64
+    import html as html_mod
+    import re
+
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(text)
+
+    def embed(m: re.Match) -> str:
+        target = base / html_mod.unescape(m.group(1))
+        if target.suffix.lower() != ".png" or not target.is_file():
+            return m.group(0)
+        data = base64.b64encode(target.read_bytes()).decode()
+        return (f'<a href="{m.group(1)}">{m.group(2)}</a><br><img alt="{m.group(2)}" '
+                f'src="data:image/png;base64,{data}">')
+
+    body = re.sub(r'<a href="([^"]+)">([^<]*)</a>', embed, body)
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html_mod.escape(title)}</title>"
+            f"<style>{HTML_STYLE}</style></head><body>\n{body}</body></html>\n")
+
+
+def plot_train_log(csv_path: Path, out_png: Path, x: str = "epoch",
+                   columns: tuple[str, ...] | None = None) -> list[str]:
+    """What a method optimises, per step of its fit, from its training log CSV (one panel a column).
+
+    ``columns``: the quantities to plot (None: every numeric column but the counters and timings,
+    CMIMH's loss terms); an empty tuple means nothing iterates (a closed-form fit such as CVH):
+    the figure says so instead of plotting unrelated columns. ``x`` labels the first CSV column
+    (epochs for the deep models, iterations for the solvers). Returns the columns plotted.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,22 +204,25 @@ def plot_train_log(csv_path: Path, out_png: Path) -> None:
         rows = list(csv.DictReader(f))
     if not rows:
         raise PipelineError(f"empty training log: {csv_path}")
-    terms = [c for c in rows[0] if c not in ("epoch", "step", "seconds") and rows[0][c] not in ("", None)]
-    epochs = np.array([float(r["epoch"]) for r in rows])
-    if not terms:  # a closed-form method (CVH, CCA-ITQ): nothing iterates
+    if columns is None:
+        columns = tuple(c for c in rows[0] if c not in ("epoch", "step", "seconds") and rows[0][c] not in ("", None))
+    terms = [c for c in columns if c in rows[0] and rows[0][c] not in ("", None)]
+    steps = np.array([float(r["epoch"]) for r in rows])
+    if not terms:  # a closed-form method (CVH): nothing iterates
         fig, ax = plt.subplots(figsize=(3, 1.5))
         ax.axis("off")
         ax.text(0.5, 0.5, "closed-form fit:\nno training iterations", ha="center", va="center")
         with atomic_output(out_png) as tmp:
             fig.savefig(tmp, dpi=90)
         plt.close(fig)
-        return
+        return []
     fig, axes = plt.subplots(1, len(terms), figsize=(3 * len(terms), 2.8), squeeze=False)
     for ax, t in zip(axes[0], terms):
-        ax.plot(epochs, [float(r[t]) if r[t] not in ("", "None") else np.nan for r in rows])
+        ax.plot(steps, [float(r[t]) if r[t] not in ("", "None") else np.nan for r in rows])
         ax.set_title(t)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(x)
     fig.tight_layout()
     with atomic_output(out_png) as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
+    return terms

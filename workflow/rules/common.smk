@@ -55,6 +55,13 @@ def settings(stage):
                                 sort_keys=True)
 
 
+def gpus_for_method(method):
+    """A training job's GPUs: 1 for the methods that train with torch (config.TORCH_BASES), else 0."""
+    from pipeline.config import TORCH_BASES, base_method
+
+    return 1 if base_method(method) in TORCH_BASES else 0
+
+
 def features_path(dataset):
     return f"{RESULTS}/{dataset}/features.h5"
 

@@ -86,7 +86,7 @@ rule extract_text:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=1,
+        gpu=lambda w: 1 if resolve_stage(config, w.dataset, "extract_text")["text_features"]["kind"] == "sentence" else 0,
     shell:
         "{CMIMH} extract text --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
         " --manifest {input.manifest} -o {output.text} --log {log}"

@@ -12,6 +12,12 @@ rule report:
         tables=lambda w: experiment_tables(w.dataset),
     output:
         report=f"{RESULTS}/{{dataset}}/report.md",
+        # the same tables as one HTML page: Snakemake's --report shows HTML, not Markdown
+        html=report(
+            f"{RESULTS}/{{dataset}}/report.html",
+            caption="../report/results.rst",
+            category="Results",
+        ),
         plots=report(
             directory(f"{RESULTS}/{{dataset}}/plots"),
             patterns=["{name}.png"],
@@ -31,4 +37,4 @@ rule report:
     shell:
         "{CMIMH} report --results {RESULTS}/{wildcards.dataset} --dataset {wildcards.dataset}"
         " --bits {params.bits} --methods {params.methods} --k {params.k} --include {input.tables}"
-        " -o {output.report} --log {log}"
+        " --html {output.html} -o {output.report} --log {log}"

@@ -29,7 +29,7 @@ rule train:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=1,
+        gpu=lambda w: gpus_for_method(w.method),  # torch methods only: CVH, CMFH, CCA-ITQ run on NumPy
     shell:
         "{CMIMH} train --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
         " --features {input.features} --method {wildcards.method} --bits {wildcards.bits}{params.tuned}"
