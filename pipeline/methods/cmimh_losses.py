@@ -1,4 +1,5 @@
-"""CMIMH loss terms as pure functions on tensors (../shared/paper/method.md, "Loss terms").
+"""CMIMH loss terms as pure functions on tensors (../shared/paper/method.md, "Loss terms"),
+used by :mod:`pipeline.methods.cmimh`.
 
 No function here owns parameters or global state, so each can be tested against a hand
 computation. Batch dimension first everywhere; ``p`` are Bernoulli parameters in (0, 1).

@@ -1,4 +1,5 @@
-"""CMIMH training loop: validation, determinism, NaN handling, model files, diagnostics, learning."""
+"""CMIMH (pipeline/methods/cmimh.py): its training loop, settings, determinism, NaN handling, model
+files, diagnostics, and that it learns."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import pipeline.model.losses as losses
 from pipeline.errors import PipelineError
-from pipeline.model.train import corr_mse, diagnostics, load_model, save_model, train_cmimh
+from pipeline.methods import cmimh_losses as losses
+from pipeline.methods.base import corr_mse, load_model, save_model, write_history
+from pipeline.methods.cmimh import CMIMH
 
 # the tiny 3-epoch runs below end near p = 1/2 on purpose (speed); their collapse warning is noise
 pytestmark = pytest.mark.filterwarnings("ignore:cmimh training.*collapsed:RuntimeWarning")
@@ -28,6 +30,19 @@ def _data(n: int = 60, dx: int = 10, dy: int = 7, seed: int = 0) -> tuple[np.nda
     return x.astype(np.float32), y.astype(np.float32)
 
 
+def train_cmimh(x, y, bits, settings, seed, device, log_csv=None, progress=False):
+    """Fit CMIMH as the train stage does (and write its history CSV); return (model, history)."""
+    model = CMIMH(bits, settings)
+    hist = model.fit(x, y, seed=seed, device=device, progress=progress)
+    if log_csv is not None:
+        write_history(log_csv, hist)
+    return model, hist
+
+
+def diagnostics(model, x, y):
+    return model.diagnostics(x, y, model.encode_image(x), model.encode_text(y))
+
+
 def _train(x, y, settings=None, seed=0, **kw):
     return train_cmimh(x, y, 8, dict(SMALL, **(settings or {})), seed, CPU, progress=False, **kw)
 
@@ -42,7 +57,7 @@ def test_history_rows_and_csv(tmp_path):
     for r in hist:
         for k in ("loss", "rec", "mi", "kl", "tc", "bal", "disc", "conf", "seconds"):
             assert np.isfinite(r[k]), k
-    assert not model.training
+    assert not model.net_.training
     rows = list(csv.DictReader(log.open()))
     assert len(rows) == 3 and float(rows[-1]["loss"]) == pytest.approx(hist[-1]["loss"])
     assert not list(log.parent.glob(".*"))  # no temp file left behind
@@ -153,7 +168,7 @@ def test_save_load_round_trip(tmp_path):
     save_model(path, model, {"dataset": "unit", "seed": 0, "arr": np.arange(2)})
     loaded, meta = load_model(path, CPU)
     assert meta == {"dataset": "unit", "seed": 0, "arr": [0, 1]}
-    assert not loaded.training and loaded.bits == 8
+    assert not loaded.net_.training and loaded.bits == 8 and isinstance(loaded, CMIMH)
     assert np.array_equal(loaded.encode_image(x), model.encode_image(x))
     assert np.array_equal(loaded.encode_text(y), model.encode_text(y))
     assert not list(path.parent.glob(".*"))
@@ -169,7 +184,7 @@ def test_load_missing_or_corrupt(tmp_path):
     assert "\n" not in str(e.value)
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, other)
-    with pytest.raises(PipelineError, match="not a CMIMH model"):
+    with pytest.raises(PipelineError, match="not a model file of this version"):
         load_model(other, CPU)
 
 
@@ -203,7 +218,7 @@ def test_diagnostics_keys_and_tc_null_without_discriminators():
     assert all(np.isfinite(v) for v in d.values())
     assert d["corr_mse_image"] == pytest.approx(corr_mse(model.encode_image(x)))
     with torch.no_grad():
-        want = model.disc_y(torch.from_numpy(model.probs_text(y))).mean().item()
+        want = model.net_.disc_y(torch.from_numpy(model.probs_text(y))).mean().item()
     assert d["tc_text"] == pytest.approx(want, rel=1e-5)
     model0, _ = _train(x, y, {"weights": {"tc": 0}})
     d0 = diagnostics(model0, x, y)
@@ -254,7 +269,7 @@ def test_learns_cross_modal_codes_on_synthetic_clusters():
 
 
 def test_collapsed_run_warns(monkeypatch):
-    import pipeline.model.train as train_mod
+    import pipeline.methods.cmimh as train_mod
 
     x, y = _data()
     monkeypatch.setattr(train_mod, "COLLAPSE_CONF", 1.01)  # every run counts as collapsed

@@ -33,29 +33,27 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 from tqdm import tqdm
 
-from pipeline.baselines.common import LinearHash, check_pair, fix_signs, ridge, state_array
 from pipeline.errors import PipelineError
+from pipeline.methods.linear import LinearHash, centred_covariances, fix_signs
+from pipeline.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
-NAME = "ccaitq"
-DEFAULTS: dict[str, Any] = {
-    "reg": 1e-4,
-    "eig_power": 1.0,
-    "iterations": 50,
-}
-"""reg: relative ridge (see the module docstring); eig_power: p of the rho^p scaling (0: none);
-iterations: ITQ iterations (Gong et al.: 50)."""
 
-#: What train_loss.png shows: the ITQ quantisation loss ||B - VR||^2 it minimises, per iteration.
-PLOT = {"x": "ITQ iteration", "columns": ("quant_loss",)}
-_SPEC = {"reg": ("float", 0.0, True), "eig_power": ("float", 0.0, True), "iterations": ("int", 1, True)}
+@dataclass(frozen=True)
+class Config(Settings):
+    """CCA-ITQ's settings (config.yaml ``method_settings.ccaitq``)."""
+
+    reg: float = setting(1e-4, "ridge on each view's covariance, relative to its mean variance", min=0)
+    eig_power: float = setting(1.0, "p of the rho^p scaling of the CCA directions (0: none)", min=0)
+    iterations: int = setting(50, "ITQ iterations (Gong et al.: 50)", min=1)
 
 
 def cca(cxx: np.ndarray, cyy: np.ndarray, cxy: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -108,54 +106,41 @@ def itq(v: np.ndarray, iterations: int, rng: np.random.Generator, progress: bool
     return r, hist
 
 
-class Model(LinearHash):
+class CCAITQ(LinearHash):
     """CCA-ITQ hash functions for the image (x) and text (y) views."""
 
-    NAME = NAME
-    DEFAULTS = DEFAULTS
-    SPEC = _SPEC
+    name = "ccaitq"
+    Config = Config
+    plot = {"x": "ITQ iteration", "columns": ("quant_loss",)}  # the quantisation loss ||B - VR||^2 it minimises
+    variants = {"reg": ("reg",)}
+    extra_state = ("correlations", "rotation")
 
-    def __init__(self, bits: int, settings: dict | None = None, seed: int = 0, device: str = "cpu") -> None:
-        super().__init__(bits, settings, seed, device)
-        self.correlations: np.ndarray | None = None
-        self.rotation: np.ndarray | None = None
+    def __init__(self, bits: int, config: Config | dict | None = None) -> None:
+        super().__init__(bits, config)
+        self.correlations_: np.ndarray | None = None
+        self.rotation_: np.ndarray | None = None
 
-    def fit(self, x: np.ndarray, y: np.ndarray, progress: bool = False) -> list[dict]:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int = 0, device: Any = "cpu",
+            progress: bool = False) -> list[dict]:
         """CCA, rho^p scaling, ITQ on the stacked views; history: the ITQ loss per iteration."""
         t0 = time.perf_counter()
-        x, y = check_pair(x, y, NAME)
-        n, dx, dy = len(x), x.shape[1], y.shape[1]
-        if self.bits > min(dx, dy):
-            raise PipelineError(f"ccaitq: bits ({self.bits}) must be at most min(d_x, d_y) = {min(dx, dy)}: "
-                                f"two views of those dimensions have only that many canonical directions")
-        s = self.settings
-        mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
-        xc, yc = x - mean_x, y - mean_y
+        x, y = self._pair(x, y, seed)
+        cov = centred_covariances(x, y, self.bits, self.config.reg, "ccaitq")
         del x, y  # keep one float64 copy of each view at real scale
-        cxx = ridge(xc.T @ xc / n, s["reg"], "ccaitq fit: image features")
-        cyy = ridge(yc.T @ yc / n, s["reg"], "ccaitq fit: text features")
-        wx, wy, rho = cca(cxx, cyy, xc.T @ yc / n, self.bits)
+        n, mean_x, mean_y, xc, yc = cov["n"], cov["mean_x"], cov["mean_y"], cov["xc"], cov["yc"]
+        c = self.config
+        wx, wy, rho = cca(cov["cxx"], cov["cyy"], cov["cxy"], self.bits)
         wx, wy = fix_signs(wx, wy)
-        scale = np.clip(rho, 0.0, None) ** s["eig_power"]
+        scale = np.clip(rho, 0.0, None) ** c.eig_power
         wx, wy = wx * scale, wy * scale
         v = np.vstack([xc @ wx, yc @ wy])
-        rng = np.random.default_rng(self.seed)
-        r, hist = itq(v, s["iterations"], rng, progress=progress)
-        self.mean_x, self.mean_y = mean_x, mean_y
-        self.w_x, self.w_y = wx @ r, wy @ r
-        self.correlations, self.rotation = rho, r
-        secs = time.perf_counter() - t0
+        r, hist = itq(v, c.iterations, np.random.default_rng(int(seed)), progress=progress)
+        self.mean_x_, self.mean_y_ = mean_x, mean_y
+        self.w_x_, self.w_y_ = wx @ r, wy @ r
+        self.correlations_, self.rotation_ = rho, r
         log.info("ccaitq: %d bits on %d pairs in %.2f s; rho %.3f..%.3f; ITQ loss %.4g -> %.4g",
-                 self.bits, n, secs, rho[0], rho[-1], hist[0]["quant_loss"], hist[-1]["quant_loss"])
+                 self.bits, n, time.perf_counter() - t0, rho[0], rho[-1], hist[0]["quant_loss"],
+                 hist[-1]["quant_loss"])
         for row in hist:
             row["quant_loss_per_entry"] = row["quant_loss"] / v.size
         return hist
-
-    def _extra_state(self) -> dict:
-        return {"correlations": self.correlations, "rotation": self.rotation}
-
-    def _load_extra(self, state: dict) -> None:
-        if state.get("correlations") is not None:
-            self.correlations = state_array(state, "correlations", (self.bits,), NAME)
-        if state.get("rotation") is not None:
-            self.rotation = state_array(state, "rotation", (self.bits, self.bits), NAME)

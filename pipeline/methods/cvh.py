@@ -32,9 +32,8 @@ variance so that it does not depend on the feature scale. Default reg = 1e-4, th
 ``CVHparam.lambda`` ridge in the CVH script of the BMC-SDNU Cross-Modal-Hashing-Retrieval
 benchmark (CVH/code/demo_CVH.m), there added to X^T X.
 
-This module also holds :class:`LinearHash` and the input checks shared with
-:mod:`pipeline.baselines.cmfh` and :mod:`pipeline.baselines.ccaitq` (all three hash by the sign
-of a centred linear projection).
+The centred-projection hash itself is :class:`pipeline.methods.linear.LinearHash`, shared
+with CMFH, CCA-ITQ and LSH.
 """
 
 from __future__ import annotations
@@ -42,25 +41,24 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import scipy.linalg
 
-from pipeline.baselines.common import LinearHash, check_pair, fix_signs, ridge, state_array
 from pipeline.errors import PipelineError
+from pipeline.methods.linear import LinearHash, centred_covariances, fix_signs
+from pipeline.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
-NAME = "cvh"
-DEFAULTS: dict[str, Any] = {
-    "reg": 1e-4,
-}
-"""reg: ridge on each view's covariance, relative to its mean variance (see module docstring)."""
 
-#: train_loss.png: nothing iterates (a generalised eigenproblem); the log lists the eigenvalues.
-PLOT = {"x": "epoch", "columns": ()}
-_SPEC = {"reg": ("float", 0.0, True)}
+@dataclass(frozen=True)
+class Config(Settings):
+    """CVH's settings (config.yaml ``method_settings.cvh``)."""
+
+    reg: float = setting(1e-4, "ridge on each view's covariance, relative to its mean variance", min=0)
 
 
 # ============================================================================ CVH
@@ -86,49 +84,37 @@ def cvh_directions(cxx: np.ndarray, cyy: np.ndarray, cxy: np.ndarray, bits: int
     return evals, vecs[:dx], vecs[dx:]
 
 
-class Model(LinearHash):
+class CVH(LinearHash):
     """CVH hash functions for the image (x) and text (y) views."""
 
-    NAME = NAME
-    DEFAULTS = DEFAULTS
-    SPEC = _SPEC
+    name = "cvh"
+    Config = Config
+    plot = {"x": "epoch", "columns": ()}  # nothing iterates (a generalised eigenproblem); the log lists the eigenvalues
+    variants = {"reg": ("reg",)}
+    extra_state = ("eigenvalues",)
 
-    def __init__(self, bits: int, settings: dict | None = None, seed: int = 0, device: str = "cpu") -> None:
-        super().__init__(bits, settings, seed, device)
-        self.eigenvalues: np.ndarray | None = None
+    def __init__(self, bits: int, config: Config | dict | None = None) -> None:
+        super().__init__(bits, config)
+        self.eigenvalues_: np.ndarray | None = None
 
-    def fit(self, x: np.ndarray, y: np.ndarray, progress: bool = False) -> list[dict]:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int = 0, device: Any = "cpu",
+            progress: bool = False) -> list[dict]:
         """Solve eq. CVH on centred training pairs; history: one row per bit (eigenvalue, rho).
 
         Deterministic: no random initialisation (``seed`` is unused).
         """
         t0 = time.perf_counter()
-        x, y = check_pair(x, y, NAME)
+        x, y = self._pair(x, y, seed)
         n, dx, dy = len(x), x.shape[1], y.shape[1]
-        if self.bits > min(dx, dy):
-            raise PipelineError(f"cvh: bits ({self.bits}) must be at most min(d_x, d_y) = {min(dx, dy)}: "
-                                f"two views of those dimensions have only that many canonical directions")
-        mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
-        xc, yc = x - mean_x, y - mean_y
+        c = centred_covariances(x, y, self.bits, self.config.reg, "cvh")
         del x, y  # keep one float64 copy of each view at real scale
-        reg = self.settings["reg"]
-        cxx = ridge(xc.T @ xc / n, reg, "cvh fit: image features")
-        cyy = ridge(yc.T @ yc / n, reg, "cvh fit: text features")
-        cxy = xc.T @ yc / n
+        mean_x, mean_y, cxx, cyy, cxy = c["mean_x"], c["mean_y"], c["cxx"], c["cyy"], c["cxy"]
         evals, ax, ay = cvh_directions(cxx, cyy, cxy, self.bits)
         ax, ay = fix_signs(ax, ay)
-        self.mean_x, self.mean_y = mean_x, mean_y
-        self.w_x, self.w_y = math.sqrt(2.0) * ax, math.sqrt(2.0) * ay
-        self.eigenvalues = evals
-        secs = time.perf_counter() - t0
+        self.mean_x_, self.mean_y_ = mean_x, mean_y
+        self.w_x_, self.w_y_ = math.sqrt(2.0) * ax, math.sqrt(2.0) * ay
+        self.eigenvalues_ = evals
         log.info("cvh: %d bits on %d pairs (%d + %d dims) in %.2f s; canonical correlations %.3f..%.3f",
-                 self.bits, n, dx, dy, secs, 1 - evals[0], 1 - evals[-1])
-        return [{"epoch": i + 1, "bit": i, "eigenvalue": float(ev), "correlation": float(1.0 - ev),
-                 "seconds": secs} for i, ev in enumerate(evals)]
-
-    def _extra_state(self) -> dict:
-        return {"eigenvalues": self.eigenvalues}
-
-    def _load_extra(self, state: dict) -> None:
-        if state.get("eigenvalues") is not None:
-            self.eigenvalues = state_array(state, "eigenvalues", (self.bits,), NAME)
+                 self.bits, n, dx, dy, time.perf_counter() - t0, 1 - evals[0], 1 - evals[-1])
+        return [{"epoch": i + 1, "bit": i, "eigenvalue": float(ev), "correlation": float(1.0 - ev)}
+                for i, ev in enumerate(evals)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.baselines import cmfh
+from pipeline.methods import cmfh
 from pipeline.errors import PipelineError
 
 LAM, MU, GAMMA = 0.5, 100.0, 0.01
@@ -96,7 +96,7 @@ def test_latent_source_pairs_get_agreeing_codes_and_codes_threshold_the_centred_
     s = rng.standard_normal((n, k))
     x = np.hstack([s, 0.3 * rng.standard_normal((n, 2))]) @ rng.standard_normal((k + 2, 7)) + 4.0
     y = np.hstack([s, 0.3 * rng.standard_normal((n, 1))]) @ rng.standard_normal((k + 1, 5)) - 2.0
-    m = cmfh.Model(k, seed=0)
+    m = cmfh.CMFH(k)
     hist = m.fit(x, y)
     bx, by = m.encode_image(x), m.encode_text(y)
     assert (bx == by).mean() > 0.97
@@ -107,15 +107,15 @@ def test_latent_source_pairs_get_agreeing_codes_and_codes_threshold_the_centred_
     np.testing.assert_array_equal(bx, ((x - x.mean(0)) @ f["P1"].T >= 0).astype(np.uint8))
     np.testing.assert_array_equal(by, ((y - y.mean(0)) @ f["P2"].T >= 0).astype(np.uint8))
     # the training projections have zero mean: the threshold is their training mean
-    np.testing.assert_allclose(((x - m.mean_x) @ m.w_x).mean(0), 0, atol=1e-8)
+    np.testing.assert_allclose(((x - m.mean_x_) @ m.w_x_).mean(0), 0, atol=1e-8)
     # centring learned in fit: shifting the features changes nothing but the stored means
-    m2 = cmfh.Model(k, seed=0)
+    m2 = cmfh.CMFH(k)
     m2.fit(x + 50.0, y - 7.0)
-    np.testing.assert_allclose(m2.w_x, m.w_x, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(m2.w_x_, m.w_x_, rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(m2.encode_image(x + 50.0), bx)
-    assert 1 <= len(hist) <= cmfh.DEFAULTS["max_iter"]
+    assert 1 <= len(hist) <= cmfh.Config().to_dict()["max_iter"]
     objs = [h["objective"] for h in hist]
-    assert len(hist) == cmfh.DEFAULTS["max_iter"] or (objs[-2] - objs[-1]) <= cmfh.DEFAULTS["tol"] * objs[-2]
+    assert len(hist) == cmfh.Config().to_dict()["max_iter"] or (objs[-2] - objs[-1]) <= cmfh.Config().to_dict()["tol"] * objs[-2]
 
 
 def test_stopping_rule_tolerance_and_max_iter():
@@ -132,24 +132,24 @@ def test_determinism_seed_state_round_trip():
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((120, 6)), rng.standard_normal((120, 4))
     y[:, :2] += x[:, :2]
-    a, b, c = cmfh.Model(4, seed=7), cmfh.Model(4, seed=7), cmfh.Model(4, seed=8)
-    a.fit(x, y)
-    b.fit(x, y)
-    c.fit(x, y)
+    a, b, c = cmfh.CMFH(4), cmfh.CMFH(4), cmfh.CMFH(4)
+    a.fit(x, y, seed=7)
+    b.fit(x, y, seed=7)
+    c.fit(x, y, seed=8)
     assert np.array_equal(a.encode_image(x), b.encode_image(x))
-    assert np.array_equal(a.w_y, b.w_y) and not np.allclose(a.w_y, c.w_y)
+    assert np.array_equal(a.w_y_, b.w_y_) and not np.allclose(a.w_y_, c.w_y_)
     codes = a.encode_image(x[:3])
     assert codes.dtype == np.uint8 and codes.shape == (3, 4) and set(np.unique(codes)) <= {0, 1}
     st = a.state()
-    assert st["format"] == "cmfh/1" and st["settings"]["mu"] == 100.0 and "V" not in st
-    r = cmfh.Model.from_state(st)
+    assert a.config.to_dict()["mu"] == 100.0 and "V" not in st
+    r = cmfh.CMFH.from_state(4, a.config, st)
     assert np.array_equal(r.encode_image(x), a.encode_image(x))
     assert np.array_equal(r.encode_text(y), a.encode_text(y))
 
 
 @pytest.mark.parametrize("settings, match", [
     ({"alpha": 1}, "unknown key.*alpha"),
-    ({"lambda": 1.0}, r"lambda must be in \(0, 1\)"),
+    ({"lambda": 1.0}, r"lambda must be a finite number > 0 and < 1"),
     ({"lambda": 0}, "lambda must be a finite number > 0"),
     ({"gamma": 0}, "gamma must be a finite number > 0"),
     ({"mu": -2}, "mu must be"),
@@ -158,22 +158,22 @@ def test_determinism_seed_state_round_trip():
 ])
 def test_bad_settings_are_one_line_errors(settings, match):
     with pytest.raises(PipelineError, match=match) as e:
-        cmfh.Model(2, settings)
+        cmfh.CMFH(2, settings)
     assert "\n" not in str(e.value)
 
 
 def test_bad_inputs_are_one_line_errors():
     rng = np.random.default_rng(6)
     x, y = rng.standard_normal((30, 5)), rng.standard_normal((30, 4))
-    m = cmfh.Model(2, {"max_iter": 3})
+    m = cmfh.CMFH(2, {"max_iter": 3})
     m.fit(x, y)
     cases = [
-        (lambda: cmfh.Model(2).fit(x, y[:10]), "row counts differ"),
-        (lambda: cmfh.Model(2).fit(x[None], y), "expected a 2-D"),
+        (lambda: cmfh.CMFH(2).fit(x, y[:10]), "row counts differ"),
+        (lambda: cmfh.CMFH(2).fit(x[None], y), "expected a 2-D"),
         (lambda: m.encode_text(x), "encode_text: expected 4 columns"),
         (lambda: m.encode_image(np.where(np.arange(9000)[:, None] == 8500, np.inf, np.zeros((9000, 5)))),
-         "encode_image: NaN/inf in row 8500"),                      # found in the second block
-        (lambda: cmfh.Model(2, seed="a"), "seed must be an integer"),
+         "encode_image: NaN/inf in 1 rows.*first at row 8500"),     # found in the second block
+        (lambda: cmfh.CMFH(2).fit(x, y, seed="a"), "seed must be an integer"),
     ]
     for fn, match in cases:
         with pytest.raises(PipelineError, match=match) as e:

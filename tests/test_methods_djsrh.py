@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.baselines import djsrh
-from pipeline.baselines.djsrh import Model, joint_affinity, reconstruction_loss
+from pipeline.methods import djsrh
+from pipeline.methods.djsrh import DJSRH, joint_affinity, reconstruction_loss
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import pack_bits
 from pipeline.eval.metrics import map_at_k
@@ -38,8 +38,8 @@ def toy_data():
 @pytest.fixture(scope="module")
 def fitted(toy_data):
     x, y, _ = toy_data
-    m = Model(16, FAST, seed=0)
-    hist = m.fit(x, y)
+    m = DJSRH(16, FAST)
+    hist = m.fit(x, y, seed=0)
     return m, hist
 
 
@@ -88,7 +88,7 @@ def test_alpha_schedule():
 
 
 def test_defaults_are_the_official_mirflickr_settings():
-    d = djsrh.DEFAULTS
+    d = djsrh.Config().to_dict()
     assert (d["beta"], d["eta"], d["mu"], d["lambda1"], d["lambda2"]) == (0.9, 0.4, 1.5, 0.1, 0.1)
     assert (d["batch_size"], d["epochs"], d["lr_img"], d["lr_txt"]) == (32, 80, 0.001, 0.01)
     assert (d["momentum"], d["weight_decay"], d["txt_hidden"]) == (0.9, 5e-4, 4096)
@@ -97,8 +97,8 @@ def test_defaults_are_the_official_mirflickr_settings():
 
 def test_one_training_step_decreases_the_loss(toy_data):
     x, y, _ = toy_data
-    m = Model(8, {"txt_hidden": 32}, seed=1)
-    m._build(x.shape[1], y.shape[1])
+    m = DJSRH(8, {"txt_hidden": 32})
+    m._build(x.shape[1], y.shape[1], 1, torch.device("cpu"))
     xb, yb = torch.from_numpy(x[:32]), torch.from_numpy(y[:32])
     target = joint_affinity(xb, yb, 0.9, 0.4, 1.5)
     opt = m._optimizer()
@@ -140,15 +140,15 @@ def test_same_seed_same_codes_other_seed_other_codes(toy_data, fitted):
     m1, h1 = fitted
     torch.manual_seed(999)  # the global RNG must not matter
     torch.rand(5)
-    m2 = Model(16, FAST, seed=0)
-    h2 = m2.fit(x, y)
+    m2 = DJSRH(16, FAST)
+    h2 = m2.fit(x, y, seed=0)
     np.testing.assert_array_equal(m1.encode_image(x), m2.encode_image(x))
     np.testing.assert_array_equal(m1.encode_text(y), m2.encode_text(y))
     assert [r["loss"] for r in h1] == [r["loss"] for r in h2]
-    m3 = Model(16, dict(FAST, epochs=1), seed=7)
-    m3.fit(x, y)
-    m4 = Model(16, dict(FAST, epochs=1), seed=0)
-    m4.fit(x, y)
+    m3 = DJSRH(16, dict(FAST, epochs=1))
+    m3.fit(x, y, seed=7)
+    m4 = DJSRH(16, dict(FAST, epochs=1))
+    m4.fit(x, y, seed=0)
     assert not np.array_equal(m3.encode_image(x), m4.encode_image(x))
 
 
@@ -157,7 +157,7 @@ def test_fit_does_not_touch_the_global_rng(toy_data):
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    Model(4, dict(FAST, epochs=1), seed=0).fit(x, y)
+    DJSRH(4, dict(FAST, epochs=1)).fit(x, y, seed=0)
     np.testing.assert_array_equal(torch.rand(3), expected)
 
 
@@ -165,8 +165,8 @@ def test_codes_are_the_sign_of_the_network_outputs(toy_data, fitted):
     x, y, _ = toy_data
     m, _ = fitted
     with torch.no_grad():
-        hx = m.img_net(torch.from_numpy(x)).numpy()
-        hy = m.txt_net(torch.from_numpy(y)).numpy()
+        hx = m.img_net_(torch.from_numpy(x)).numpy()
+        hy = m.txt_net_(torch.from_numpy(y)).numpy()
     np.testing.assert_array_equal(m.encode_image(x), (np.sign(hx) >= 0).astype(np.uint8))
     np.testing.assert_array_equal(m.encode_text(y), (np.sign(hy) >= 0).astype(np.uint8))
     assert 0.2 < m.encode_image(x).mean() < 0.8  # not a constant code
@@ -182,63 +182,63 @@ def test_state_round_trip(toy_data, fitted):
     assert not any(isinstance(v, torch.Tensor) for v in st.values())
     assert arrays["img.0.weight"].shape == (16, x.shape[1])
     assert arrays["txt.0.weight"].shape == (64, y.shape[1]) and arrays["txt.2.weight"].shape == (16, 64)
-    m2 = Model.from_state(st)
+    m2 = DJSRH.from_state(16, m.config, st)
     np.testing.assert_array_equal(m2.encode_image(x), m.encode_image(x))
     np.testing.assert_array_equal(m2.encode_text(y), m.encode_text(y))
-    assert m2.settings == m.settings and m2.bits == 16
+    assert m2.config == m.config and m2.bits == 16
 
 
 def test_standardize_and_mlp_head_round_trip(toy_data):
     x, y, _ = toy_data
-    m = Model(8, dict(FAST, epochs=2, standardize=True, img_hidden=16), seed=3)
-    m.fit(x + 5.0, y)
+    m = DJSRH(8, dict(FAST, epochs=2, standardize=True, img_hidden=16))
+    m.fit(x + 5.0, y, seed=3)
     st = m.state()
     assert st["mean_x"] == pytest.approx((x + 5.0).mean(0), abs=1e-4)
     assert "img.2.weight" in st
     z = (x[:7] + 5.0 - st["mean_x"]) / st["std_x"]  # new rows use the training statistics
     with torch.no_grad():
-        h = m.img_net(torch.from_numpy(z.astype(np.float32))).numpy()
+        h = m.img_net_(torch.from_numpy(z.astype(np.float32))).numpy()
     np.testing.assert_array_equal(m.encode_image(x[:7] + 5.0), (h >= 0).astype(np.uint8))
-    m2 = Model.from_state(st)
+    m2 = DJSRH.from_state(8, m.config, st)
     np.testing.assert_array_equal(m2.encode_image(x[:7] + 5.0), m.encode_image(x[:7] + 5.0))
 
 
 def test_cos_rescale_auto_follows_the_sign_of_the_features(toy_data):
     x, y, _ = toy_data
-    m = Model(4, dict(FAST, epochs=1), seed=0)
-    m.fit(np.abs(x), y)
-    assert m.rescale_x is True and m.rescale_y is False
-    m = Model(4, dict(FAST, epochs=1, cos_rescale="always"), seed=0)
-    m.fit(x, y)
-    assert m.rescale_x is True and m.rescale_y is True
+    m = DJSRH(4, dict(FAST, epochs=1))
+    m.fit(np.abs(x), y, seed=0)
+    assert m.rescale_x_ is True and m.rescale_y_ is False
+    m = DJSRH(4, dict(FAST, epochs=1, cos_rescale="always"))
+    m.fit(x, y, seed=0)
+    assert m.rescale_x_ is True and m.rescale_y_ is True
 
 
 # ----------------------------------------------------------------------------- errors
 @pytest.mark.parametrize("settings, match", [
     ({"lambda3": 1.0}, "unknown key.*lambda3"),
-    ({"beta": 1.5}, "beta must be in"),
+    ({"beta": 1.5}, "beta must be a finite number >= 0 and <= 1"),
     ({"batch_size": 1}, "batch_size must be an integer >= 2"),
     ({"epochs": 2.5}, "epochs must be an integer"),
-    ({"mu": 0}, "mu must be > 0"),
+    ({"mu": 0}, "mu must be a finite number > 0"),
     ({"alpha_schedule": "linear"}, "alpha_schedule must be one of"),
     ({"standardize": "yes"}, "standardize must be true or false"),
     ({"lr_txt": "fast"}, "lr_txt must be a finite number"),
 ])
 def test_bad_settings(settings, match):
     with pytest.raises(PipelineError, match=match):
-        Model(16, settings)
+        DJSRH(16, settings)
 
 
 def test_settings_merge_over_defaults_and_numeric_strings():
-    m = Model(16, {"lr_img": "1e-3", "beta": 0.6})
-    assert m.settings["lr_img"] == 0.001 and m.settings["beta"] == 0.6 and m.settings["eta"] == 0.4
+    m = DJSRH(16, {"lr_img": "1e-3", "beta": 0.6})
+    assert m.config.lr_img == 0.001 and m.config.beta == 0.6 and m.config.eta == 0.4
 
 
 def test_bad_inputs(toy_data, fitted):
     x, y, _ = toy_data
-    m = Model(8, FAST)
+    m = DJSRH(8, FAST)
     with pytest.raises(PipelineError, match="bits must be"):
-        Model(0)
+        DJSRH(0)
     with pytest.raises(PipelineError, match="200 image rows but 199 text rows"):
         m.fit(x, y[:-1])
     with pytest.raises(PipelineError, match="2-D"):
@@ -257,11 +257,11 @@ def test_bad_inputs(toy_data, fitted):
     with pytest.raises(PipelineError, match="expected 24 columns"):
         fm.encode_text(x)
     assert fm.encode_text(y[:0]).shape == (0, 16)
-    with pytest.raises(PipelineError, match="not a DJSRH state"):
-        Model.from_state({"format": "other"})
+    with pytest.raises(PipelineError, match="inconsistent state"):
+        DJSRH.from_state(16, FAST, {"format": "other"})
     st = fm.state()
     del st["txt.2.bias"]
     with pytest.raises(PipelineError, match="inconsistent state"):
-        Model.from_state(st)
+        DJSRH.from_state(16, FAST, st)
     with pytest.raises(PipelineError, match="unknown device"):
-        Model(8, device="tpu")
+        DJSRH(8, FAST).fit(x, y, device="tpu")

@@ -43,48 +43,35 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import scipy.linalg
 from tqdm import tqdm
 
-from pipeline.baselines.common import LinearHash, check_pair
 from pipeline.errors import PipelineError
+from pipeline.methods.linear import LinearHash
+from pipeline.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
-NAME = "cmfh"
-DEFAULTS: dict[str, Any] = {
-    "lambda": 0.5,
-    "mu": 100.0,
-    "gamma": 0.01,
-    "max_iter": 100,
-    "tol": 1e-4,
-}
-"""lambda: weight of the image reconstruction (1 - lambda: text); mu: weight of the projection
-terms; gamma: Frobenius regularisation; max_iter / tol: stopping rule (relative decrease)."""
 
-#: What train_loss.png shows: the CMFH objective it minimises and its parts, per iteration.
-PLOT = {"x": "iteration", "columns": ("objective", "rec_x", "rec_y", "proj_x", "proj_y", "reg")}
-_SPEC = {"lambda": ("float", 0.0, False), "mu": ("float", 0.0, False), "gamma": ("float", 0.0, False),
-         "max_iter": ("int", 1, True), "tol": ("float", 0.0, True)}
+@dataclass(frozen=True)
+class Config(Settings):
+    """CMFH's settings (config.yaml ``method_settings.cmfh``)."""
+
+    lam: float = setting(0.5, "weight of the image reconstruction (1 - lambda: text), in (0, 1)",
+                         min=0, max=1, min_exclusive=True, max_exclusive=True, key="lambda")
+    mu: float = setting(100.0, "weight of the projection terms", min=0, min_exclusive=True)
+    gamma: float = setting(0.01, "Frobenius regularisation", min=0, min_exclusive=True)
+    max_iter: int = setting(100, "iterations at most", min=1)
+    tol: float = setting(1e-4, "stop when the objective's relative decrease is at most this", min=0)
 
 
 def _sym_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a^{-1} b for symmetric positive definite a."""
     return scipy.linalg.solve(a, b, assume_a="pos")
-
-
-def objective_terms(x1: np.ndarray, x2: np.ndarray, f: dict, lam: float, mu: float, gamma: float) -> dict:
-    """The terms of eq. CMFH for factors ``f`` = {U1, U2, P1, P2, V} (direct, for checks)."""
-    rec_x = float(np.sum((x1 - f["U1"] @ f["V"]) ** 2))
-    rec_y = float(np.sum((x2 - f["U2"] @ f["V"]) ** 2))
-    proj_x = float(np.sum((f["V"] - f["P1"] @ x1) ** 2))
-    proj_y = float(np.sum((f["V"] - f["P2"] @ x2) ** 2))
-    reg = float(sum(np.sum(f[k] ** 2) for k in ("U1", "U2", "P1", "P2", "V")))
-    total = lam * rec_x + (1 - lam) * rec_y + mu * (proj_x + proj_y) + gamma * reg
-    return {"objective": total, "rec_x": rec_x, "rec_y": rec_y, "proj_x": proj_x, "proj_y": proj_y, "reg": reg}
 
 
 def solve_cmfh(x1: np.ndarray, x2: np.ndarray, bits: int, lam: float, mu: float, gamma: float,
@@ -144,35 +131,34 @@ def solve_cmfh(x1: np.ndarray, x2: np.ndarray, bits: int, lam: float, mu: float,
     return {"U1": u1, "U2": u2, "P1": p1, "P2": p2, "V": v}, hist
 
 
-class Model(LinearHash):
+class CMFH(LinearHash):
     """CMFH hash functions for the image (x) and text (y) views."""
 
-    NAME = NAME
-    DEFAULTS = DEFAULTS
-    SPEC = _SPEC
+    name = "cmfh"
+    Config = Config
+    plot = {"x": "iteration", "columns": ("objective", "rec_x", "rec_y", "proj_x", "proj_y", "reg")}
+    variants = {"lambda": ("lambda",), "mu": ("mu",), "gamma": ("gamma",)}
 
-    def __init__(self, bits: int, settings: dict | None = None, seed: int = 0, device: str = "cpu") -> None:
-        super().__init__(bits, settings, seed, device)
-        if not self.settings["lambda"] < 1:
-            raise PipelineError(f"cmfh settings: lambda must be in (0, 1), got {self.settings['lambda']!r}")
+    def __init__(self, bits: int, config: Config | dict | None = None) -> None:
+        super().__init__(bits, config)
         self.factors: dict | None = None
         """U1, U2, P1, P2, V of the last fit (not saved: V is k x n_train)."""
 
-    def fit(self, x: np.ndarray, y: np.ndarray, progress: bool = False) -> list[dict]:
+    def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int = 0, device: Any = "cpu",
+            progress: bool = False) -> list[dict]:
         """Solve eq. CMFH on the centred training pairs; history: the objective per iteration."""
         t0 = time.perf_counter()
-        x, y = check_pair(x, y, NAME)
-        s = self.settings
+        x, y = self._pair(x, y, seed)
+        c = self.config
         mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
         x1, x2 = (x - mean_x).T, (y - mean_y).T
         del x, y  # keep one float64 copy of each view at real scale
-        rng = np.random.default_rng(self.seed)
-        f, hist = solve_cmfh(x1, x2, self.bits, s["lambda"], s["mu"], s["gamma"], s["max_iter"], s["tol"],
-                             rng, progress=progress)
-        self.mean_x, self.mean_y = mean_x, mean_y
-        self.w_x, self.w_y = f["P1"].T.copy(), f["P2"].T.copy()
+        rng = np.random.default_rng(int(seed))
+        f, hist = solve_cmfh(x1, x2, self.bits, c.lam, c.mu, c.gamma, c.max_iter, c.tol, rng, progress=progress)
+        self.mean_x_, self.mean_y_ = mean_x, mean_y
+        self.w_x_, self.w_y_ = f["P1"].T.copy(), f["P2"].T.copy()
         self.factors = f
-        secs = time.perf_counter() - t0
         log.info("cmfh: %d bits on %d pairs, %d iterations in %.2f s; objective %.6g -> %.6g",
-                 self.bits, x1.shape[1], len(hist), secs, hist[0]["objective"], hist[-1]["objective"])
+                 self.bits, x1.shape[1], len(hist), time.perf_counter() - t0, hist[0]["objective"],
+                 hist[-1]["objective"])
         return hist

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.model import losses as L
+from pipeline.methods import cmimh_losses as L
 
 
 def softplus(z: float) -> float:

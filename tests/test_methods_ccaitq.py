@@ -8,7 +8,7 @@ import pytest
 from scipy.linalg import expm
 from sklearn.cross_decomposition import CCA as SkCCA
 
-from pipeline.baselines import ccaitq
+from pipeline.methods import ccaitq
 from pipeline.errors import PipelineError
 
 
@@ -54,14 +54,14 @@ def test_cca_matches_whitened_svd_and_sklearn():
 
 def test_latent_source_correlations_and_identical_codes():
     x, y = _latent()
-    m = ccaitq.Model(5, {"reg": 0.0})
+    m = ccaitq.CCAITQ(5, {"reg": 0.0})
     m.fit(x, y)
-    assert np.all(m.correlations[:3] > 1 - 1e-9)
-    assert np.all(m.correlations[3:] < 0.15)
-    m3 = ccaitq.Model(3, {"reg": 0.0})
+    assert np.all(m.correlations_[:3] > 1 - 1e-9)
+    assert np.all(m.correlations_[3:] < 0.15)
+    m3 = ccaitq.CCAITQ(3, {"reg": 0.0})
     m3.fit(x, y)
     assert np.array_equal(m3.encode_image(x), m3.encode_text(y))
-    mdef = ccaitq.Model(3)
+    mdef = ccaitq.CCAITQ(3)
     mdef.fit(x, y)
     assert (mdef.encode_image(x) == mdef.encode_text(y)).mean() > 0.99
 
@@ -72,12 +72,12 @@ def test_eigenvalue_power_scales_the_projections():
     cxx, cyy, cxy = _covs(x, y)
     cxx_r = cxx + reg * np.trace(cxx) / len(cxx) * np.eye(len(cxx))
     for p in (0.0, 1.0, 4.0):
-        m = ccaitq.Model(4, {"eig_power": p, "reg": reg})
+        m = ccaitq.CCAITQ(4, {"eig_power": p, "reg": reg})
         m.fit(x, y)
-        r = m.rotation
+        r = m.rotation_
         np.testing.assert_allclose(r.T @ r, np.eye(4), atol=1e-10)
-        w = m.w_x @ r.T                     # undo the rotation: W_x diag(rho^p)
-        np.testing.assert_allclose(w.T @ cxx_r @ w, np.diag(m.correlations ** (2 * p)), atol=1e-8)
+        w = m.w_x_ @ r.T                     # undo the rotation: W_x diag(rho^p)
+        np.testing.assert_allclose(w.T @ cxx_r @ w, np.diag(m.correlations_ ** (2 * p)), atol=1e-8)
 
 
 # ----------------------------------------------------------------------------------- ITQ
@@ -151,21 +151,22 @@ def test_itq_recovers_a_rotated_sign_pattern_in_5d_from_a_start_near_the_truth()
 # ----------------------------------------------------------------------------------- interface
 def test_determinism_seed_state_round_trip_and_history():
     x, y = _latent(n=400, seed=6)
-    a, b, c = ccaitq.Model(4, seed=3), ccaitq.Model(4, seed=3), ccaitq.Model(4, seed=4)
-    ha = a.fit(x, y)
-    b.fit(x, y)
-    c.fit(x, y)
+    a, b, c = ccaitq.CCAITQ(4), ccaitq.CCAITQ(4), ccaitq.CCAITQ(4)
+    ha = a.fit(x, y, seed=3)
+    b.fit(x, y, seed=3)
+    c.fit(x, y, seed=4)
     assert np.array_equal(a.encode_image(x), b.encode_image(x))
-    assert np.array_equal(a.rotation, b.rotation) and not np.allclose(a.rotation, c.rotation)
+    assert np.array_equal(a.rotation_, b.rotation_) and not np.allclose(a.rotation_, c.rotation_)
     assert len(ha) == 51 and all("quant_loss" in h and "epoch" in h for h in ha)
     codes = a.encode_text(y[:9])
     assert codes.dtype == np.uint8 and codes.shape == (9, 4) and set(np.unique(codes)) <= {0, 1}
     st = a.state()
-    assert st["format"] == "ccaitq/1" and st["settings"] == ccaitq.DEFAULTS
-    r = ccaitq.Model.from_state({k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in st.items()})
+    assert a.config.to_dict() == ccaitq.Config().to_dict()
+    r = ccaitq.CCAITQ.from_state(4, a.config, {k: (np.array(v) if isinstance(v, np.ndarray) else v)
+                                              for k, v in st.items()})
     assert np.array_equal(r.encode_image(x), a.encode_image(x))
     assert np.array_equal(r.encode_text(y), a.encode_text(y))
-    np.testing.assert_array_equal(r.rotation, a.rotation)
+    np.testing.assert_array_equal(r.rotation_, a.rotation_)
 
 
 @pytest.mark.parametrize("settings, match", [
@@ -177,19 +178,19 @@ def test_determinism_seed_state_round_trip_and_history():
 ])
 def test_bad_settings_are_one_line_errors(settings, match):
     with pytest.raises(PipelineError, match=match) as e:
-        ccaitq.Model(2, settings)
+        ccaitq.CCAITQ(2, settings)
     assert "\n" not in str(e.value)
 
 
 def test_bad_inputs_are_one_line_errors():
     x, y = _latent(n=60)
     cases = [
-        (lambda: ccaitq.Model(2).fit(x, y[:-2]), "row counts differ"),
-        (lambda: ccaitq.Model(2).fit(x, np.full_like(y, np.inf)), "text features: NaN/inf"),
-        (lambda: ccaitq.Model(6).fit(x, y), r"bits \(6\) must be at most min\(d_x, d_y\) = 5"),
-        (lambda: ccaitq.Model(2).fit(x, np.array([["a"] * 5] * 60)), "expected numbers"),
-        (lambda: ccaitq.Model(2).encode_text(y), "not fitted"),
-        (lambda: ccaitq.Model.from_state({"format": "ccaitq/1", "bits": 2}), "missing 'w_x'"),
+        (lambda: ccaitq.CCAITQ(2).fit(x, y[:-2]), "row counts differ"),
+        (lambda: ccaitq.CCAITQ(2).fit(x, np.full_like(y, np.inf)), "text features: NaN/inf"),
+        (lambda: ccaitq.CCAITQ(6).fit(x, y), r"bits \(6\) must be at most min\(d_x, d_y\) = 5"),
+        (lambda: ccaitq.CCAITQ(2).fit(x, np.array([["a"] * 5] * 60)), "expected numbers"),
+        (lambda: ccaitq.CCAITQ(2).encode_text(y), "not fitted"),
+        (lambda: ccaitq.CCAITQ.from_state(2, {}, {}), "missing 'w_x'"),
     ]
     for fn, match in cases:
         with pytest.raises(PipelineError, match=match) as e:

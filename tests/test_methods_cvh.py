@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.baselines import cvh
+from pipeline.methods import cvh
 from pipeline.errors import PipelineError
 
 
@@ -55,14 +55,14 @@ def test_generalised_eigenproblem_matches_hand_computed_2d_example():
 def test_fit_on_data_with_that_covariance_gives_the_hand_solution():
     sigma = np.block([[CXX, CXY], [CXY.T, CYY]])
     d = _with_covariance(sigma)
-    m = cvh.Model(2, {"reg": 0.0})
+    m = cvh.CVH(2, {"reg": 0.0})
     hist = m.fit(d[:, :2], d[:, 2:])
-    np.testing.assert_allclose(m.eigenvalues, [0.2, 0.5], atol=1e-9)
+    np.testing.assert_allclose(m.eigenvalues_, [0.2, 0.5], atol=1e-9)
     np.testing.assert_allclose([h["correlation"] for h in hist], [0.8, 0.5], atol=1e-9)
     # scaled by sqrt 2: each view's projections have identity covariance
-    np.testing.assert_allclose(m.w_x, [[1, 0], [0, 0.5]], atol=1e-9)
-    np.testing.assert_allclose(m.w_y, [[1, 0], [0, 1]], atol=1e-9)
-    np.testing.assert_allclose(m.mean_x, [5, 5], atol=1e-9)
+    np.testing.assert_allclose(m.w_x_, [[1, 0], [0, 0.5]], atol=1e-9)
+    np.testing.assert_allclose(m.w_y_, [[1, 0], [0, 1]], atol=1e-9)
+    np.testing.assert_allclose(m.mean_x_, [5, 5], atol=1e-9)
 
 
 def test_constraint_projected_training_data_has_identity_covariance():
@@ -70,9 +70,9 @@ def test_constraint_projected_training_data_has_identity_covariance():
     x = rng.standard_normal((600, 7)) @ rng.standard_normal((7, 7))
     y = x[:, :5] @ rng.standard_normal((5, 6)) + rng.standard_normal((600, 6))
     reg = 1e-3
-    m = cvh.Model(4, {"reg": reg})
+    m = cvh.CVH(4, {"reg": reg})
     m.fit(x, y)
-    for v, w, mean in ((x, m.w_x, m.mean_x), (y, m.w_y, m.mean_y)):
+    for v, w, mean in ((x, m.w_x_, m.mean_x_), (y, m.w_y_, m.mean_y_)):
         vc = v - v.mean(0)
         c = vc.T @ vc / len(v)
         c_reg = c + reg * np.trace(c) / len(c) * np.eye(len(c))
@@ -85,7 +85,7 @@ def test_constraint_projected_training_data_has_identity_covariance():
 def test_latent_source_pairs_get_identical_codes_and_correlations_match_whitened_svd():
     x, y = _latent()
     k = min(x.shape[1], y.shape[1])
-    m = cvh.Model(k, {"reg": 0.0})
+    m = cvh.CVH(k, {"reg": 0.0})
     hist = m.fit(x, y)
     rho = np.array([h["correlation"] for h in hist])
     # independent: singular values of C_xx^{-1/2} C_xy C_yy^{-1/2} (eigh-based inverse square roots)
@@ -100,35 +100,35 @@ def test_latent_source_pairs_get_identical_codes_and_correlations_match_whitened
     np.testing.assert_allclose(rho, sv[:k], atol=1e-7)
     assert np.all(rho[:3] > 1 - 1e-9)          # the three shared sources
     assert np.all(np.abs(rho[3:]) < 0.15)      # pure-noise directions: sampling-level correlation
-    m3 = cvh.Model(3, {"reg": 0.0})
+    m3 = cvh.CVH(3, {"reg": 0.0})
     m3.fit(x, y)
     assert np.array_equal(m3.encode_image(x), m3.encode_text(y))  # every pair: the same code
-    mdef = cvh.Model(3)                                           # default ridge: near-identical
+    mdef = cvh.CVH(3)                                           # default ridge: near-identical
     mdef.fit(x, y)
     assert (mdef.encode_image(x) == mdef.encode_text(y)).mean() > 0.99
 
 
 def test_codes_dtype_shape_determinism_and_state_round_trip():
     x, y = _latent(n=300, seed=5)
-    a, b = cvh.Model(3, seed=1), cvh.Model(3, seed=1)
-    a.fit(x, y)
-    b.fit(x.copy(), y.copy())
+    a, b = cvh.CVH(3), cvh.CVH(3)
+    a.fit(x, y, seed=1)
+    b.fit(x.copy(), y.copy(), seed=1)
     ci = a.encode_image(x[:17])
     assert ci.dtype == np.uint8 and ci.shape == (17, 3) and set(np.unique(ci)) <= {0, 1}
     assert np.array_equal(ci, b.encode_image(x[:17]))
     st = a.state()
     # what a model file does to a state: arrays stay arrays, the rest JSON-like
     st2 = {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in st.items()}
-    r = cvh.Model.from_state(st2)
+    r = cvh.CVH.from_state(3, a.config, st2)
     assert np.array_equal(r.encode_image(x), a.encode_image(x))
     assert np.array_equal(r.encode_text(y), a.encode_text(y))
-    assert r.settings == a.settings and r.bits == 3
-    np.testing.assert_array_equal(r.eigenvalues, a.eigenvalues)
+    assert r.config.to_dict() == a.config.to_dict() and r.bits == 3
+    np.testing.assert_array_equal(r.eigenvalues_, a.eigenvalues_)
     assert a.encode_text(y[:0]).shape == (0, 3)
     # 5 rows vs all rows: another GEMM shape, so the projections agree to rounding and the codes
     # wherever the projection is not within that rounding of 0
     x32 = x.astype(np.float32)
-    proj = (x32.astype(np.float64) - a.mean_x) @ a.w_x
+    proj = (x32.astype(np.float64) - a.mean_x_) @ a.w_x_
     sure = np.abs(proj[:5]) > 1e-9
     assert np.array_equal(a.encode_image(x32)[:5][sure], a.encode_image(x32[:5])[sure])
 
@@ -148,34 +148,34 @@ def _one_line(excinfo) -> str:
 ])
 def test_bad_settings_are_one_line_errors(settings, match):
     with pytest.raises(PipelineError, match=match) as e:
-        cvh.Model(2, settings)
+        cvh.CVH(2, settings)
     _one_line(e)
 
 
 def test_settings_merge_over_defaults_and_numeric_strings():
-    assert cvh.Model(2).settings == cvh.DEFAULTS
-    assert cvh.Model(2, {"reg": "1e-3"}).settings["reg"] == 1e-3
+    assert cvh.CVH(2).config.to_dict() == cvh.Config().to_dict()
+    assert cvh.CVH(2, {"reg": "1e-3"}).config.to_dict()["reg"] == 1e-3
 
 
 def test_bad_inputs_are_one_line_errors():
     x, y = _latent(n=50)
     cases = [
-        (lambda: cvh.Model(0), "bits must be an integer >= 1"),
-        (lambda: cvh.Model(2.5), "bits must be an integer"),
-        (lambda: cvh.Model(2).fit(x[:, 0], y), "image features: expected a 2-D"),
-        (lambda: cvh.Model(2).fit(x, y[:-1]), "row counts differ"),
-        (lambda: cvh.Model(2).fit(np.where(np.arange(50)[:, None] == 7, np.nan, x), y), "NaN/inf in 1 rows.*row 7"),
-        (lambda: cvh.Model(2).fit(x[:1], y[:1]), "at least 2 training pairs"),
-        (lambda: cvh.Model(9).fit(x, y), r"bits \(9\) must be at most min\(d_x, d_y\)"),
-        (lambda: cvh.Model(2).fit(np.ones_like(x), y), "constant"),
-        (lambda: cvh.Model(2).encode_image(x), "not fitted"),
-        (lambda: cvh.Model.from_state({"format": "cmfh/1"}), "format 'cmfh/1', expected 'cvh/1'"),
+        (lambda: cvh.CVH(0), "bits must be an integer >= 1"),
+        (lambda: cvh.CVH(2.5), "bits must be an integer"),
+        (lambda: cvh.CVH(2).fit(x[:, 0], y), "image features: expected a 2-D"),
+        (lambda: cvh.CVH(2).fit(x, y[:-1]), "row counts differ"),
+        (lambda: cvh.CVH(2).fit(np.where(np.arange(50)[:, None] == 7, np.nan, x), y), "NaN/inf in 1 rows.*row 7"),
+        (lambda: cvh.CVH(2).fit(x[:1], y[:1]), "at least 2 training pairs"),
+        (lambda: cvh.CVH(9).fit(x, y), r"bits \(9\) must be at most min\(d_x, d_y\)"),
+        (lambda: cvh.CVH(2).fit(np.ones_like(x), y), "constant"),
+        (lambda: cvh.CVH(2).encode_image(x), "not fitted"),
+        (lambda: cvh.CVH.from_state(2, {}, {"mean_x": [0.0]}), "missing 'w_x'"),
     ]
     for fn, match in cases:
         with pytest.raises(PipelineError, match=match) as e:
             fn()
         _one_line(e)
-    m = cvh.Model(2)
+    m = cvh.CVH(2)
     m.fit(x, y)
     with pytest.raises(PipelineError, match="expected 6 columns") as e:
         m.encode_image(x[:, :5])
@@ -183,5 +183,5 @@ def test_bad_inputs_are_one_line_errors():
     st = m.state()
     st["w_x"] = st["w_x"][:, :1]
     with pytest.raises(PipelineError, match="w_x has shape") as e:
-        cvh.Model.from_state(st)
+        cvh.CVH.from_state(2, {}, st)
     _one_line(e)

@@ -7,16 +7,20 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.model import losses as L
-from pipeline.model.cmimh import CMIMH, resolve_settings
-from pipeline.model.train import resolve_device
+from pipeline.methods import cmimh_losses as L
+from pipeline.methods.cmimh import CMIMH, Config, make_networks
 
 SMALL = {"hidden": 32, "critic_hidden": 16, "critic_dim": 8, "disc_hidden": 16}
 
 
-def _model(weights: dict | None = None, **kw) -> CMIMH:
+def _model(weights: dict | None = None, **kw):
     torch.manual_seed(0)
-    return CMIMH(12, 9, 6, dict(SMALL, weights=weights or {}, **kw))
+    return make_networks(12, 9, 6, dict(SMALL, weights=weights or {}, **kw))
+
+
+def resolve_settings(d: dict) -> dict:
+    """The settings CMIMH trains with: its Config's defaults, ``d`` over them, validated."""
+    return Config.from_dict(d, "cmimh settings").to_dict()
 
 
 @pytest.mark.parametrize("ste", ["identity", "sigmoid", "probs"])
@@ -161,16 +165,4 @@ def test_bad_settings_raise_one_line(bad, match):
 
 def test_bad_bits_raise():
     with pytest.raises(PipelineError, match="bits"):
-        CMIMH(4, 4, 0, SMALL)
-
-
-def test_resolve_device(monkeypatch):
-    assert resolve_device("cpu") == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(PipelineError, match="CUDA is not available"):
-        resolve_device("cuda")
-    with pytest.raises(PipelineError, match="CUDA is not available"):
-        resolve_device("cuda:1")
-    with pytest.raises(PipelineError, match="unknown device"):
-        resolve_device("gpu")
+        CMIMH(0, SMALL)
