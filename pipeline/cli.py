@@ -1,8 +1,10 @@
-"""The ``cmimh`` command: one subcommand per pipeline stage, each also runnable by hand.
+"""The ``cmimh`` command: it parses arguments and calls one stage (:mod:`pipeline.stages`).
 
-Snakemake rules call these with ``--settings JSON`` (the resolved settings of one data set);
-by hand, ``--config config.yaml [--dataset NAME]`` resolves the same settings. Errors a user
-can cause print one line (``cmimh: error: ...``) and exit with status 2.
+Each subcommand is a stage and runs by hand exactly as its Snakemake rule runs it: settings
+from ``--config config.yaml [--dataset NAME]`` (resolved by :func:`pipeline.stages.resolve`),
+or already resolved with ``--settings JSON``. Errors a user can cause print one line
+(``cmimh: error: ...``) and exit with status 2; an unexpected error prints one line too, with
+its traceback in the ``--log`` file.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ log = logging.getLogger("cmimh")
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("settings (one of)")
-    g.add_argument("--settings", help="resolved data set settings as JSON (what the Snakemake rules pass)")
     g.add_argument("--config", help="a config.yaml to resolve the settings from (default: the repo's)")
     g.add_argument("--dataset", help="with --config: the data set (default: the config's)")
+    g.add_argument("--settings", help="the stage's settings, already resolved, as JSON")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -34,80 +36,60 @@ def _common(p: argparse.ArgumentParser) -> None:
                                  "error) to this file; the console keeps warnings and the one-line error")
 
 
-def _settings(a, stage: str, method: str | None = None) -> dict:
-    """The rule's ``--settings`` JSON, or by hand the same settings resolved from ``--config``."""
-    from pipeline.config import settings_from_args
+def _s(a, stage: str, method: str | None = None) -> dict:
+    from pipeline.stages import settings_from_args
 
-    return settings_from_args(a.settings, a.config, a.dataset, stage=stage, method=method)
-
-
-def _device(s: dict):
-    from pipeline.model.train import resolve_device
-
-    return resolve_device(s.get("device", "auto"))
+    s = settings_from_args(a, stage, method)
+    if method is not None:  # resolved --settings JSON may leave the method to --method
+        s.setdefault("method", method)
+        if s["method"] != method:
+            raise PipelineError(f"--method {method} differs from the method of --settings ({s['method']})")
+    return s
 
 
+def _path(v: str | None) -> Path | None:
+    return Path(v) if v else None
+
+
+# ----------------------------------------------------------------------------- subcommands
 def cmd_prepare(a) -> None:
-    s = _settings(a, "prepare")
-    out = Path(a.output)
-    src = s["source"]
-    if out.name != "manifest.jsonl":
-        raise PipelineError(f"prepare output must be named manifest.jsonl, not {out.name}")
-    if src == "demo":
-        from pipeline.data.demo import generate_demo, summarize
+    from pipeline.stages import prepare
 
-        generate_demo(out.parent, n_pairs=int(s.get("n_pairs", 2500)), seed=int(s["seed"]),
-                      image_size=int(s.get("image_size", 96)), progress=not a.no_progress)
-        log.info("demo data set: %s", summarize(out))
-    elif src in ("mirflickr25k", "nuswide", "mscoco"):
-        import importlib
-
-        adapter = importlib.import_module(f"pipeline.data.{src}")
-        adapter.prepare(out.parent, s, progress=not a.no_progress)
-    else:
-        raise PipelineError(f"dataset {s['dataset']!r}: no prepare adapter for source {src!r}")
+    prepare.run(_s(a, "prepare"), Path(a.output), progress=not a.no_progress)
 
 
 def cmd_extract(a) -> None:
-    from pipeline.features import extract
+    from pipeline.stages import extract
 
-    out = Path(a.output)
+    out, progress = Path(a.output), not a.no_progress
     if a.part == "merge":  # reads only the shard files (and the manifest, to check their ids)
         if not a.parts:
             raise PipelineError("extract merge: give the shard files with --parts")
-        extract.merge_fc7([Path(p) for p in a.parts], out, Path(a.manifest) if a.manifest else None,
-                          progress=not a.no_progress)
+        extract.run_merge([Path(p) for p in a.parts], out, _path(a.manifest), progress=progress)
         return
     if (a.shard is None) != (a.shards is None) or (a.shard is not None and a.part != "image"):
         raise PipelineError("--shard I and --shards N go together, with extract image")
-    s = _settings(a, {"image": "extract_image", "text": "extract_text", "assemble": "extract",
-                      "import": "import_features"}[a.part])
-    if a.part == "import":
-        extract.run_import(Path(a.src or s.get("path", "")), s, out)
-        return
     if not a.manifest:
         raise PipelineError(f"extract {a.part}: --manifest is required")
     if a.part == "assemble":
         if not (a.fc7 and a.text):
             raise PipelineError("extract assemble: --fc7 and --text are required")
-        extract.run_assemble(Path(a.manifest), Path(a.fc7), Path(a.text), s, out)
+        extract.run_assemble(Path(a.manifest), Path(a.fc7), Path(a.text), _s(a, "extract"), out)
         return
-    dev = _device(s)
+    from pipeline.torchkit import resolve_device
+
+    s = _s(a, "extract_image" if a.part == "image" else "extract_text")
     if a.part == "image":
-        extract.run_image(Path(a.manifest), s, out, dev, progress=not a.no_progress,
+        extract.run_image(Path(a.manifest), s, out, resolve_device(s["device"]), progress=progress,
                           shard=None if a.shard is None else (a.shard, a.shards))
     else:
-        extract.run_text(Path(a.manifest), s, out, dev, progress=not a.no_progress)
+        extract.run_text(Path(a.manifest), s, out, resolve_device(s["device"]), progress=progress)
 
 
 def cmd_import(a) -> None:
-    """``cmimh import SRC... -o features.h5``: ``extract import`` by hand, for files from other projects."""
-    from pipeline.features import extract
+    from pipeline.stages import extract
 
-    if a.settings or a.config or a.dataset:
-        s = _settings(a, "import_features")
-    else:  # no config needed: only what the import reads
-        s = {"dataset": "imported", "seed": 0}
+    s = _s(a, "import_features") if (a.settings or a.config or a.dataset) else {"dataset": "imported", "seed": 0}
     for key, value in (("n_query", a.n_query), ("n_train", a.n_train), ("seed", a.seed)):
         if value is not None:
             s[key] = value
@@ -122,87 +104,65 @@ def cmd_import(a) -> None:
 
 
 def cmd_train(a) -> None:
-    from pipeline.config import method_settings
-    from pipeline.features.store import read_features
-    from pipeline.io import provenance, sha256_file, without_timings
-    from pipeline.methods import save_trained, train_method, training_rows
-    from pipeline.tune import tuned_settings
+    from pipeline.stages import train
 
-    # --tuned: the tune target's chosen settings first, then the method name's variants
-    s = method_settings(tuned_settings(_settings(a, "train", a.method), a.method, a.tuned), a.method)
-    if a.bits < 1:
-        raise PipelineError(f"code length must be >= 1, not {a.bits}")
-    feats = read_features(a.features)
-    tr = training_rows(feats, s)
-    model, history = train_method(a.method, feats.image[tr], feats.text[tr], a.bits, s, int(s["seed"]),
-                                  _device(s), log_csv=Path(a.log_csv) if a.log_csv else None,
-                                  progress=not a.no_progress)
-    meta = provenance(s, stage="train", method=a.method, bits=a.bits, n_train=int(len(tr)),
-                      features_sha256=sha256_file(a.features), dataset=s["dataset"],
-                      final=without_timings(history[-1]) if history else None)
-    save_trained(a.output, a.method, model, meta)
-    if a.plot and a.log_csv:
-        from pipeline.config import base_method
-        from pipeline.methods import BASELINES, baseline_module
-        from pipeline.report.report import plot_train_log
-
-        base = base_method(a.method)
-        spec = baseline_module(base).PLOT if base in BASELINES else {"x": "epoch", "columns": None}
-        plot_train_log(Path(a.log_csv), Path(a.plot), **spec)
+    train.run(_s(a, "train", a.method), Path(a.features), a.bits, Path(a.output), tuned=_path(a.tuned),
+              log_csv=_path(a.log_csv), plot=_path(a.plot), progress=not a.no_progress)
 
 
 def cmd_encode(a) -> None:
-    from pipeline.model.encode import encode_stage
+    from pipeline.stages import encode
 
-    s = _settings(a, "encode")
-    encode_stage(Path(a.model), Path(a.features), Path(a.output), s, _device(s),
-                 index_dir=Path(a.index) if a.index else None)
+    encode.run(_s(a, "encode", a.method), Path(a.model), Path(a.features), Path(a.output), index_dir=_path(a.index))
 
 
 def cmd_evaluate(a) -> None:
-    from pipeline.eval.evaluate import evaluate_file
+    from pipeline.stages import evaluate
 
-    if a.k < 1:
-        raise PipelineError(f"--k must be >= 1, not {a.k}")
-    evaluate_file(Path(a.codes), Path(a.output), k=a.k)
+    evaluate.run(Path(a.codes), Path(a.output), k=a.k, n_threads=a.threads or 1)
 
 
 def cmd_report(a) -> None:
-    from pipeline.report.report import write_report
+    from pipeline.stages import report
 
-    write_report(Path(a.results), a.dataset, [int(b) for b in a.bits], a.methods, Path(a.output), k=a.k,
-                 include=[Path(p) for p in a.include], html=Path(a.html) if a.html else None)
+    s = _s(a, "report")
+    report.run(Path(a.results), s["dataset"], [int(b) for b in (a.bits or s["code_lengths"])],
+               a.methods or s["methods"], Path(a.output), k=a.k or s["eval_k"],
+               include=[Path(a.results) / "studies" / f"{n}.md" for n in s["studies"]], html=_path(a.html))
 
 
 def cmd_study(a) -> None:
-    from pipeline.report.studies import study_settings_from_args, write_study
+    from pipeline.stages import study
 
-    s = study_settings_from_args(a.settings, a.config, a.dataset)
-    write_study(a.name, s, Path(a.results), Path(a.output), Path(a.plot) if a.plot else None, k=a.k)
+    study.run(a.name, _s(a, "study"), Path(a.results), Path(a.output), _path(a.plot), k=a.k)
 
 
 def cmd_tune(a) -> None:
-    from pipeline import tune
+    from pipeline.stages import tune
 
-    t = tune.tune_settings_from_args(a.tune, a.config, a.dataset)
-    if a.part == "point":
-        if a.point is None or a.fold is None or not a.features:
-            raise PipelineError("tune point needs --features, --point and --fold")
-        s = _settings(a, "train", "cmimh")
-        tune.point_stage(Path(a.features), s, t, a.point, a.fold, Path(a.output), _device(s),
-                         progress=not a.no_progress)
-        return
-    tune.select_stage([Path(p) for p in a.records], t, Path(a.output), Path(a.table) if a.table else None,
-                      Path(a.plot) if a.plot else None)
+    tune.run(_s(a, "tune"), Path(a.results), Path(a.output), _path(a.table), _path(a.plot))
 
 
 def cmd_search(a) -> None:
-    from pipeline.search.index import search_cli
+    from pipeline.stages import search
 
-    search_cli(a)
+    search.run(Path(a.index), text=a.text, image=a.image, k=a.k, target=a.target, backend=a.backend)
+
+
+def cmd_methods(a) -> None:
+    """Every method and its settings: name, default and what it does (from each method's Config)."""
+    from pipeline.methods import REGISTRY, method_help
+
+    for name, cls in REGISTRY.items():
+        print(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        for key, default, doc in cls.Config.describe():
+            print(f"  {key} = {default!r}: {doc}")
+    print(method_help())
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline.report.studies import PAPER_STUDIES
+
     p = argparse.ArgumentParser(prog="cmimh", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
@@ -213,9 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=cmd_prepare)
 
     q = sub.add_parser("extract", help="image/text features -> features.h5")
-    q.add_argument("part", choices=["image", "merge", "text", "assemble", "import"],
+    q.add_argument("part", choices=["image", "merge", "text", "assemble"],
                    help="image: FC7 (all, or one --shard of --shards); merge: shard files -> fc7.h5; "
-                        "text; assemble: PCA, splits -> features.h5; import: your own features")
+                        "text; assemble: PCA, splits -> features.h5 (your own features: cmimh import)")
     _settings_args(q); _common(q)
     q.add_argument("--manifest", help="data/{dataset}/manifest.jsonl (image, text, assemble; merge: to check ids)")
     q.add_argument("--shard", type=int, help="image: extract shard I (0-based) of --shards N, a contiguous row range")
@@ -223,7 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--parts", nargs="+", help="merge: the shard files")
     q.add_argument("--fc7", help="assemble: the image part's output")
     q.add_argument("--text", help="assemble: the text part's output")
-    q.add_argument("--src", help="import: the user's features HDF5 (default: the data set's path)")
     q.add_argument("-o", "--output", required=True)
     q.set_defaults(fn=cmd_extract)
 
@@ -248,10 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(q); _common(q)
     q.add_argument("--features", required=True)
     q.add_argument("--bits", type=int, required=True)
-    q.add_argument("--method", default="cmimh")
-    q.add_argument("--log-csv", help="per-epoch loss terms (CSV)")
-    q.add_argument("--plot", help="loss curves (PNG)")
-    q.add_argument("--tuned", help="results/{dataset}/tune/cmimh.json: settings chosen by `cmimh tune select` "
+    q.add_argument("--method", default="cmimh", help="a method name with its variants (cmimh methods lists them)")
+    q.add_argument("--log-csv", help="per-epoch (or per-iteration) history (CSV)")
+    q.add_argument("--plot", help="what the method optimises, per epoch (PNG)")
+    q.add_argument("--tuned", help="results/{dataset}/tune/{method}.json: the tune target's choice "
                                    "(for a method ending in -tuned)")
     q.add_argument("-o", "--output", required=True, help="model.pt")
     q.set_defaults(fn=cmd_train)
@@ -260,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_args(q); _common(q)
     q.add_argument("--model", required=True)
     q.add_argument("--features", required=True)
+    q.add_argument("--method", default="cmimh", help="the run's method name (a -val<k> run encodes its validation fold)")
     q.add_argument("--index", help="also write a searchable index folder here")
     q.add_argument("-o", "--output", required=True, help="codes.h5")
     q.set_defaults(fn=cmd_encode)
@@ -272,43 +232,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(fn=cmd_evaluate)
 
     q = sub.add_parser("report", help="tables and plots over code lengths and methods")
+    _settings_args(q); _common(q)
     q.add_argument("--results", required=True, help="results/{dataset}")
-    q.add_argument("--dataset", required=True)
-    q.add_argument("--bits", nargs="+", required=True)
-    q.add_argument("--methods", nargs="+", default=["cmimh"])
-    q.add_argument("--k", type=int, default=1000)
-    q.add_argument("--include", nargs="*", default=[], help="Markdown sections to add (experiment tables)")
+    q.add_argument("--bits", nargs="+", help="code lengths (default: the config's code_lengths)")
+    q.add_argument("--methods", nargs="+", help="methods (default: the config's methods)")
+    q.add_argument("--k", type=int, default=None, help="mAP cut-off (default: the config's eval_k)")
     q.add_argument("--html", help="also write the report as one self-contained HTML page (tables and plots)")
     q.add_argument("-o", "--output", required=True, help="report.md")
-    _common(q)
     q.set_defaults(fn=cmd_report)
 
     q = sub.add_parser("study", help="one of the paper's studies as a Markdown table and a plot")
-    q.add_argument("name", choices=["code_lengths", "mi_sweep", "kl_sweep", "train_size", "critic_input",
-                                    "ablation", "tc_study"])
-    g = q.add_argument_group("settings (one of)")
-    g.add_argument("--settings", help="resolved study settings as JSON (what the Snakemake rules pass)")
-    g.add_argument("--config", help="a config.yaml to resolve them from (default: the repo's)")
-    g.add_argument("--dataset", help="with --config: the data set (default: the config's)")
+    q.add_argument("name", choices=PAPER_STUDIES)
+    _settings_args(q); _common(q)
     q.add_argument("--results", required=True, help="results/{dataset}")
     q.add_argument("--k", type=int, default=None, help="mAP cut-off (default: the settings' eval_k)")
     q.add_argument("--plot", help="the study's plot (PNG)")
     q.add_argument("-o", "--output", required=True, help="results/{dataset}/studies/NAME.md")
-    _common(q)
     q.set_defaults(fn=cmd_study)
 
-    q = sub.add_parser("tune", help="hyper-parameter selection on a validation split of the database")
-    q.add_argument("part", choices=["point", "select"],
-                   help="point: train and score one grid point on one fold; select: pick the best")
+    q = sub.add_parser("tune", help="choose each method's settings from its grid points' validation runs")
     _settings_args(q); _common(q)
-    q.add_argument("--tune", help="resolved tune settings as JSON (what the Snakemake rules pass)")
-    q.add_argument("--features", help="point: results/{dataset}/features.h5")
-    q.add_argument("--point", help="point: a grid point's name, e.g. mi1-kl0.5-lr0.001")
-    q.add_argument("--fold", type=int, help="point: the fold (0-based)")
-    q.add_argument("--table", help="select: studies/tune.md")
-    q.add_argument("--plot", help="select: studies/tune.png")
-    q.add_argument("--records", nargs="+", default=[], help="select: the points' validation JSON files")
-    q.add_argument("-o", "--output", required=True, help="point: a validation JSON; select: tune/cmimh.json")
+    q.add_argument("--results", required=True, help="results/{dataset} (the -val<k> runs)")
+    q.add_argument("--table", help="studies/tune.md")
+    q.add_argument("--plot", help="studies/tune.png")
+    q.add_argument("-o", "--output", required=True, help="the folder of the choices: results/{dataset}/tune")
     q.set_defaults(fn=cmd_tune)
 
     q = sub.add_parser("search", help="query an index with a text or an image")
@@ -324,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search database images or texts (default: the other modality)")
     _common(q)
     q.set_defaults(fn=cmd_search)
+
+    q = sub.add_parser("methods", help="list the methods, their settings and the method-name variants")
+    _common(q)
+    q.set_defaults(fn=cmd_methods)
     return p
 
 
@@ -380,28 +331,30 @@ def main(argv: list[str] | None = None) -> int:
     args.log = getattr(args, "log", None)
     try:
         cm = _logging(args)
-        root = cm.__enter__()
+        cm.__enter__()
     except PipelineError as e:
         print(f"cmimh: error: {e}", file=sys.stderr)
         return 2
     try:
-        return _run(args, root)
+        return _run(args)
     finally:
         cm.__exit__(None, None, None)
 
 
-def _run(args, root: logging.Logger) -> int:
+def _run(args) -> int:
     from pipeline.io import write_failure
 
     limits = contextlib.nullcontext()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if getattr(args, "threads", None):
-            import torch
             from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-            torch.set_num_threads(max(1, args.threads))
-            # numpy/scipy BLAS too (the shallow baselines, PCA): jobs running side by side must not
+            if args.command in ("train", "encode", "extract", "search"):
+                import torch
+
+                torch.set_num_threads(max(1, args.threads))
+            # numpy/scipy BLAS too (the linear methods, PCA): jobs running side by side must not
             # each start one BLAS thread per core (measured 10-20x slower when oversubscribed).
             limits = threadpool_limits(max(1, args.threads))
         with limits:

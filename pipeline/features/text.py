@@ -150,7 +150,7 @@ def encode_sentences_h5(enc: TextEncoder, texts: Sequence[str], out_h5: Path, *,
     """
     from tqdm import tqdm
 
-    from pipeline.features.image import WorkFile, digest, fingerprint
+    from pipeline.features.work import WorkFile, digest, fingerprint
     from pipeline.io import write_strings
 
     if batch_size < 1 or chunk_batches < 1:

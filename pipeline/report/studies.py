@@ -1,8 +1,9 @@
 """The paper's studies as tables and plots (CMIMH, Hoang et al., IEEE TNNLS 2023, Section IV-B/C).
 
-Each study is a set of ordinary runs ``results/{dataset}/{method}/{bits}/metrics.json`` whose
-method names carry the variant (:func:`pipeline.config.parse_method`), so the train, encode and
-evaluate rules serve every study unchanged:
+Each study is one object (:class:`Study`: its runs, table, plot and caption) in the registry
+:data:`STUDIES`; its runs are ordinary runs ``results/{dataset}/{method}/{bits}/metrics.json``
+whose method names carry the variant (:func:`pipeline.methods.parse_method`), so the train,
+encode and evaluate rules serve every study unchanged:
 
 =============  ==========================  =====================================================
 study          the paper                   runs
@@ -14,6 +15,8 @@ train_size     Table IX                    ``<method>-ntrain<n>`` x ``train_size
 critic_input   Table I                     ``cmimh`` (critic on p) and ``cmimh-samples<K>``
 ablation       Table IV                    ``cmimh_no_<term>`` at ``ablation.bits``
 tc_study       Table II                    ``cmimh`` and ``cmimh_no_tc`` x ``tc_bits``
+tune           "by cross validation"       each grid point of ``tune.grid`` on each validation fold
+               (section IV-A)              (``cmimh-mi1-kl0.5-val0``): see :class:`Tune`
 =============  ==========================  =====================================================
 
 :func:`study_runs` is the one list of runs a study needs: the Snakemake rules take their inputs
@@ -27,27 +30,26 @@ The paper's extracted text lost the swept values of Figures 1 and 3; the default
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from pipeline.config import BASES, parse_method
+from pipeline.config import merge
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, write_text
-from pipeline.report.report import TASKS, VARIANT_NAMES, ablation_table, metric_table
+from pipeline.eval.tasks import CROSS_MODAL, TASKS
+from pipeline.methods import REGISTRY, fmt_number, parse_method
+from pipeline.report import figures
+from pipeline.report.tables import VARIANT_NAMES, ablation_table, metric_table, pct
 
 log = logging.getLogger(__name__)
 
-#: The study targets, in the order ``snakemake studies`` lists them.
-STUDIES = ("code_lengths", "mi_sweep", "kl_sweep", "train_size", "critic_input", "ablation", "tc_study")
-
 #: ``studies:`` defaults (config.yaml may override any key, globally or per data set).
 STUDY_DEFAULTS: dict[str, Any] = {
+    "report": [],                             # studies whose tables go into report.md
     "bits": 32,                               # mi_sweep, kl_sweep, critic_input (the paper: 32 bits)
     "code_lengths": [16, 32, 48, 64, 128],
     "mi_weights": [0, 0.1, 0.5, 1, 2, 5],
@@ -58,18 +60,21 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "critic_samples": [1, 5, 10, 20],         # Table I
     "tc_bits": [16, 32, 48],                  # Table II
     "epochs": None,                           # None: the cmimh epochs; n: every CMIMH study run gets -epochs<n>
+    "ablation_variants": ["cmimh", "cmimh_no_rec", "cmimh_no_mi", "cmimh_no_kl", "cmimh_no_tc", "cmimh_no_bal"],
 }
-ABLATION_VARIANTS = ["cmimh", "cmimh_no_rec", "cmimh_no_mi", "cmimh_no_kl", "cmimh_no_tc", "cmimh_no_bal"]
+#: ``tune:`` defaults: the grid of each method (its variant keys -> values), the validation protocol.
+TUNE_DEFAULTS: dict[str, Any] = {
+    "grid": {"cmimh": {"mi": [0.5, 1, 2], "kl": [0.1, 0.5, 1], "lr": [0.0001, 0.001]}},
+    "val_queries": 2000,
+    "folds": 1,
+    "bits": 32,
+    "epochs": None,
+    "train_size": None,
+}
+TUNE_FORMAT = "cmimh-tune/2"
+CRITERION = "mean over folds of (validation mAP@k i2t + t2i) / 2"
+TIE_BREAK = "the first point in grid order (the method's variant keys in order; values as listed) wins a tie"
 
-TITLES = {
-    "code_lengths": ("Code lengths", "the paper's Table III layout"),
-    "mi_sweep": ("JS-MI weight sweep", "the paper's Figure 1"),
-    "kl_sweep": ("Symmetrised-KL weight sweep", "the paper's Figure 3"),
-    "train_size": ("Training-set size", "the paper's Table IX"),
-    "critic_input": ("Critic input: Bernoulli probabilities vs binary samples", "the paper's Table I"),
-    "ablation": ("Component ablation", "the paper's Table IV"),
-    "tc_study": ("Total Correlation regulariser", "the paper's Table II"),
-}
 
 
 @dataclass(frozen=True)
@@ -83,94 +88,52 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- settings
-def _merge(base: dict, over: dict | None) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-def resolve_studies(config: dict, dataset: str | None = None) -> dict:
-    """The study settings of ``dataset``: defaults < ``studies:`` < ``datasets.NAME.studies``.
-
-    Adds what the studies read from elsewhere in the config: ``methods`` (code_lengths), the
-    ``ablation:`` block (``ablation_bits``, ``ablation_variants``), ``eval_k`` and the data set.
-    """
-    name = dataset or config["dataset"]
-    if name not in config.get("datasets", {}):
-        raise PipelineError(f"config: unknown dataset {name!r}")
-    s = _merge(STUDY_DEFAULTS, config.get("studies"))
-    s = _merge(s, config["datasets"][name].get("studies"))
-    abl = config.get("ablation") or {}
-    s.update({"dataset": name, "methods": list(config.get("methods", ["cmimh"])),
-              "ablation_bits": int(abl.get("bits", s["bits"])),
-              "ablation_variants": list(abl.get("variants", ABLATION_VARIANTS)),
-              "eval_k": int(config.get("eval_k", 1000))})
+def study_settings(view: dict) -> dict:
+    """A data set's study settings (``view``: :func:`pipeline.config.dataset_view`): the defaults
+    under ``studies:`` (global, then the data set's), with ``methods``, ``eval_k`` and the data set."""
+    s = merge(STUDY_DEFAULTS, view.get("studies"))
+    unknown = [n for n in s["report"] if n not in STUDIES]
+    if unknown:
+        raise PipelineError(f"config: studies.report: unknown study {unknown[0]!r} (known: {', '.join(STUDIES)})")
+    s.update({"dataset": view["dataset"], "methods": list(view.get("methods", ["cmimh"])),
+              "eval_k": int(view.get("eval_k", 1000))})
     return s
 
 
-def study_settings_from_args(settings_json: str | None, config_path: str | None, dataset: str | None) -> dict:
-    """Study settings from ``--settings JSON`` (the rules) or ``--config FILE [--dataset]`` (by hand)."""
-    from pipeline.config import settings_from_args
-
-    s = settings_from_args(settings_json, config_path, dataset, resolver=resolve_studies, check_files=False)
-    return _merge(STUDY_DEFAULTS, s) if settings_json else s
+def tune_settings(view: dict, config: dict | None) -> dict:
+    """A data set's tune settings: defaults < ``tune:`` < ``datasets.NAME.tune``, scalar keys one by
+    one; a ``grid`` given at a level replaces the whole grid below it (a grid is one design, not a
+    sum of lists). ``config``: the raw config, for that rule (None: the view's merged grid)."""
+    out = merge(TUNE_DEFAULTS, {k: v for k, v in (view.get("tune") or {}).items() if k != "grid"})
+    grid = TUNE_DEFAULTS["grid"]
+    if config is not None:
+        for level in ((config.get("tune") or {}), (config["datasets"][view["dataset"]].get("tune") or {})):
+            if "grid" in level:
+                grid = level["grid"]
+    elif (view.get("tune") or {}).get("grid"):
+        grid = view["tune"]["grid"]
+    out["grid"] = grid
+    out.update({"dataset": view["dataset"], "seed": int(view.get("seed", 0)), "eval_k": int(view.get("eval_k", 1000))})
+    for method in out["grid"]:
+        grid_points(method, out["grid"][method])  # validates
+    return out
 
 
 # ----------------------------------------------------------------------------- runs
-def fmt_number(v: float) -> str:
-    """A number as it appears in a method name: ``0.1``, ``1``, ``0.0001`` (never ``1e-04``)."""
-    return np.format_float_positional(float(v), trim="-")
-
-
 def with_epochs(method: str, epochs: int | None) -> str:
-    """``method`` with ``-epochs<n>`` (before a final ``-tuned``) when a study shortens training.
-
-    Only CMIMH has an epochs variant; a baseline or a name that already sets epochs is unchanged.
-    """
+    """``method`` with ``-epochs<n>`` (before a final ``-tuned``) when a study shortens training
+    (``studies.epochs``: CMIMH's runs, the expensive ones); a name that already sets epochs, or
+    another method, is unchanged."""
     if epochs is None:
         return method
-    p = parse_method(method)
-    if p["base"] != "cmimh" or "epochs" in p["variants"]:
+    m = parse_method(method)
+    if m.base != "cmimh" or "epochs" in m.variants:
         return method
-    stem = method[: -len("-tuned")] if p["tuned"] else method
-    return f"{stem}-epochs{int(epochs)}" + ("-tuned" if p["tuned"] else "")
-
-
-def study_runs(name: str, s: dict) -> list[Run]:
-    """The runs study ``name`` needs under settings ``s`` (:func:`resolve_studies`)."""
-    ep = s.get("epochs")
-    bits = int(s["bits"])
-    if name == "code_lengths":
-        return [Run(with_epochs(m, ep), int(b), int(b), m) for m in s["methods"] for b in s["code_lengths"]]
-    if name in ("mi_sweep", "kl_sweep"):
-        term = name[:2]
-        return [Run(with_epochs(f"cmimh-{term}{fmt_number(w)}", ep), bits, float(w), "cmimh")
-                for w in s[f"{term}_weights"]]
-    if name == "train_size":
-        for m in s["train_size_methods"]:
-            if m not in BASES:
-                raise PipelineError(f"studies.train_size_methods: {m!r} is not a base method ({', '.join(BASES)})")
-        return [Run(with_epochs(f"{m}-ntrain{int(n)}", ep), int(b), int(n), m)
-                for b in s["train_size_bits"] for m in s["train_size_methods"] for n in s["train_sizes"]]
-    if name == "critic_input":
-        return [Run(with_epochs("cmimh", ep), bits, "probs", "cmimh")] + [
-            Run(with_epochs(f"cmimh-samples{int(k)}", ep), bits, int(k), "cmimh") for k in s["critic_samples"]]
-    if name == "ablation":
-        return [Run(with_epochs(v, ep), int(s["ablation_bits"]), v, v) for v in s["ablation_variants"]]
-    if name == "tc_study":
-        return [Run(with_epochs(m, ep), int(b), m == "cmimh", m)
-                for b in s["tc_bits"] for m in ("cmimh", "cmimh_no_tc")]
-    raise PipelineError(f"unknown study {name!r} (known: {', '.join(STUDIES)})")
+    return m.with_variants(epochs=int(epochs))
 
 
 def metrics_path(results: Path, run: Run) -> Path:
     return Path(results) / run.method / str(run.bits) / "metrics.json"
-
-
-def study_metrics_files(results: str | Path, name: str, s: dict) -> list[str]:
-    """The metrics.json files of a study (Snakemake inputs), without duplicates, in run order."""
-    return list(dict.fromkeys(str(metrics_path(Path(results), r)) for r in study_runs(name, s)))
 
 
 def load_study_metrics(results: Path, runs: list[Run], key: str) -> dict[Run, dict]:
@@ -184,16 +147,10 @@ def load_study_metrics(results: Path, runs: list[Run], key: str) -> dict[Run, di
             m = json.loads(p.read_text())
         except ValueError:
             raise PipelineError(f"{p}: not valid JSON") from None
-        if not isinstance(m.get(key), dict) or any(t not in m[key] for t, _ in TASKS):
+        if not isinstance(m.get(key), dict) or any(t.name not in m[key] for t in TASKS):
             raise PipelineError(f"{p}: no {key} for every task (evaluated with another --k?)")
         out[r] = m
     return out
-
-
-# ----------------------------------------------------------------------------- tables
-def pct(v: float | None) -> str:
-    """A fraction as a percentage with two decimals, as the paper prints mAP; '–' when absent."""
-    return "–" if v is None else f"{100 * v:.2f}"
 
 
 def _size(n: int) -> str:
@@ -206,229 +163,385 @@ def _columns_table(first: str, cols: list[str], rows: list[tuple[str, list[str]]
     return "\n".join(out)
 
 
-def table_code_lengths(runs: list[Run], m: dict[Run, dict], key: str) -> str:
-    """Table III layout: one row per (task, method), one column per code length."""
-    by: dict[str, dict[int, dict]] = {}
-    for r in runs:
-        by.setdefault(r.group, {})[r.bits] = m[r]
-    bits = list(dict.fromkeys(r.bits for r in runs))
-    return metric_table(by, key, bits)
-
-
-def table_sweep(runs: list[Run], m: dict[Run, dict], key: str, term: str) -> str:
-    """Figures 1 / 3 as a table: one row per task, one column per weight."""
-    cols = [f"{term} = {fmt_number(r.value)}" for r in runs]
-    return _columns_table("Task", cols, [(label, [pct(m[r][key][t]) for r in runs]) for t, label in TASKS])
-
-
-def table_train_size(runs: list[Run], m: dict[Run, dict], key: str) -> str:
-    """Table IX layout: rows (L, task, method), one column per training-set size."""
-    sizes = list(dict.fromkeys(r.value for r in runs))
-    idx = {(r.bits, r.group, r.value): r for r in runs}
-    lines = ["| L | Task | Method | " + " | ".join(_size(n) for n in sizes) + " |",
-             "|---:|---|---|" + "---:|" * len(sizes)]
-    for b in dict.fromkeys(r.bits for r in runs):
-        for t, label in TASKS:
-            for g in dict.fromkeys(r.group for r in runs):
-                lines.append(f"| {b} | {label} | {g} | "
-                             + " | ".join(pct(m[idx[(b, g, n)]][key][t]) for n in sizes) + " |")
-    return "\n".join(lines)
-
-
-def table_critic_input(runs: list[Run], m: dict[Run, dict], key: str) -> str:
-    """Table I layout: one row per task; columns the critic on p, then on K binary samples."""
-    cols = ["Bernoulli p" if r.value == "probs" else f"K = {r.value}" for r in runs]
-    return _columns_table("Task", cols, [(label, [pct(m[r][key][t]) for r in runs]) for t, label in TASKS])
-
-
-def table_ablation(runs: list[Run], m: dict[Run, dict], key: str) -> str:
-    """Table IV: one row per variant (report.ablation_table's layout)."""
-    return ablation_table({r.group: m[r] for r in runs}, key)
-
-
 def _num(v: float | None, digits: int) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def table_tc(runs: list[Run], m: dict[Run, dict], key: str) -> str:
-    """Table II layout: per code length, with (✓) and without (✗) the TC term; rows TC, Corr MSE, mAP."""
-    cols = [f"{r.bits} {'✓' if r.value else '✗'}" for r in runs]
-    d = {r: (m[r].get("diagnostics") or {}) for r in runs}
-    rows = [("TC | Img", [_num(d[r].get("tc_image"), 3) for r in runs]),
-            ("TC | Txt", [_num(d[r].get("tc_text"), 3) for r in runs]),
-            ("Corr MSE | Img", [_num(d[r].get("corr_mse_image"), 4) for r in runs]),
-            ("Corr MSE | Txt", [_num(d[r].get("corr_mse_text"), 4) for r in runs])]
-    rows += [(f"mAP@{key.split('@')[1]} | {label}", [pct(m[r][key][t]) for r in runs]) for t, label in TASKS]
-    out = ["| Quantity | | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
-    out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
-    return "\n".join(out)
+# ----------------------------------------------------------------------------- the studies
+class Study:
+    """One of the paper's studies: which runs it needs, its table, its plot, its caption.
+
+    ``runs(s)`` is the one list of runs: the Snakemake rules take their inputs from it and the
+    table reads the same runs, so the plan and the table cannot disagree.
+    """
+
+    name: str = ""
+    title: str = ""
+    reference: str = ""  # where the paper has it
+
+    def runs(self, s: dict) -> list[Run]:
+        raise NotImplementedError
+
+    def table(self, runs: list[Run], m: dict[Run, dict], key: str) -> str:
+        raise NotImplementedError
+
+    def caption(self, s: dict, runs: list[Run]) -> str:
+        """The sentence under the table: what was varied, everything else as configured."""
+        raise NotImplementedError
+
+    def plot(self, runs: list[Run], m: dict[Run, dict], key: str, out_png: Path) -> None:
+        raise NotImplementedError
+
+    def markdown(self, s: dict, metrics: dict[Run, dict], runs: list[Run], k: int) -> str:
+        """The study's Markdown section: title, table (mAP@k in %), caption, the runs."""
+        bits = sorted({r.bits for r in runs})
+        bits_txt = f"{bits[0]} bits" if len(bits) == 1 else "bits " + ", ".join(map(str, bits))
+        key = f"map@{k}"
+        lines = [f"## {self.title} ({s['dataset']}, {bits_txt}, mAP@{k} in %; {self.reference})", "",
+                 self.table(runs, metrics, key), "", self.caption(s, runs), ""]
+        if s.get("epochs") is not None and any("epochs" in parse_method(r.method).variants for r in runs):
+            lines += [f"CMIMH runs of this study train for {int(s['epochs'])} epochs (studies.epochs), "
+                      "not the configured cmimh epochs.", ""]
+        runs_txt = ", ".join(f"`{m}`" for m in dict.fromkeys(r.method for r in runs))
+        lines += [f"Runs (results/{s['dataset']}/<method>/<bits>/): {runs_txt}. Plot: studies/{self.name}.png.", ""]
+        return "\n".join(lines)
 
 
-def _varied(name: str, s: dict, runs: list[Run]) -> str:
-    """The sentence under a table: what was varied, everything else as configured."""
-    if name == "code_lengths":
-        return ("Each cell trains the row's method at the column's code length; "
-                "every other setting as configured.")
-    if name in ("mi_sweep", "kl_sweep"):
-        what = ("the inter-modal Jensen–Shannon MI term (w_mi)" if name == "mi_sweep"
-                else "the symmetrised Bernoulli KL term (w_kl)")
-        return (f"Each column trains CMIMH with the weight of {what} in eq. 14 set to the value shown; "
-                "every other setting as configured. (The paper's extracted text lost its swept values; these are ours.)")
-    if name == "train_size":
-        return ("Each column trains on that many pairs drawn at random from the database with the seed "
-                "(the -ntrain<n> variant), not the fixed training split; queries and database are unchanged.")
-    if name == "critic_input":
-        return ("The JS critic reads the Bernoulli probabilities p (the paper's choice) or K pairs of binary "
-                "samples drawn with the straight-through estimator (I_JS averaged over the K pairs).")
-    if name == "ablation":
-        return "Each row trains CMIMH with one loss term switched off (its weight set to 0)."
-    if name == "tc_study":
-        return ("✓: CMIMH as configured; ✗: without the Total Correlation term (tc = 0). TC is the "
-                "discriminator's estimate mean logit C(p) on the database codes; a model trained without the "
-                "TC term has no discriminator, so its TC is not estimated (–; the paper estimates it with a "
-                "separately trained classifier). Corr MSE = mean((C − I)²) of the database codes' bit correlations.")
-    raise PipelineError(f"unknown study {name!r}")
+class CodeLengths(Study):
+    name, title, reference = "code_lengths", "Code lengths", "the paper's Table III layout"
 
+    def runs(self, s):
+        return [Run(with_epochs(m, s["epochs"]), int(b), int(b), m) for m in s["methods"] for b in s["code_lengths"]]
 
-TABLES: dict[str, Callable[..., str]] = {
-    "code_lengths": table_code_lengths,
-    "mi_sweep": lambda runs, m, key: table_sweep(runs, m, key, "mi"),
-    "kl_sweep": lambda runs, m, key: table_sweep(runs, m, key, "kl"),
-    "train_size": table_train_size,
-    "critic_input": table_critic_input,
-    "ablation": table_ablation,
-    "tc_study": table_tc,
-}
+    def table(self, runs, m, key):
+        by: dict[str, dict[int, dict]] = {}
+        for r in runs:
+            by.setdefault(r.group, {})[r.bits] = m[r]
+        return metric_table(by, key, list(dict.fromkeys(r.bits for r in runs)))
 
+    def caption(self, s, runs):
+        return "Each cell trains the row's method at the column's code length; every other setting as configured."
 
-def study_markdown(name: str, s: dict, metrics: dict[Run, dict], runs: list[Run], k: int) -> str:
-    """The Markdown section of one study: title, table (mAP@k in %), what was varied, the runs."""
-    title, ref = TITLES[name]
-    bits = sorted({r.bits for r in runs})
-    bits_txt = f"{bits[0]} bits" if len(bits) == 1 else "bits " + ", ".join(map(str, bits))
-    key = f"map@{k}"
-    lines = [f"## {title} ({s['dataset']}, {bits_txt}, mAP@{k} in %; {ref})", "",
-             TABLES[name](runs, metrics, key), "", _varied(name, s, runs), ""]
-    if s.get("epochs") is not None and any(parse_method(r.method)["base"] == "cmimh" for r in runs):
-        lines += [f"CMIMH runs of this study train for {int(s['epochs'])} epochs (studies.epochs), "
-                  "not the configured cmimh epochs.", ""]
-    runs_txt = ", ".join(f"`{m}`" for m in dict.fromkeys(r.method for r in runs))
-    lines += [f"Runs (results/{s['dataset']}/<method>/<bits>/): {runs_txt}. Plot: studies/{name}.png.", ""]
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------- plots
-def _figure(ncols: int, width: float = 3.6, height: float = 3.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height))
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
-
-
-def _save(fig, path: Path) -> None:
-    fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
-def _lines(ax, xlabels: list[str], series: dict[str, list[float | None]], xlabel: str, ylabel: str) -> None:
-    """Lines over evenly spaced categorical x positions (sweeps include 0, so no log axis)."""
-    x = np.arange(len(xlabels))
-    for label, ys in series.items():
-        ax.plot(x, [np.nan if v is None else v for v in ys], marker="o", label=label)
-    ax.set_xticks(x, xlabels)
-    ax.set(xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-
-
-def _bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str) -> None:
-    """Grouped bars: one group per task, one bar per series."""
-    x = np.arange(len(groups))
-    w = 0.8 / max(len(series), 1)
-    for i, (label, ys) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * w, ys, w, label=label)
-    ax.set_xticks(x, groups)
-    top = max((v for ys in series.values() for v in ys), default=1.0)
-    rows = -(-len(series) // 3)  # legend rows, 3 entries a row
-    ax.set(ylabel=ylabel, ylim=(0, (1.15 + 0.15 * rows) * top if top > 0 else 1.0))  # headroom for the legend
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, ncol=min(len(series), 3), loc="upper center")
-
-
-def plot_study(name: str, runs: list[Run], m: dict[Run, dict], key: str, out_png: Path) -> None:
-    """The study's plot: mAP (%) against the varied value per task, or grouped bars."""
-    ylabel = f"{key} (%)"
-    tasks = [t for t, _ in TASKS]
-    labels = [label for _, label in TASKS]
-    if name == "code_lengths":
-        fig, axes = _figure(len(TASKS))
+    def plot(self, runs, m, key, out_png):
+        fig, axes = figures.figure(len(TASKS), 3.6, 3.0)
         groups = list(dict.fromkeys(r.group for r in runs))
         bits = list(dict.fromkeys(r.bits for r in runs))
         idx = {(r.group, r.bits): r for r in runs}
-        for ax, t, label in zip(axes, tasks, labels):
-            _lines(ax, [str(b) for b in bits], {g: [100 * m[idx[(g, b)]][key][t] for b in bits] for g in groups},
-                   "bits", ylabel)
-            ax.set_title(label)
-    elif name in ("mi_sweep", "kl_sweep"):
-        fig, axes = _figure(1, 5.0, 3.4)
-        _lines(axes[0], [fmt_number(r.value) for r in runs],
-               {label: [100 * m[r][key][t] for r in runs] for t, label in TASKS},
-               "weight w_mi (JS-MI term)" if name == "mi_sweep" else "weight w_kl (symmetrised KL term)", ylabel)
-        axes[0].set_title(TITLES[name][0])
-    elif name == "train_size":
+        for ax, t in zip(axes, TASKS):
+            figures.lines(ax, [str(b) for b in bits], {g: [100 * m[idx[(g, b)]][key][t.name] for b in bits]
+                                                       for g in groups}, "bits", f"{key} (%)")
+            ax.set_title(t.label)
+        figures.save(fig, out_png)
+
+
+class WeightSweep(Study):
+    """Figures 1 and 3: CMIMH with one loss weight swept (``cmimh-<term><w>``)."""
+
+    def __init__(self, term: str, name: str, title: str, reference: str, what: str) -> None:
+        self.term, self.name, self.title, self.reference, self.what = term, name, title, reference, what
+
+    def runs(self, s):
+        return [Run(with_epochs(f"cmimh-{self.term}{fmt_number(w)}", s["epochs"]), int(s["bits"]), float(w), "cmimh")
+                for w in s[f"{self.term}_weights"]]
+
+    def table(self, runs, m, key):
+        cols = [f"{self.term} = {fmt_number(r.value)}" for r in runs]
+        return _columns_table("Task", cols, [(t.label, [pct(m[r][key][t.name]) for r in runs]) for t in TASKS])
+
+    def caption(self, s, runs):
+        return (f"Each column trains CMIMH with the weight of {self.what} in eq. 14 set to the value shown; "
+                "every other setting as configured. (The paper's extracted text lost its swept values; these are ours.)")
+
+    def plot(self, runs, m, key, out_png):
+        fig, axes = figures.figure(1, 5.0, 3.4)
+        figures.lines(axes[0], [fmt_number(r.value) for r in runs],
+                      {t.label: [100 * m[r][key][t.name] for r in runs] for t in TASKS},
+                      f"weight w_{self.term} ({self.what.split('(')[0].strip()})", f"{key} (%)")
+        axes[0].set_title(self.title)
+        figures.save(fig, out_png)
+
+
+class TrainSize(Study):
+    name, title, reference = "train_size", "Training-set size", "the paper's Table IX"
+
+    def runs(self, s):
+        for m in s["train_size_methods"]:
+            if m not in REGISTRY:
+                raise PipelineError(f"studies.train_size_methods: {m!r} is not a base method ({', '.join(REGISTRY)})")
+        return [Run(with_epochs(f"{m}-ntrain{int(n)}", s["epochs"]), int(b), int(n), m)
+                for b in s["train_size_bits"] for m in s["train_size_methods"] for n in s["train_sizes"]]
+
+    def table(self, runs, m, key):
+        sizes = list(dict.fromkeys(r.value for r in runs))
+        idx = {(r.bits, r.group, r.value): r for r in runs}
+        lines = ["| L | Task | Method | " + " | ".join(_size(n) for n in sizes) + " |",
+                 "|---:|---|---|" + "---:|" * len(sizes)]
+        for b in dict.fromkeys(r.bits for r in runs):
+            for t in TASKS:
+                for g in dict.fromkeys(r.group for r in runs):
+                    lines.append(f"| {b} | {t.label} | {g} | "
+                                 + " | ".join(pct(m[idx[(b, g, n)]][key][t.name]) for n in sizes) + " |")
+        return "\n".join(lines)
+
+    def caption(self, s, runs):
+        return ("Each column trains on that many pairs drawn at random from the database with the seed "
+                "(the -ntrain<n> variant), not the fixed training split; queries and database are unchanged.")
+
+    def plot(self, runs, m, key, out_png):
         bits = list(dict.fromkeys(r.bits for r in runs))
         sizes = list(dict.fromkeys(r.value for r in runs))
         groups = list(dict.fromkeys(r.group for r in runs))
         idx = {(r.bits, r.group, r.value): r for r in runs}
-        fig, axes = _figure(len(bits), 4.2, 3.4)
+        fig, axes = figures.figure(len(bits), 4.2, 3.4)
         for ax, b in zip(axes, bits):
-            _lines(ax, [_size(n) for n in sizes],
-                   {f"{g} {label}": [100 * m[idx[(b, g, n)]][key][t] for n in sizes]
-                    for g in groups for t, label in TASKS[:2]}, "training pairs", ylabel)
+            figures.lines(ax, [_size(n) for n in sizes],
+                          {f"{g} {t.label}": [100 * m[idx[(b, g, n)]][key][t.name] for n in sizes]
+                           for g in groups for t in CROSS_MODAL}, "training pairs", f"{key} (%)")
             ax.set_title(f"{b} bits")
-    elif name in ("critic_input", "ablation"):
-        fig, axes = _figure(1, 6.0, 3.4)
-        def bar_label(r: Run) -> str:
-            if name == "critic_input":
-                return "Bernoulli p" if r.value == "probs" else f"K = {r.value}"
-            return VARIANT_NAMES.get(r.group, r.group)
+        figures.save(fig, out_png)
 
-        series = {bar_label(r): [100 * m[r][key][t] for t in tasks] for r in runs}
-        _bars(axes[0], labels, series, ylabel)
-        axes[0].set_title(TITLES[name][0])
-    elif name == "tc_study":
+
+class Bars(Study):
+    """A study shown as grouped bars per task (Table I, Table IV)."""
+
+    def bar_label(self, r: Run) -> str:
+        raise NotImplementedError
+
+    def plot(self, runs, m, key, out_png):
+        fig, axes = figures.figure(1, 6.0, 3.4)
+        series = {self.bar_label(r): [100 * m[r][key][t.name] for t in TASKS] for r in runs}
+        figures.bars(axes[0], [t.label for t in TASKS], series, f"{key} (%)")
+        axes[0].set_title(self.title)
+        figures.save(fig, out_png)
+
+
+class CriticInput(Bars):
+    name, title, reference = ("critic_input", "Critic input: Bernoulli probabilities vs binary samples",
+                              "the paper's Table I")
+
+    def runs(self, s):
+        return [Run(with_epochs("cmimh", s["epochs"]), int(s["bits"]), "probs", "cmimh")] + [
+            Run(with_epochs(f"cmimh-samples{int(k)}", s["epochs"]), int(s["bits"]), int(k), "cmimh")
+            for k in s["critic_samples"]]
+
+    def bar_label(self, r):
+        return "Bernoulli p" if r.value == "probs" else f"K = {r.value}"
+
+    def table(self, runs, m, key):
+        return _columns_table("Task", [self.bar_label(r) for r in runs],
+                              [(t.label, [pct(m[r][key][t.name]) for r in runs]) for t in TASKS])
+
+    def caption(self, s, runs):
+        return ("The JS critic reads the Bernoulli probabilities p (the paper's choice) or K pairs of binary "
+                "samples drawn with the straight-through estimator (I_JS averaged over the K pairs).")
+
+
+class Ablation(Bars):
+    name, title, reference = "ablation", "Component ablation", "the paper's Table IV"
+
+    def runs(self, s):
+        return [Run(with_epochs(v, s["epochs"]), int(s["bits"]), v, v) for v in s["ablation_variants"]]
+
+    def bar_label(self, r):
+        return VARIANT_NAMES.get(r.group, r.group)
+
+    def table(self, runs, m, key):
+        return ablation_table({r.group: m[r] for r in runs}, key)
+
+    def caption(self, s, runs):
+        return "Each row trains CMIMH with one loss term switched off (its weight set to 0)."
+
+
+class TCStudy(Study):
+    name, title, reference = "tc_study", "Total Correlation regulariser", "the paper's Table II"
+
+    def runs(self, s):
+        return [Run(with_epochs(m, s["epochs"]), int(b), m == "cmimh", m)
+                for b in s["tc_bits"] for m in ("cmimh", "cmimh_no_tc")]
+
+    def table(self, runs, m, key):
+        cols = [f"{r.bits} {'✓' if r.value else '✗'}" for r in runs]
+        d = {r: (m[r].get("diagnostics") or {}) for r in runs}
+        rows = [("TC | Img", [_num(d[r].get("tc_image"), 3) for r in runs]),
+                ("TC | Txt", [_num(d[r].get("tc_text"), 3) for r in runs]),
+                ("Corr MSE | Img", [_num(d[r].get("corr_mse_image"), 4) for r in runs]),
+                ("Corr MSE | Txt", [_num(d[r].get("corr_mse_text"), 4) for r in runs])]
+        rows += [(f"mAP@{key.split('@')[1]} | {t.label}", [pct(m[r][key][t.name]) for r in runs]) for t in TASKS]
+        out = ["| Quantity | | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
+        out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+        return "\n".join(out)
+
+    def caption(self, s, runs):
+        return ("✓: CMIMH as configured; ✗: without the Total Correlation term (tc = 0). TC is the "
+                "discriminator's estimate mean logit C(p) on the database codes; a model trained without the "
+                "TC term has no discriminator, so its TC is not estimated (–; the paper estimates it with a "
+                "separately trained classifier). Corr MSE = mean((C − I)²) of the database codes' bit correlations.")
+
+    def plot(self, runs, m, key, out_png):
         bits = list(dict.fromkeys(r.bits for r in runs))
         idx = {(r.bits, r.value): r for r in runs}
-        fig, axes = _figure(2, 4.2, 3.4)
+        fig, axes = figures.figure(2, 4.2, 3.4)
         mk = {True: "with TC", False: "without TC"}
-        _lines(axes[0], [str(b) for b in bits],
-               {f"{label} {mk[w]}": [100 * m[idx[(b, w)]][key][t] for b in bits]
-                for t, label in TASKS[:2] for w in (True, False)}, "bits", ylabel)
-        _lines(axes[1], [str(b) for b in bits],
-               {f"{mod} {mk[w]}": [(m[idx[(b, w)]].get("diagnostics") or {}).get(f"corr_mse_{mod}") for b in bits]
-                for mod in ("image", "text") for w in (True, False)}, "bits", "Corr MSE")
+        figures.lines(axes[0], [str(b) for b in bits],
+                      {f"{t.label} {mk[w]}": [100 * m[idx[(b, w)]][key][t.name] for b in bits]
+                       for t in CROSS_MODAL for w in (True, False)}, "bits", f"{key} (%)")
+        figures.lines(axes[1], [str(b) for b in bits],
+                      {f"{mod} {mk[w]}": [(m[idx[(b, w)]].get("diagnostics") or {}).get(f"corr_mse_{mod}")
+                                          for b in bits]
+                       for mod in ("image", "text") for w in (True, False)}, "bits", "Corr MSE")
         axes[0].set_title("mAP")
         axes[1].set_title("Corr MSE of database codes")
-    else:
-        raise PipelineError(f"unknown study {name!r}")
-    _save(fig, out_png)
+        figures.save(fig, out_png)
 
 
-# ----------------------------------------------------------------------------- stage
-def write_study(name: str, s: dict, results: Path, out_md: Path, out_png: Path | None = None,
-                k: int | None = None) -> str:
-    """Write study ``name``'s Markdown table (and plot) from ``results`` = results/{dataset}; return the text."""
+# ----------------------------------------------------------------------------- tune
+def grid_points(method: str, grid: dict[str, list]) -> list[dict[str, float]]:
+    """A method's grid points in grid order: keys in the order of the method's variants, the last
+    key varying fastest; each point is a set of method-name variants (``{"mi": 1, "kl": 0.5}``)."""
+    import itertools
+
+    if method not in REGISTRY:
+        raise PipelineError(f"tune.grid: unknown method {method!r} (known: {', '.join(REGISTRY)})")
+    keys_known = list(REGISTRY[method].variants)
+    if not isinstance(grid, dict) or not grid:
+        raise PipelineError(f"tune.grid.{method} must map at least one of {', '.join(keys_known) or '(none)'} "
+                            "to a list of values")
+    unknown = set(grid) - set(keys_known)
+    if unknown:
+        raise PipelineError(f"tune.grid.{method}: unknown key {sorted(unknown)[0]!r} (known: {', '.join(keys_known)})")
+    keys = [k for k in keys_known if k in grid]
+    for k in keys:
+        vals = grid[k]
+        if not isinstance(vals, list) or not vals:
+            raise PipelineError(f"tune.grid.{method}.{k}: needs a non-empty list of numbers")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (k == "lr" and v <= 0)
+               for v in vals):
+            raise PipelineError(f"tune.grid.{method}.{k}: values must be numbers >= 0 (lr > 0), got {vals}")
+        if len({fmt_number(v) for v in vals}) != len(vals):
+            raise PipelineError(f"tune.grid.{method}.{k}: repeated value in {vals}")
+    return [dict(zip(keys, (float(v) for v in combo))) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_name(point: dict[str, float]) -> str:
+    """``{mi: 1, kl: 0.5, lr: 0.001}`` -> ``mi1-kl0.5-lr0.001`` (a method name's variant suffix)."""
+    return "-".join(f"{k}{fmt_number(v)}" for k, v in point.items())
+
+
+def score(maps: dict[str, float]) -> float:
+    """The selection criterion of one fold: cross-modal validation mAP, (i2t + t2i) / 2."""
+    return (maps["i2t"] + maps["t2i"]) / 2
+
+
+class Tune(Study):
+    """Hyper-parameter selection as the paper did it, "by cross validation", on the database.
+
+    Each grid point of a method, on each validation fold, is an ordinary run named by its
+    variants and the fold (``cmimh-mi1-kl0.5-lr0.001-val0``, with ``-epochs<n>`` when
+    ``tune.epochs`` shortens the validation runs): trained on pairs of the database, encoded and
+    evaluated on validation queries carved from the database (never the real queries: see
+    :func:`pipeline.data.splits.validation_split`). The choice (:meth:`select`): the best mean
+    over folds of (i2t + t2i) / 2; ties go to the point first in grid order, so it is deterministic.
+    """
+
+    name, title, reference = "tune", "Hyper-parameter selection", "cross-validation on the database"
+
+    def point_method(self, method: str, point: dict, fold: int, t: dict) -> str:
+        name = f"{method}-{point_name(point)}" if point else method
+        m = parse_method(name)
+        if t.get("epochs") is not None and "epochs" in m.cls.variants and "epochs" not in m.variants:
+            name = m.with_variants(epochs=int(t["epochs"]))
+        return parse_method(name).with_variants(val=int(fold))
+
+    def runs(self, t: dict) -> list[Run]:
+        return [Run(self.point_method(method, p, f, t), int(t["bits"]), point_name(p), method)
+                for method, grid in t["grid"].items() for p in grid_points(method, grid) for f in range(int(t["folds"]))]
+
+    def select(self, t: dict, metrics: dict[Run, dict]) -> dict[str, dict]:
+        """``{method: {chosen, table}}``: each grid point's mean validation scores over the folds,
+        and the best (strict ``>`` scan in grid order: a tie keeps the earlier point)."""
+        k = int(t["eval_k"])
+        key = f"map@{k}"
+        out = {}
+        for method, grid in t["grid"].items():
+            rows = []
+            for p in grid_points(method, grid):
+                fs = [metrics[r] for r in self.runs(t) if r.group == method and r.value == point_name(p)]
+                rows.append({"point": point_name(p), "variants": p,
+                             key: {tk: float(np.mean([f[key][tk] for f in fs])) for tk in (x.name for x in TASKS)},
+                             "score": float(np.mean([score(f[key]) for f in fs])),
+                             "fold_scores": [float(score(f[key])) for f in fs]})
+            best = rows[0]
+            for row in rows[1:]:
+                if row["score"] > best["score"]:  # strict: a tie keeps the earlier point
+                    best = row
+            out[method] = {"chosen": best, "table": rows}
+        return out
+
+    def table(self, runs, m, key):  # pragma: no cover - the tune stage writes its own tables (markdown_tune)
+        raise NotImplementedError
+
+    def caption(self, t, runs):
+        folds = f"{t['folds']} disjoint folds" if t["folds"] > 1 else "one fold"
+        return (f"Validation queries: {t['val_queries']} database rows drawn with the seed ({folds}); retrieval set: "
+                f"the rest of the database; training pairs drawn from that rest. The real queries are never used. "
+                f"Score: {CRITERION}; {TIE_BREAK}." + (f" Validation runs train for {t['epochs']} epochs."
+                                                        if t.get("epochs") else ""))
+
+    def markdown_tune(self, t: dict, selection: dict[str, dict]) -> str:
+        """``studies/tune.md``: each method's grid with its validation results, the chosen point marked."""
+        k = int(t["eval_k"])
+        key = f"map@{k}"
+        lines = [f"## {self.title} ({t['dataset']}, {t['bits']} bits, validation mAP@{k} in %; {self.reference})", ""]
+        for method, sel in selection.items():
+            rows = sel["table"]
+            keys = list(rows[0]["variants"])
+            lines += [f"### {method}", "", "| # | " + " | ".join(keys) + " | "
+                      + " | ".join(x.label for x in TASKS) + " | score |", "|---:|" + "---:|" * (len(keys) + 5)]
+            for i, row in enumerate(rows, 1):
+                mark = "**" if row["point"] == sel["chosen"]["point"] else ""
+                cells = [fmt_number(row["variants"][kk]) for kk in keys]
+                cells += [pct(row[key][x.name]) for x in TASKS] + [f"{mark}{pct(row['score'])}{mark}"]
+                lines.append(f"| {i}{' (chosen)' if mark else ''} | " + " | ".join(cells) + " |")
+            ch = sel["chosen"]
+            lines += ["", f"Chosen for {method}: {', '.join(f'{kk} = {fmt_number(v)}' for kk, v in ch['variants'].items())}"
+                      f" (method `{method}-tuned` trains with it).", ""]
+        lines += [self.caption(t, []), ""]
+        return "\n".join(lines)
+
+    def plot_tune(self, selection: dict[str, dict], out_png: Path) -> None:
+        """Validation score per grid point (grid order), the chosen one highlighted, one panel a method."""
+        fig, axes = figures.figure(len(selection), 1.0, 3.4)
+        for ax, (method, sel) in zip(axes, selection.items()):
+            rows = sel["table"]
+            x = np.arange(len(rows))
+            colors = ["tab:orange" if r["point"] == sel["chosen"]["point"] else "tab:blue" for r in rows]
+            ax.bar(x, [100 * r["score"] for r in rows], color=colors)
+            ax.set_xticks(x, [r["point"] for r in rows], rotation=60, ha="right", fontsize=7)
+            ax.set(ylabel="validation score (%)", title=f"{method} (orange: chosen)")
+            ax.grid(alpha=0.3, axis="y")
+        fig.set_size_inches(max(4.0, sum(0.45 * len(s["table"]) + 1.5 for s in selection.values())), 3.4)
+        figures.save(fig, out_png)
+
+
+#: Every study, by name (the order of ``snakemake studies``; ``tune`` is its own target).
+STUDIES: dict[str, Study] = {s.name: s for s in (
+    CodeLengths(),
+    WeightSweep("mi", "mi_sweep", "JS-MI weight sweep", "the paper's Figure 1",
+                "the inter-modal Jensen–Shannon MI term (w_mi)"),
+    WeightSweep("kl", "kl_sweep", "Symmetrised-KL weight sweep", "the paper's Figure 3",
+                "the symmetrised Bernoulli KL term (w_kl)"),
+    TrainSize(), CriticInput(), Ablation(), TCStudy(), Tune())}
+#: The studies of ``snakemake studies`` (all but tune, which has its own target).
+PAPER_STUDIES: tuple[str, ...] = tuple(n for n in STUDIES if n != "tune")
+
+
+def study_runs(name: str, s: dict) -> list[Run]:
+    """The runs study ``name`` needs under settings ``s`` (:func:`study_settings`, or the tune settings)."""
     if name not in STUDIES:
         raise PipelineError(f"unknown study {name!r} (known: {', '.join(STUDIES)})")
-    k = int(k if k is not None else s.get("eval_k", 1000))
-    runs = study_runs(name, s)
-    metrics = load_study_metrics(Path(results), runs, f"map@{k}")
-    text = study_markdown(name, s, metrics, runs, k)
-    if out_png is not None:
-        plot_study(name, runs, metrics, f"map@{k}", Path(out_png))
-    write_text(out_md, text)
-    log.info("study %s: %s", name, out_md)
-    return text
+    return STUDIES[name].runs(s)
+
+
+def study_metrics_files(results: str | Path, name: str, s: dict) -> list[str]:
+    """The metrics.json files of a study (Snakemake inputs), without duplicates, in run order."""
+    return list(dict.fromkeys(str(metrics_path(Path(results), r)) for r in study_runs(name, s)))

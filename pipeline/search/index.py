@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,11 +54,12 @@ def recorded_extractors(features) -> dict:
     return out
 
 
-def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.ndarray, db_text: np.ndarray,
-                settings: dict) -> None:
-    """Write the index folder atomically (a temporary folder renamed into place)."""
+def build_index(index_dir: Path, *, model_path: Path, features, db_rows: np.ndarray, db_image: np.ndarray,
+                db_text: np.ndarray, settings: dict) -> None:
+    """Write the index folder atomically (a temporary folder renamed into place): the database
+    rows ``db_rows`` of ``features`` with their codes."""
     with atomic_directory(index_dir) as tmp:
-        db = features.database
+        db = db_rows
         with h5py.File(tmp / "index.h5", "w") as f:
             f.create_dataset("db_image", data=pack_bits(db_image))
             f.create_dataset("db_text", data=pack_bits(db_text))
@@ -89,7 +88,7 @@ class Index:
     pca: dict | None
     tag_vocab: list[str] | None
     extractors: dict
-    model: Any  # pipeline.methods.Hasher: CMIMH or a baseline
+    model: Any  # a fitted pipeline.methods.base.Hasher
     device: torch.device
     encoders: dict = field(default_factory=dict)  # query feature extractors, loaded once on first use
 
@@ -108,7 +107,7 @@ def _read_index_json(path: Path) -> dict:
 
 def load_index(path: str | Path, device: torch.device | None = None) -> Index:
     """Load an index folder; a missing, incomplete or damaged folder is one clear error."""
-    from pipeline.methods import load_trained
+    from pipeline.methods.base import load_model
 
     path = Path(path)
     if not path.is_dir():
@@ -129,7 +128,7 @@ def load_index(path: str | Path, device: torch.device | None = None) -> Index:
         vocab = read_strings(f, "tag_vocab")
     if not (len(ids) == len(db_image) == len(db_text)) or db_image.shape[1:] != db_text.shape[1:]:
         raise PipelineError(f"{path / 'index.h5'}: codes and ids disagree in size (damaged index; rerun encode)")
-    model, _ = load_trained(path / "model.pt", device)
+    model, _ = load_model(path / "model.pt", device)
     return Index(path, bits, db_image, db_text, ids, pca, vocab, meta["extractors"], model, device)
 
 
@@ -175,7 +174,7 @@ def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
 
 def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
     """AlexNet FC7 of the images with the index's recorded weights, projected by its PCA."""
-    from pipeline.features.extract import apply_pca
+    from pipeline.features.pca import apply_pca
     from pipeline.features.image import imagenet_transform
     from PIL import Image, UnidentifiedImageError
 
@@ -249,18 +248,3 @@ def load_query_encoder(index: Index, modality: str) -> None:
             raise PipelineError(f"index {index.path}: the checkpoint {weights} changed since the features were "
                                 "extracted (its sha256 differs): image queries would not match the database")
         index.encoders["image"] = fc7_network(weights, int(ex.get("seed", 0)))[0]
-
-
-def search_cli(a) -> None:
-    """``cmimh search INDEX --text ... | --image ... -k N``: JSON lines on stdout."""
-    from pipeline.model.train import resolve_device
-
-    t0 = time.perf_counter()
-    index = load_index(a.index, resolve_device("auto"))
-    load_query_encoder(index, "text" if a.text is not None else "image")
-    t1 = time.perf_counter()
-    hits = search(index, text=a.text, image=a.image, k=a.k, target=a.target, backend=a.backend)
-    t2 = time.perf_counter()
-    for h in hits:
-        sys.stdout.write(json.dumps(h) + "\n")
-    print(f"loaded in {t1 - t0:.2f}s, query in {t2 - t1:.3f}s", file=sys.stderr)

@@ -1,9 +1,9 @@
-"""The ``encode`` stage: deterministic hash codes of queries and database, and the search index.
+"""The ``encode`` stage (rule ``encode``): deterministic hash codes of the queries and the
+database -> ``codes.h5`` (:mod:`pipeline.eval.codes`), and the searchable index
+(:mod:`pipeline.search.index`), for any method's ``model.pt``.
 
-Any method's ``model.pt`` (CMIMH or a baseline, :mod:`pipeline.methods`).
-
-Codes follow the ``codes.h5`` contract (:mod:`pipeline.eval.codes`); the index folder
-(:mod:`pipeline.search.index`) holds everything needed to encode a new query from raw input.
+A ``-val<k>`` run (a tune grid point) encodes its validation protocol instead: validation
+queries and retrieval set carved from the database, so evaluation scores it like any run.
 """
 
 from __future__ import annotations
@@ -12,37 +12,37 @@ import json
 import logging
 from pathlib import Path
 
-import torch
-
-from pipeline.eval.codes import write_codes
-from pipeline.features.store import read_features
-from pipeline.io import provenance_json, sha256_file
-from pipeline.methods import code_diagnostics, load_trained
-
 log = logging.getLogger(__name__)
 
 
-def encode_stage(model_path: Path, features_path: Path, out: Path, settings: dict,
-                 device: torch.device, index_dir: Path | None = None) -> None:
+def run(settings: dict, model_path: Path, features_path: Path, out: Path, index_dir: Path | None = None) -> None:
     """Write ``codes.h5`` (and the index when ``index_dir`` is given)."""
-    model, meta = load_trained(model_path, device)
+    from pipeline.eval.codes import write_codes
+    from pipeline.features.store import read_features
+    from pipeline.io import provenance_json, sha256_file
+    from pipeline.methods.base import load_model
+    from pipeline.stages.train import validation_rows
+
+    model, _ = load_model(model_path, settings["device"])  # a torch method resolves the device, the others ignore it
     f = read_features(features_path)
-    q, db = f.query, f.database
-    codes = {
-        "query_image": model.encode_image(f.image[q]), "query_text": model.encode_text(f.text[q]),
-        "db_image": model.encode_image(f.image[db]), "db_text": model.encode_text(f.text[db]),
-    }
+    if settings.get("validation") is not None:
+        split = validation_rows(f, settings)
+        q, db = split["query"], split["database"]
+    else:
+        q, db = f.query, f.database
+    codes = {"query_image": model.encode_image(f.image[q]), "query_text": model.encode_text(f.text[q]),
+             "db_image": model.encode_image(f.image[db]), "db_text": model.encode_text(f.text[db])}
     bits = int(codes["db_image"].shape[1])
     # Table II diagnostics of the database codes (Corr MSE, TC estimate); evaluate copies them.
-    diag = code_diagnostics(model, f.image[db], f.text[db], codes["db_image"], codes["db_text"])
+    diag = model.diagnostics(f.image[db], f.text[db], codes["db_image"], codes["db_text"])
     attrs = {"diagnostics": json.dumps(diag),
              "provenance": provenance_json(settings, stage="encode", model_sha256=sha256_file(model_path),
-                                      features_sha256=sha256_file(features_path))}
+                                           features_sha256=sha256_file(features_path))}
     write_codes(out, **codes, query_labels=f.labels[q], db_labels=f.labels[db], bits=bits, attrs=attrs,
                 query_ids=list(f.ids[q]), db_ids=list(f.ids[db]))
     log.info("codes: %d queries, %d database items, %d bits -> %s", len(q), len(db), bits, out)
     if index_dir is not None:
         from pipeline.search.index import build_index
 
-        build_index(index_dir, model_path=model_path, features=f, db_image=codes["db_image"],
+        build_index(index_dir, model_path=model_path, features=f, db_rows=db, db_image=codes["db_image"],
                     db_text=codes["db_text"], settings=settings)

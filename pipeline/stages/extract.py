@@ -1,11 +1,20 @@
-"""Entry points of the ``extract`` stage: image FC7, text features, and their assembly.
+"""The ``extract`` stage: image features, text features, and ``features.h5``; one entry point
+per rule, each writing one HDF5 file atomically from the settings :func:`pipeline.stages.resolve`
+gives it:
 
-``cmimh extract image|merge|text|assemble|import`` call these; each reads the resolved data set
-settings (see :func:`pipeline.config.resolve`) and writes one HDF5 file atomically.
+=====================  =======================  ===============  =====================================
+rule                   command                  entry point      output
+=====================  =======================  ===============  =====================================
+extract_image_shard    cmimh extract image      :func:`run_image`     FC7 of one shard of the images
+extract_image          cmimh extract merge      :func:`run_merge`     the shards merged: ``fc7.h5``
+extract_text           cmimh extract text       :func:`run_text`      sentence embeddings or tag vectors
+extract                cmimh extract assemble   :func:`run_assemble`  ``features.h5`` (splits, PCA)
+import_features        cmimh import             :func:`run_import`    ``features.h5`` from your own files
+=====================  =======================  ===============  =====================================
 
 Scale (NUS-WIDE: 187k images, MS-COCO: 122k): image and sentence extraction are resumable
 (:mod:`pipeline.features.image`), the images can be split into contiguous shards extracted as
-separate jobs and merged chunk by chunk (:func:`merge_fc7`), and assembly never holds the
+separate jobs and merged chunk by chunk (:func:`run_merge`), and assembly never holds the
 n x 4,096 FC7 matrix: the PCA is fitted exactly on the training rows streamed from ``fc7.h5``
 (:func:`fit_pca`, O(d^2) memory) and applied chunk by chunk (:func:`apply_pca_rows`).
 """
@@ -26,63 +35,30 @@ from pipeline.data.splits import split_indices
 from pipeline.errors import PipelineError
 from pipeline.features import image as image_mod
 from pipeline.features import text as text_mod
+from pipeline.features.pca import READ_CHUNK_ROWS, apply_pca_rows, fit_pca, read_rows_chunked
+from pipeline.features.settings import ImageFeatures, TextFeatures
 from pipeline.features.store import write_features
+from pipeline.features.work import digest
 from pipeline.io import atomic_output, open_h5, provenance, read_attrs, read_strings, sha256_file, write_strings
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK_ROWS = 4096  # rows per read when fitting, projecting, merging, copying (64 MiB of FC7)
 # Attributes that must agree between the shards of one extraction.
 SHARD_SAME = ("weights", "weights_source", "weights_sha256", "input_size", "on_bad_image", "manifest_sha256",
               "fc7_settings", "images_sha256")
 STALE = "a stale file: rerun its extraction (snakemake --forcerun {rule})"
 
 
-def image_settings(settings: dict) -> dict:
-    """``image_features`` with the defaults of :data:`pipeline.config.IMAGE_DEFAULTS` filled in."""
-    from pipeline.config import IMAGE_DEFAULTS
-
-    return {**IMAGE_DEFAULTS, **settings.get("image_features", {})}
-
-
-def text_settings(settings: dict) -> dict:
-    """``text_features`` with the defaults of :data:`pipeline.config.TEXT_DEFAULTS` filled in."""
-    from pipeline.config import TEXT_DEFAULTS
-
-    return {**TEXT_DEFAULTS, **settings.get("text_features", {})}
-
-
-def fc7_record(settings: dict) -> dict:
-    """What decides the FC7 rows besides the images: recorded in ``fc7.h5`` (``fc7_settings``) and
-    checked by assembly. Batch size, workers, shards and device are not in it: they change the
-    arithmetic order at most (see tests/test_features_image.py for the tolerance)."""
-    s = image_settings(settings)
-    rec = {"model": s["model"], "weights": str(s["weights"]), "input_size": int(s["input_size"]),
-           "on_bad_image": s["on_bad_image"]}
-    if rec["weights"] == "random":
-        rec["seed"] = int(settings["seed"])
-    return rec
-
-
-def text_record(settings: dict) -> dict:
-    """What decides the text rows besides the captions or tags: recorded in ``text.h5``
-    (``text_settings``) and checked by assembly."""
-    s = text_settings(settings)
-    if s["kind"] == "tags":
-        return {"kind": "tags"}
-    return {"kind": s["kind"], "model": s["model"], "pooling": s["pooling"], "max_length": int(s["max_length"])}
-
-
 def images_digest(m) -> str:
     """The identity of a manifest's images: ids, paths and checksums, in row order."""
-    return image_mod.digest([f"{p.id}\t{p.image}\t{p.sha256 or ''}" for p in m.pairs])
+    return digest([f"{p.id}\t{p.image}\t{p.sha256 or ''}" for p in m.pairs])
 
 
 def texts_digest(m, kind: str) -> str:
     """The identity of a manifest's texts for ``kind``: the captions, or the tag lists (and vocabulary)."""
     if kind == "tags":
-        return image_mod.digest([json.dumps(m.tag_vocab)] + [f"{p.id}\t{json.dumps(p.tags)}" for p in m.pairs])
-    return image_mod.digest([f"{p.id}\t{p.caption}" for p in m.pairs])
+        return digest([json.dumps(m.tag_vocab)] + [f"{p.id}\t{json.dumps(p.tags)}" for p in m.pairs])
+    return digest([f"{p.id}\t{p.caption}" for p in m.pairs])
 
 
 def _check_recorded(path: Path, attrs: dict, key: str, want: dict, section: str, rule: str) -> None:
@@ -101,13 +77,14 @@ def _check_recorded(path: Path, attrs: dict, key: str, want: dict, section: str,
 def check_fc7_file(path: Path, attrs: dict, ids: list[str] | None, settings: dict, m) -> None:
     """An FC7 file is usable for these settings and this manifest: the same recorded settings,
     ids and image checksums (and, for a checkpoint, the same checkpoint file); else one line."""
-    _check_recorded(path, attrs, "fc7_settings", fc7_record(settings), "image_features", "extract_image")
+    img = ImageFeatures.from_dict(settings["image_features"], "image_features")
+    _check_recorded(path, attrs, "fc7_settings", img.fc7(settings["seed"]), "image_features", "extract_image")
     if ids is not None and ids != [p.id for p in m.pairs]:
         raise PipelineError(f"{path}: ids differ from {m.root / 'manifest.jsonl'}: " + STALE.format(rule="extract_image"))
     if attrs.get("images_sha256") != images_digest(m):
         raise PipelineError(f"{path}: made from other images than {m.root / 'manifest.jsonl'} lists (ids, files "
                             "or checksums changed): " + STALE.format(rule="extract_image"))
-    w = image_settings(settings)["weights"]
+    w = img.weights
     if w not in ("random", "imagenet") and attrs.get("weights_sha256") and Path(w).is_file() \
             and sha256_file(w) != attrs["weights_sha256"]:
         raise PipelineError(f"{path}: made with another version of the checkpoint {w} (its sha256 changed): "
@@ -116,7 +93,7 @@ def check_fc7_file(path: Path, attrs: dict, ids: list[str] | None, settings: dic
 
 def check_text_file(path: Path, attrs: dict, ids: list[str] | None, settings: dict, m) -> None:
     """A text features file is usable for these settings and this manifest; else one line."""
-    rec = text_record(settings)
+    rec = TextFeatures.from_dict(settings["text_features"], "text_features").record()
     _check_recorded(path, attrs, "text_settings", rec, "text_features", "extract_text")
     if ids is not None and ids != [p.id for p in m.pairs]:
         raise PipelineError(f"{path}: ids differ from {m.root / 'manifest.jsonl'}: " + STALE.format(rule="extract_text"))
@@ -141,32 +118,29 @@ def run_image(manifest: Path, settings: dict, out: Path, device: torch.device, p
     """AlexNet FC7 of the images of a prepared data set into ``out`` (all, or one shard ``(i, N)``).
 
     The output records its row range (``row_start``, ``row_stop``, ``n_total``), so a full run
-    and the shards have one format and :func:`merge_fc7` accepts either.
+    and the shards have one format and :func:`run_merge` accepts either.
     """
     m = read_manifest(manifest)
-    s = image_settings(settings)
-    if s["model"] != "alexnet":
-        raise PipelineError(f"image_features.model: only 'alexnet' is supported, not {s['model']!r}")
+    s = ImageFeatures.from_dict(settings["image_features"], "image_features")
     n = len(m.pairs)
     i, k = shard if shard is not None else (0, 1)
     start, stop = shard_range(n, int(i), int(k))
     pairs = m.pairs[start:stop]
     # Which images these rows are: the manifest's relative paths and checksums (stable when the
     # data folder moves; a changed file or order restarts the work file instead of mixing rows).
-    images = image_mod.digest([f"{p.image}\t{p.sha256 or ''}" for p in pairs])
+    images = digest([f"{p.image}\t{p.sha256 or ''}" for p in pairs])
     image_mod.extract_fc7(
         [m.image_path(j) for j in range(start, stop)], [p.id for p in pairs], out,
-        weights=str(s["weights"]), seed=int(settings["seed"]), device=device,
-        batch_size=int(s["batch_size"]), input_size=int(s["input_size"]),
-        num_workers=int(s["num_workers"]), on_bad_image=s["on_bad_image"],
-        progress=progress, chunk_batches=int(s["chunk_batches"]), sha256=[p.sha256 for p in pairs],
+        weights=str(s.weights), seed=int(settings["seed"]), device=device, batch_size=s.batch_size,
+        input_size=s.input_size, num_workers=s.num_workers, on_bad_image=s.on_bad_image, progress=progress,
+        chunk_batches=s.chunk_batches, sha256=[p.sha256 for p in pairs],
         fingerprint_extra={"rows": [start, stop, n], "images": images}, on_chunk=on_chunk,
         attrs={"manifest_sha256": sha256_file(manifest), "row_start": start, "row_stop": stop, "n_total": n,
-               "shard": int(i), "shards": int(k), "fc7_settings": json.dumps(fc7_record(settings), sort_keys=True),
+               "shard": int(i), "shards": int(k), "fc7_settings": json.dumps(s.fc7(settings["seed"]), sort_keys=True),
                "images_sha256": images_digest(m)})
 
 
-def merge_fc7(parts: Sequence[Path], out: Path, manifest: Path | None = None, progress: bool = True,
+def run_merge(parts: Sequence[Path], out: Path, manifest: Path | None = None, progress: bool = True,
               chunk_rows: int = READ_CHUNK_ROWS) -> None:
     """Shard files -> one ``fc7.h5`` (same contract as an unsharded run), copied chunk by chunk.
 
@@ -240,20 +214,18 @@ def run_text(manifest: Path, settings: dict, out: Path, device: torch.device, pr
              on_chunk: Callable[[int], None] | None = None) -> None:
     """Sentence embeddings of the captions (resumable), or tag vectors, into ``out`` (dataset ``text``)."""
     m = read_manifest(manifest)
-    s = text_settings(settings)
-    kind = s["kind"]
+    s = TextFeatures.from_dict(settings["text_features"], "text_features")
+    kind = s.kind
     ids = [p.id for p in m.pairs]
-    if kind not in ("sentence", "tags"):
-        raise PipelineError(f"text_features.kind must be 'sentence' or 'tags', not {kind!r}")
-    recorded = {"text_settings": json.dumps(text_record(settings), sort_keys=True),
+    recorded = {"text_settings": json.dumps(s.record(), sort_keys=True),
                 "texts_sha256": texts_digest(m, kind), "manifest_sha256": sha256_file(manifest)}
     if kind == "sentence":
-        enc = text_mod.load_text_encoder(s["model"], device, s["pooling"], int(s["max_length"]))
+        enc = text_mod.load_text_encoder(s.model, device, s.pooling, s.max_length)
         info = {"text_kind": "sentence", "text_model": enc.name, "text_model_source": enc.source,
                 "pooling": enc.pooling, "max_length": enc.max_length, **recorded}
-        text_mod.encode_sentences_h5(enc, [p.caption for p in m.pairs], out, ids=ids,
-                                     batch_size=int(s["batch_size"]), chunk_batches=int(s["chunk_batches"]),
-                                     progress=progress, attrs=info, on_chunk=on_chunk)
+        text_mod.encode_sentences_h5(enc, [p.caption for p in m.pairs], out, ids=ids, batch_size=s.batch_size,
+                                     chunk_batches=s.chunk_batches, progress=progress, attrs=info,
+                                     on_chunk=on_chunk)
         log.info("text: sentence features, %d x %d", len(ids), enc.dim)
         return
     vocab = m.tag_vocab or sorted({t for p in m.pairs for t in p.tags})
@@ -267,108 +239,6 @@ def run_text(manifest: Path, settings: dict, out: Path, device: torch.device, pr
     log.info("text: tag features, shape %s", feats.shape)
 
 
-def read_rows(x, rows: np.ndarray) -> np.ndarray:
-    """``x[rows]`` for increasing distinct ``rows`` of an array or an HDF5 dataset.
-
-    Dense rows are read as one block and selected in memory (one sequential read); sparse ones
-    (a training split scattered over 187k rows) by HDF5 point selection.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return np.zeros((0, *x.shape[1:]), dtype=x.dtype)
-    if isinstance(x, np.ndarray):
-        return x[rows]
-    lo, hi = int(rows[0]), int(rows[-1]) + 1
-    if hi - lo <= 2 * len(rows):
-        return x[lo:hi][rows - lo]
-    return x[rows]
-
-
-def read_rows_chunked(x, rows: np.ndarray, fn: Callable[[np.ndarray], np.ndarray] | None = None,
-                      chunk_rows: int = READ_CHUNK_ROWS) -> np.ndarray:
-    """``fn(x[rows])`` computed ``chunk_rows`` rows at a time, in the order of ``rows`` (distinct)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    order = np.argsort(rows, kind="stable")
-    srt = rows[order]
-    if len(srt) > 1 and not (np.diff(srt) > 0).all():
-        raise ValueError("read_rows_chunked: rows must be distinct")
-    out = None
-    for s in range(0, len(srt), chunk_rows):
-        y = read_rows(x, srt[s:s + chunk_rows])
-        y = fn(y) if fn is not None else y
-        if out is None:
-            out = np.empty((len(rows), *y.shape[1:]), dtype=y.dtype)
-        out[order[s:s + chunk_rows]] = y
-    if out is None:
-        y = fn(read_rows(x, srt)) if fn is not None else read_rows(x, srt)
-        out = y
-    return out
-
-
-def fit_pca(x, train: np.ndarray, dim: int, seed: int = 0, chunk_rows: int = READ_CHUNK_ROWS,
-            progress: bool = False) -> dict:
-    """Exact PCA of the rows ``train`` of ``x`` (an array or an HDF5 dataset), in bounded memory.
-
-    More training rows than dimensions (the paper's 5,000 x 4,096, or more): one pass streams
-    the rows ``chunk_rows`` at a time into the float64 covariance matrix (shifted by the first
-    chunk's mean against cancellation), whose top ``dim`` eigenvectors LAPACK computes exactly.
-    At most as many rows as dimensions (the demo): an SVD of those rows, which take no more
-    memory than the covariance would. Either way memory is O(d^2) (128 MiB for d = 4,096)
-    whatever the number of rows, the result is the exact PCA (sklearn's ``PCA(svd_solver="full")``
-    up to rounding) and does not depend on the chunking; there is no randomness (``seed`` is
-    accepted for the interface). Why not IncrementalPCA (Ross et al., IJCV 2008): it is
-    approximate beyond its first batch, and each batch is an SVD of (dim + batch) x d. Measured
-    on 2 CPU cores, 117,000 x 4,096 rows to 1,024 (benchmarks/bench_extract.py): this fit 29 s
-    and +478 MiB, IncrementalPCA (8,192-row batches) 396 s and +1,824 MiB; on a 5,000-row
-    training split 9 s vs 14 s. Signs: the largest entry of each component is positive
-    (sklearn's ``svd_flip`` convention), so reruns agree.
-    """
-    from scipy import linalg
-    from tqdm import tqdm
-
-    train = np.sort(np.asarray(train, dtype=np.int64))
-    n, d = len(train), int(x.shape[1])
-    if not 1 <= dim <= min(n, d) or n < 2:
-        raise PipelineError(f"image_features.pca_dim={dim} must be between 1 and "
-                            f"min(n_train={n}, {d}), with at least 2 training rows")
-    if n <= d:
-        xt = read_rows(x, train).astype(np.float64)
-        mean = xt.mean(0)
-        xt -= mean
-        _, sv, vt = linalg.svd(xt, full_matrices=False, check_finite=False)
-        var, comps, total = sv[:dim] ** 2 / (n - 1), vt[:dim], float((sv ** 2).sum() / (n - 1))
-    else:
-        cov = np.zeros((d, d))
-        acc = np.zeros(d)
-        shift = None
-        for s in tqdm(range(0, n, chunk_rows), desc="pca", unit="chunk", disable=not progress):
-            y = read_rows(x, train[s:s + chunk_rows]).astype(np.float64)
-            if shift is None:
-                shift = y.mean(0)
-            y -= shift
-            acc += y.sum(0)
-            cov += y.T @ y
-        m = acc / n
-        cov -= n * np.outer(m, m)
-        cov /= n - 1
-        mean, total = shift + m, float(np.trace(cov))
-        w, v = linalg.eigh(cov, subset_by_index=[d - dim, d - 1], overwrite_a=True, check_finite=False)
-        var, comps = w[::-1], v[:, ::-1].T
-    comps = comps * np.sign(comps[np.arange(dim), np.abs(comps).argmax(1)])[:, None]
-    return {"components": comps.astype(np.float32), "mean": mean.astype(np.float32),
-            "explained_variance_ratio": (var / total).astype(np.float32)}
-
-
-def apply_pca(x: np.ndarray, pca: dict) -> np.ndarray:
-    """Project rows with a stored PCA (also used to encode new query images)."""
-    return ((x - pca["mean"]) @ pca["components"].T).astype(np.float32)
-
-
-def apply_pca_rows(x, rows: np.ndarray, pca: dict, chunk_rows: int = READ_CHUNK_ROWS) -> np.ndarray:
-    """:func:`apply_pca` of ``x[rows]``, read and projected ``chunk_rows`` rows at a time."""
-    return read_rows_chunked(x, rows, lambda y: apply_pca(y, pca), chunk_rows)
-
-
 def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, out: Path) -> None:
     """Drop unreadable pairs, split with the seed, fit PCA on the training split, write features.h5.
 
@@ -379,7 +249,7 @@ def run_assemble(manifest: Path, fc7_h5: Path, text_h5: Path, settings: dict, ou
     labels = m.label_matrix()
     mids = [p.id for p in m.pairs]
     seed = int(settings["seed"])
-    dim = int(image_settings(settings)["pca_dim"])
+    dim = ImageFeatures.from_dict(settings["image_features"], "image_features").pca_dim
     with open_h5(fc7_h5, "image features file") as fi, open_h5(text_h5, "text features file") as ft:
         for f, keys in ((fi, ("fc7", "ok")), (ft, ("text",))):
             for key in keys:

@@ -1,0 +1,25 @@
+"""The four retrieval tasks of the paper, in one place: their names (keys of metrics.json), their
+labels in tables and titles in plots, and which codes of a ``codes.h5`` each ranks against which."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str      # the key in metrics.json
+    label: str     # in tables
+    title: str     # in plots
+    query: str     # the codes.h5 dataset of the queries
+    database: str  # the codes.h5 dataset ranked
+
+
+TASKS: tuple[Task, ...] = (
+    Task("i2t", "Img→Txt", "Image → Text", "query_image", "db_text"),
+    Task("t2i", "Txt→Img", "Text → Image", "query_text", "db_image"),
+    Task("i2i", "Img→Img", "Image → Image", "query_image", "db_image"),
+    Task("t2t", "Txt→Txt", "Text → Text", "query_text", "db_text"),
+)
+TASK_NAMES: tuple[str, ...] = tuple(t.name for t in TASKS)
+CROSS_MODAL: tuple[Task, ...] = TASKS[:2]
