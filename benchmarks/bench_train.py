@@ -16,7 +16,13 @@ import warnings
 import numpy as np
 import torch
 
-from pipeline.model.train import resolve_device, train_cmimh
+from pipeline.methods.cmimh import CMIMH
+from pipeline.torchkit import resolve_device
+
+
+def train_cmimh(x, y, bits, settings, seed, device, progress=False):
+    model = CMIMH(bits, settings)
+    return model, model.fit(x, y, seed=seed, device=device, progress=progress)
 
 
 def main() -> None:

@@ -33,11 +33,11 @@ def test_user_errors_are_one_line(tmp_path, monkeypatch, capsys, argv, needle):
 
 def test_train_rejects_bad_method_and_bits(tmp_path, capsys):
     feats = tmp_path / "f.h5"
-    from pipeline.features import extract
+    from pipeline.stages import extract
 
     src = make_features_h5(tmp_path / "mine.h5", n=60)
     extract.run_import(src, {"dataset": "x", "seed": 0, "n_query": 10, "n_train": 30}, feats)
-    s = json.dumps({"dataset": "x", "seed": 0, "device": "cpu", "cmimh": {"hidden": 8, "epochs": 1, "batch_size": 10}})
+    s = json.dumps({"dataset": "x", "seed": 0, "device": "cpu", "settings": {"hidden": 8, "epochs": 1, "batch_size": 10}})
     assert main(["train", "--settings", s, "--features", str(feats), "--bits", "8", "--method", "magic",
                  "-o", str(tmp_path / "m.pt")]) == 2
     assert "unknown method 'magic'" in _err(capsys)

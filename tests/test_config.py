@@ -1,8 +1,13 @@
+"""The config file (pipeline/config.py) and the one settings resolver (pipeline.stages.resolve):
+structure checks, each data set's view, every stage's settings, method variants applied once."""
+
+import types
 
 import pytest
 
-from pipeline.config import load_config, normalize, resolve, settings_from_args, validate
+from pipeline.config import dataset_view, load_config, normalize
 from pipeline.errors import PipelineError
+from pipeline.stages import check_config, resolve, settings_from_args
 
 from conftest import REPO
 
@@ -13,21 +18,25 @@ def cfg():
 
 
 def test_repo_config_is_valid_and_resolves(cfg):
-    validate(cfg)
-    s = resolve(cfg)
+    check_config(cfg)
+    s = resolve(cfg, "demo", "extract")
     assert s["dataset"] == "demo" and s["seed"] == cfg["seed"]
     assert s["image_features"]["weights"] == "random"
-    assert s["image_features"]["on_bad_image"] == "error"  # default filled in
-    assert s["cmimh"]["weights"]["mi"] == cfg["cmimh"]["weights"]["mi"]
+    assert s["image_features"]["on_bad_image"] == "error"  # default filled in (ImageFeatures)
+    t = resolve(cfg, "demo", "train", "cmimh")
+    assert t["settings"]["weights"]["mi"] == 1.0 and t["settings"]["epochs"] == 60  # CMIMH's Config defaults
+    assert set(resolve(cfg, "demo", "extract_image")["image_features"]) >= {"weights", "input_size"}
+    assert "pca_dim" not in resolve(cfg, "demo", "extract_image")["image_features"]  # FC7 does not read it
 
 
-def test_dataset_overrides_merge_into_cmimh_defaults(cfg):
-    cfg["datasets"]["demo"]["cmimh"] = {"epochs": 3, "weights": {"kl": 0.0}}
-    s = resolve(cfg)
-    assert s["cmimh"]["epochs"] == 3
-    assert s["cmimh"]["weights"]["kl"] == 0.0
-    assert s["cmimh"]["weights"]["mi"] == cfg["cmimh"]["weights"]["mi"]  # untouched sibling
-    assert "cmimh" not in {k for k in cfg["datasets"]["demo"] if k != "cmimh"}
+def test_dataset_overrides_merge_into_method_settings(cfg):
+    cfg["method_settings"]["cmimh"] = {"weights": {"mi": 2.0}}
+    cfg["datasets"]["demo"]["method_settings"] = {"cmimh": {"epochs": 3, "weights": {"kl": 0.0}}}
+    s = resolve(cfg, "demo", "train", "cmimh")["settings"]
+    assert s["epochs"] == 3 and s["weights"]["kl"] == 0.0
+    assert s["weights"]["mi"] == 2.0  # the global sibling stays
+    view = dataset_view(cfg, "demo")
+    assert view["source"] == "demo" and view["method_settings"]["cmimh"]["weights"] == {"mi": 2.0, "kl": 0.0}
 
 
 @pytest.mark.parametrize("mutate, needle", [
@@ -36,7 +45,10 @@ def test_dataset_overrides_merge_into_cmimh_defaults(cfg):
     (lambda c: c.update(code_lengths=[]), "code_lengths"),
     (lambda c: c.update(device="gpu"), "device"),
     (lambda c: c.update(methods=["magic"]), "methods[0]"),
-    (lambda c: c["cmimh"]["weights"].update(mi=-1), "cmimh.weights.mi"),
+    (lambda c: c["method_settings"].update(cmimh={"weights": {"mi": -1}}), "weights.mi must be a finite number >= 0"),
+    (lambda c: c["method_settings"].update(cvh={"regg": 1}), "unknown key(s) regg"),
+    (lambda c: c["method_settings"].update(nosuch={}), "method_settings: unknown method 'nosuch'"),
+    (lambda c: c["datasets"]["demo"]["image_features"].update(input_size=8), "image_features: input_size"),
     (lambda c: c.update(typo_key=1), "typo_key"),
     (lambda c: c["datasets"].update(mine={"source": "features", "path": "/no/such.h5"}) or c.update(dataset="mine"),
      "features file not found: /no/such.h5"),
@@ -45,7 +57,7 @@ def test_dataset_overrides_merge_into_cmimh_defaults(cfg):
 def test_bad_config_one_line(cfg, mutate, needle):
     mutate(cfg)
     with pytest.raises(PipelineError) as e:
-        validate(cfg)
+        check_config(cfg)
     msg = str(e.value)
     assert needle in msg and "\n" not in msg
 
@@ -56,76 +68,53 @@ def test_normalize_undoes_snakemake_string_lists():
     assert c["methods"] == ["cmimh"]
 
 
+def _args(**kw):
+    return types.SimpleNamespace(**{"settings": None, "config": None, "dataset": None, **kw})
+
+
 def test_settings_from_args_json_and_file(tmp_path, cfg):
-    s = settings_from_args('{"dataset": "x", "seed": 1}', None, None)
-    assert s == {"dataset": "x", "seed": 1}
+    assert settings_from_args(_args(settings='{"dataset": "x", "seed": 1}'), "train") == {"dataset": "x", "seed": 1}
     with pytest.raises(PipelineError, match="not valid JSON"):
-        settings_from_args("{bad", None, None)
-    s2 = settings_from_args(None, str(REPO / "config.yaml"), "demo")
-    assert s2 == resolve(cfg, "demo")
+        settings_from_args(_args(settings="{bad"), "train")
+    s2 = settings_from_args(_args(config=str(REPO / "config.yaml"), dataset="demo"), "train", "cvh-reg0.5")
+    assert s2 == resolve(cfg, "demo", "train", "cvh-reg0.5") and s2["settings"] == {"reg": 0.5}
     with pytest.raises(PipelineError, match="config file not found"):
-        settings_from_args(None, str(tmp_path / "none.yaml"), None)
+        settings_from_args(_args(config=str(tmp_path / "none.yaml")), "train")
 
 
-def test_method_variants_switch_one_term_off(cfg):
-    from pipeline.config import method_settings, resolve_stage
-
-    s = resolve(cfg)
-    assert method_settings(s, "cmimh") == s
-    v = method_settings(s, "cmimh_no_mi")
-    assert v["cmimh"]["weights"]["mi"] == 0.0
-    assert {k: x for k, x in v["cmimh"]["weights"].items() if k != "mi"} == \
-        {k: x for k, x in s["cmimh"]["weights"].items() if k != "mi"}
-    assert s["cmimh"]["weights"]["mi"] > 0  # the input is not modified
-    with pytest.raises(PipelineError, match="unknown method 'cmimh_no_foo'"):
-        method_settings(s, "cmimh_no_foo")
-    # stage settings: only train reads the variant
-    assert resolve_stage(cfg, "demo", "train", "cmimh_no_kl")["cmimh"]["weights"]["kl"] == 0.0
-    assert "cmimh" not in resolve_stage(cfg, "demo", "encode", "cmimh_no_kl")
-
-
-@pytest.mark.parametrize("name, expect", [
-    ("cmimh", {"base": "cmimh", "off": None, "variants": {}, "tuned": False}),
-    ("cmimh_no_tc", {"base": "cmimh", "off": "tc", "variants": {}, "tuned": False}),
-    ("cmimh-mi2-kl0.25", {"base": "cmimh", "off": None, "variants": {"mi": 2.0, "kl": 0.25}, "tuned": False}),
-    ("cmimh-samples5", {"base": "cmimh", "off": None, "variants": {"samples": 5}, "tuned": False}),
-    ("cvh-ntrain1000", {"base": "cvh", "off": None, "variants": {"ntrain": 1000}, "tuned": False}),
-    ("cmimh-tuned", {"base": "cmimh", "off": None, "variants": {}, "tuned": True}),
-    ("djsrh", {"base": "djsrh", "off": None, "variants": {}, "tuned": False}),
-])
-def test_parse_method(name, expect):
-    from pipeline.config import parse_method
-
-    assert parse_method(name) == expect
-
-
-@pytest.mark.parametrize("name, msg", [
-    ("cmimhx", "unknown method"), ("cmimh-mi", "unknown method"), ("cvh_no_mi", "only cmimh"),
-    ("cvh-kl2", "only cmimh"), ("cmimh-mi1-mi2", "given twice"), ("cmimh-samples2.5", "positive integer"),
-    ("cmimh-ntrain0", "positive integer"), ("cmimh-lr0", "lr must be > 0"), ("cmimh-tuned-mi2", "unknown method"),
-])
-def test_parse_method_rejects(name, msg):
-    from pipeline.config import parse_method
-
-    with pytest.raises(PipelineError, match=msg):
-        parse_method(name)
-
-
-def test_method_settings_variants(cfg):
-    from pipeline.config import method_settings, resolve_stage
-
-    s = resolve(cfg)
-    v = method_settings(s, "cmimh-mi2-kl0.1-lr0.0005-samples10-epochs3-ntrain700")
-    c = v["cmimh"]
-    assert (c["weights"]["mi"], c["weights"]["kl"]) == (2.0, 0.1)
-    assert c["weights"]["rec"] == s["cmimh"]["weights"]["rec"]
-    assert (c["lr"], c["lr_decoder"], c["critic_input"], c["critic_samples"], c["epochs"]) == \
+def test_method_variants_are_applied_once_and_only_where_read(cfg):
+    s = resolve(cfg, "demo", "train", "cmimh")["settings"]
+    v = resolve(cfg, "demo", "train", "cmimh_no_mi")["settings"]
+    assert v["weights"]["mi"] == 0.0
+    assert {k: x for k, x in v["weights"].items() if k != "mi"} == {k: x for k, x in s["weights"].items() if k != "mi"}
+    with pytest.raises(PipelineError, match="unknown method 'cmimh_no_foo'|no term 'foo'"):
+        resolve(cfg, "demo", "train", "cmimh_no_foo")
+    # only train reads a method's settings; encode reads the run protocol only
+    assert "settings" not in resolve(cfg, "demo", "encode", "cmimh_no_kl")
+    c = resolve(cfg, "demo", "train", "cmimh-mi2-kl0.1-lr0.0005-samples10-epochs3-ntrain700")
+    w = c["settings"]
+    assert (w["weights"]["mi"], w["weights"]["kl"], w["weights"]["rec"]) == (2.0, 0.1, 1.0)
+    assert (w["lr"], w["lr_decoder"], w["critic_input"], w["critic_samples"], w["epochs"]) == \
         (0.0005, 0.0005, "samples", 10, 3)
-    assert v["train_size"] == 700 and "train_size" not in s
-    # a baseline's train settings: its own block, no CMIMH settings
-    t = resolve_stage(cfg, "demo", "train", "cvh-ntrain500")
-    assert t["baseline"]["name"] == "cvh" and t["train_size"] == 500 and "cmimh" not in t
-    # a config naming a bad method fails validation in one line
+    assert c["train_size"] == 700 and c["method"] == "cmimh-mi2-kl0.1-lr0.0005-samples10-epochs3-ntrain700"
+    # a baseline's train settings are its own Config's, with its variants
+    t = resolve(cfg, "demo", "train", "cvh-ntrain500")
+    assert t["settings"] == {"reg": 1e-4} and t["train_size"] == 500
+    # a validation run carries its fold's protocol (tune settings), in train and encode alike
+    v0 = resolve(cfg, "demo", "encode", "cmimh-mi1-val0")
+    assert v0["validation"] == {"val_queries": 400, "folds": 1, "fold": 0, "train_size": None}
+    with pytest.raises(PipelineError, match="validation fold 3 is not in 0..0"):
+        resolve(cfg, "demo", "train", "cmimh-val3")
     bad = dict(cfg, methods=["cmimh", "cvh_no_mi"])
-    with pytest.raises(PipelineError, match=r"config: methods\[1\]: .*only cmimh"):
-        validate(bad)
+    with pytest.raises(PipelineError, match=r"config: methods\[1\]: .*cvh has no term 'mi'"):
+        check_config(bad)
+
+
+def test_every_stage_resolves(cfg):
+    from pipeline.stages import STAGES
+
+    for stage in STAGES:
+        s = resolve(cfg, "demo", stage, "cmimh" if stage in ("train", "encode") else None)
+        assert isinstance(s, dict) and s
+    with pytest.raises(PipelineError, match="unknown stage"):
+        resolve(cfg, "demo", "bake")

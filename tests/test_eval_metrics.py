@@ -9,7 +9,6 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.eval.metrics import (
-    _reference_map_at_k,
     map_at_k,
     pk_grid,
     pr_curve,
@@ -17,6 +16,29 @@ from pipeline.eval.metrics import (
     rank_metrics,
     recall_one_at_k,
 )
+
+
+def _reference_map_at_k(q_packed: np.ndarray, db_packed: np.ndarray, q_labels: np.ndarray,
+                        db_labels: np.ndarray, k: int | None = None) -> float:
+    """Slow, obviously-correct mAP@k (per-query loop on unpacked bits) to test the fast path."""
+    qb = np.unpackbits(np.asarray(q_packed, dtype=np.uint8), axis=1).astype(np.int64)
+    dbb = np.unpackbits(np.asarray(db_packed, dtype=np.uint8), axis=1).astype(np.int64)
+    ql = np.asarray(q_labels, dtype=np.int64)
+    dbl = np.asarray(db_labels, dtype=np.int64)
+    ndb = dbb.shape[0]
+    kk = ndb if k is None else min(int(k), ndb)
+    total = 0.0
+    for i in range(qb.shape[0]):
+        dist = np.abs(dbb - qb[i]).sum(axis=1)
+        order = np.argsort(dist, kind="stable")[:kk]
+        relevant = (dbl[order] @ ql[i]) > 0
+        hits, ap_sum = 0, 0.0
+        for pos, rel in enumerate(relevant, start=1):
+            if rel:
+                hits += 1
+                ap_sum += hits / pos
+        total += ap_sum / hits if hits else 0.0
+    return total / qb.shape[0]
 
 
 def P(rows):

@@ -8,7 +8,8 @@ import torch
 
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
-from pipeline.features import extract, image, text
+from pipeline.features import image, pca, text
+from pipeline.stages import extract
 from pipeline.features.store import read_features
 
 from conftest import make_features_h5
@@ -172,14 +173,14 @@ def test_pca_fitted_on_train_rows_only():
     x = rng.normal(size=(50, 8)).astype(np.float32)
     x[40:] += 100.0  # far-away rows outside the training split must not move the mean
     train = np.arange(0, 30)
-    p = extract.fit_pca(x, train, 3, seed=0)
+    p = pca.fit_pca(x, train, 3, seed=0)
     np.testing.assert_allclose(p["mean"], x[train].mean(0), rtol=1e-5, atol=1e-5)
-    z = extract.apply_pca(x[train], p)
+    z = pca.apply_pca(x[train], p)
     # projections of the training rows are centred and ordered by variance
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-4)
     assert np.all(np.diff(z.var(0)) <= 1e-6)
     with pytest.raises(PipelineError, match="pca_dim"):
-        extract.fit_pca(x, train, 31, seed=0)
+        pca.fit_pca(x, train, 31, seed=0)
 
 
 def test_assemble_writes_the_contract(tiny_demo, tmp_path):

@@ -15,7 +15,8 @@ import torch
 
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
-from pipeline.features import extract, image
+from pipeline.features import image, work
+from pipeline.stages import extract
 
 from conftest import REPO
 
@@ -86,9 +87,9 @@ def test_interrupted_run_resumes_to_identical_output(demo16, reference, tmp_path
     out = tmp_path / "fc7.h5"
     with pytest.raises(Stop):
         extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=stop_after(8))
-    work = image.work_path(out)
-    assert not out.exists() and work.name == ".fc7.h5.partial"
-    with h5py.File(work) as f:
+    wf = work.work_path(out)
+    assert not out.exists() and wf.name == ".fc7.h5.partial"
+    with h5py.File(wf) as f:
         assert int(f["rows_done"][()]) == 8
     commits = []
     extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=commits.append)
@@ -96,7 +97,7 @@ def test_interrupted_run_resumes_to_identical_output(demo16, reference, tmp_path
     fc7, ok, attrs, keys = read(out)
     assert np.array_equal(fc7, reference["fc7"]) and np.array_equal(ok, reference["ok"])
     assert keys == ["fc7", "ids", "ok"] and "fingerprint" not in attrs  # bookkeeping removed
-    assert not work.exists()
+    assert not wf.exists()
 
 
 def test_killed_process_resumes_to_identical_output(demo16, reference, tmp_path):
@@ -105,7 +106,7 @@ def test_killed_process_resumes_to_identical_output(demo16, reference, tmp_path)
     code = (
         "import json, os, signal, sys, torch\n"
         "from pathlib import Path\n"
-        "from pipeline.features import extract\n"
+        "from pipeline.stages import extract\n"
         "torch.set_num_threads(int(sys.argv[4]))\n"
         "def hook(rows):\n"
         "    if rows >= 8:\n"
@@ -148,7 +149,7 @@ def test_changed_inputs_restart_instead_of_resuming(demo16, tmp_path, caplog, ch
 
 def test_unreadable_work_file_restarts(demo16, reference, tmp_path, caplog):
     out = tmp_path / "fc7.h5"
-    image.work_path(out).write_bytes(b"not hdf5")
+    work.work_path(out).write_bytes(b"not hdf5")
     with caplog.at_level(logging.WARNING, logger="pipeline.features.image"):
         extract.run_image(demo16, settings(), out, CPU, progress=False)
     assert "unreadable work file" in caplog.text
@@ -166,7 +167,7 @@ def test_corrupt_image_under_error_keeps_work_and_resumes_after_the_fix(demo16, 
     msg = str(e.value)
     assert f"id {m.pairs[9].id}" in msg and str(m.image_path(9)) in msg and "\n" not in msg
     assert not out.exists()
-    with h5py.File(image.work_path(out)) as f:
+    with h5py.File(work.work_path(out)) as f:
         assert int(f["rows_done"][()]) == 8  # the chunks before the bad image are kept
     m.image_path(9).write_bytes(good)
     commits = []
@@ -225,7 +226,7 @@ def test_other_batch_sizes_and_thread_counts_agree_within_tolerance(demo16, refe
     extract.run_image(demo16, settings(batch_size=3), out, CPU, progress=False)
     np.testing.assert_allclose(read(out)[0], reference["fc7"], rtol=FC7_RTOL, atol=FC7_ATOL)
     other = tmp_path / "threads.h5"
-    code = ("import json, sys, torch\nfrom pathlib import Path\nfrom pipeline.features import extract\n"
+    code = ("import json, sys, torch\nfrom pathlib import Path\nfrom pipeline.stages import extract\n"
             "torch.set_num_threads(int(sys.argv[4]))\n"
             "extract.run_image(Path(sys.argv[2]), json.loads(sys.argv[1]), Path(sys.argv[3]), torch.device('cpu'),"
             " progress=False)\n")
@@ -260,20 +261,20 @@ def test_shard_records_its_row_range(demo16, reference, tmp_path):
 def test_work_file_held_by_another_process_is_an_error_not_discarded(tmp_path):
     out = tmp_path / "x.h5"
     layout = {"a": ((4, 2), "float32")}
-    with image.WorkFile(out, "fp", layout, 4) as wf:
+    with work.WorkFile(out, "fp", layout, 4) as wf:
         wf.f["a"][:2] = 1.0
         wf.commit(2)
     holder = subprocess.Popen([sys.executable, "-c", "import h5py, sys; f = h5py.File(sys.argv[1], 'r+'); "
-                               "print('open', flush=True); sys.stdin.read()", str(image.work_path(out))],
+                               "print('open', flush=True); sys.stdin.read()", str(work.work_path(out))],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
         with pytest.raises(PipelineError, match="in use by another process"):
-            image.WorkFile(out, "fp", layout, 4).__enter__()
+            work.WorkFile(out, "fp", layout, 4).__enter__()
     finally:
         holder.stdin.close()
         holder.wait(30)
-    with image.WorkFile(out, "fp", layout, 4) as wf:  # released: resumed, not started afresh
+    with work.WorkFile(out, "fp", layout, 4) as wf:  # released: resumed, not started afresh
         assert wf.rows_done == 2
 
 

@@ -11,7 +11,7 @@ import scipy.sparse
 
 from pipeline.cli import main
 from pipeline.errors import PipelineError
-from pipeline.features import extract
+from pipeline.stages import extract
 from pipeline.features.importers import choose_splits, load_feature_file
 from pipeline.features.store import read_features
 
@@ -342,50 +342,15 @@ def test_cli_import_several_files_and_one_line_errors(tmp_path, capsys):
 
 
 def test_config_schema_accepts_import_keys():
-    from pipeline.config import REPO_ROOT, STAGE_KEYS, load_config, resolve_stage, validate
+    from pipeline.config import REPO_ROOT, check_structure, load_config
+    from pipeline.stages import IMPORT_KEYS, resolve
 
     cfg = load_config(REPO_ROOT / "config.yaml")
     cfg["datasets"]["mine"] = {"source": "features", "path": "x.mat", "import_keys": {"image": "XAll"}}
     cfg["dataset"] = "mine"
-    validate(cfg, check_files=False)
-    assert resolve_stage(cfg, "mine", "import_features")["import_keys"] == {"image": "XAll"}
-    assert "import_keys" in STAGE_KEYS["import_features"]
+    check_structure(cfg, check_files=False)
+    assert resolve(cfg, "mine", "import_features")["import_keys"] == {"image": "XAll"}
+    assert "import_keys" in IMPORT_KEYS
     cfg["datasets"]["mine"]["import_keys"] = {"imgae": "XAll"}
     with pytest.raises(PipelineError, match="import_keys"):
-        validate(cfg, check_files=False)
-
-
-# ------------------------------------------------------------------------------------ honest splits
-def test_queries_inside_the_database_or_the_training_set_are_refused(tmp_path, capsys):
-    src = tmp_path / "leaky.mat"
-    # the training set is the query set, and the queries are part of the retrieval set
-    sio.savemat(src, {"XAll": IMAGE, "YAll": TEXT, "LAll": LABELS,
-                      "param": {"indexQuery": np.array([1, 2]), "indexRetrieval": np.array([1, 2, 3, 4, 5, 6]),
-                                "indexTrain": np.array([1, 2])}})
-    out = tmp_path / "features.h5"
-    with pytest.raises(PipelineError, match=r"2 query row\(s\) are also in the database split .*allow_overlap"):
-        extract.run_import(src, settings(), out)
-    assert not out.exists()
-    assert main(["import", str(src), "-o", str(out)]) == 2
-    assert "also in the database split" in capsys.readouterr().err
-    # asked for on purpose: accepted, and the provenance says so
-    assert main(["import", str(src), "-o", str(out), "--allow-overlap"]) == 0
-    f = read_features(out)
-    assert json.loads(f.attrs["provenance"])["allow_overlap"] is True
-    # a features file with overlapping splits but no such record is refused when read
-    with h5py.File(out, "r+") as h:
-        prov = json.loads(h.attrs["provenance"])
-        prov["allow_overlap"] = False
-        h.attrs["provenance"] = json.dumps(prov)
-    with pytest.raises(PipelineError, match="also in the database split"):
-        read_features(out)
-
-
-def test_duplicate_ids_in_a_features_file_are_refused(tmp_path):
-    src = make_features_h5(tmp_path / "mine.h5", n=20, splits=False)
-    with h5py.File(src, "r+") as f:
-        from pipeline.io import write_strings
-
-        write_strings(f, "ids", [f"x{i % 19}" for i in range(20)])  # x0 twice
-    with pytest.raises(PipelineError, match="duplicate id 'x0'"):
-        extract.run_import(src, settings(n_query=5, n_train=5), tmp_path / "f.h5")
+        check_structure(cfg, check_files=False)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.features import extract, image, text
+from pipeline.features import text, work
+from pipeline.stages import extract
 
 CPU = torch.device("cpu")
 TEXTS = ["a red ball", "two small blue stars above a house on a grey background near a tall tree",
@@ -64,7 +65,7 @@ def test_resumed_text_extraction_is_identical(enc, tmp_path):
     with pytest.raises(Stop):
         text.encode_sentences_h5(enc, TEXTS, out, ids=IDS, batch_size=2, chunk_batches=2, progress=False,
                                  on_chunk=stop)
-    assert not out.exists() and image.work_path(out).exists()
+    assert not out.exists() and work.work_path(out).exists()
     commits = []
     text.encode_sentences_h5(enc, TEXTS, out, ids=IDS, batch_size=2, chunk_batches=2, progress=False,
                              attrs={"pooling": enc.pooling}, on_chunk=commits.append)
@@ -74,7 +75,7 @@ def test_resumed_text_extraction_is_identical(enc, tmp_path):
         assert sorted(b) == ["ids", "text"] and b.attrs["pooling"] == "mean"
         np.testing.assert_allclose(b["text"][()], text.encode_sentences(enc, TEXTS, progress=False),
                                    rtol=1e-4, atol=1e-5)
-    assert not image.work_path(out).exists()
+    assert not work.work_path(out).exists()
 
 
 def test_changed_captions_restart(enc, tmp_path, caplog):
@@ -100,7 +101,7 @@ def test_empty_caption_fails_before_any_chunk(enc, tmp_path):
     with pytest.raises(PipelineError, match="empty caption for id p11"):
         text.encode_sentences_h5(enc, [*TEXTS[:-1], " "], tmp_path / "t.h5", ids=IDS, batch_size=2,
                                  progress=False, on_chunk=commits.append)
-    assert commits == [] and not image.work_path(tmp_path / "t.h5").exists()
+    assert commits == [] and not work.work_path(tmp_path / "t.h5").exists()
 
 
 def test_run_text_sentence_writes_the_contract(enc, tiny_demo, tmp_path):

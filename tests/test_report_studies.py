@@ -7,9 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import parse_method
+from pipeline.config import dataset_view
 from pipeline.errors import PipelineError
+from pipeline.methods import parse_method
 from pipeline.report import studies as S
+from pipeline.stages.study import run as _run_study
+
+
+def write_study(name, s, results, out_md, out_png=None, k=None):
+    return _run_study(name, s, results, out_md, out_png, k)
 
 TASKS = ("i2t", "t2i", "i2i", "t2t")
 
@@ -38,25 +44,25 @@ def _settings(**over) -> dict:
 
 
 # ----------------------------------------------------------------------------- settings, runs
-def test_resolve_studies_merges_defaults_config_and_dataset():
-    cfg = {"dataset": "demo", "methods": ["cmimh", "cvh"], "ablation": {"bits": 48},
-           "studies": {"bits": 16, "mi_weights": [1, 2]},
+def test_study_settings_merge_defaults_config_and_dataset():
+    cfg = {"dataset": "demo", "methods": ["cmimh", "cvh"],
+           "studies": {"bits": 16, "mi_weights": [1, 2], "report": ["mi_sweep"]},
            "datasets": {"demo": {"source": "demo", "studies": {"mi_weights": [3], "train_sizes": [500]}},
                         "other": {"source": "demo"}}}
-    s = S.resolve_studies(cfg, "demo")
+    s = S.study_settings(dataset_view(cfg, "demo"))
     assert s["bits"] == 16 and s["mi_weights"] == [3] and s["train_sizes"] == [500]
-    assert s["kl_weights"] == S.STUDY_DEFAULTS["kl_weights"]
-    assert s["methods"] == ["cmimh", "cvh"] and s["ablation_bits"] == 48 and s["dataset"] == "demo"
-    assert S.resolve_studies(cfg, "other")["mi_weights"] == [1, 2]
-    # the ablation's bits default to studies.bits
-    assert S.resolve_studies({**cfg, "ablation": {}}, "demo")["ablation_bits"] == 16
+    assert s["kl_weights"] == S.STUDY_DEFAULTS["kl_weights"] and s["report"] == ["mi_sweep"]
+    assert s["methods"] == ["cmimh", "cvh"] and s["dataset"] == "demo"
+    assert S.study_settings(dataset_view(cfg, "other"))["mi_weights"] == [1, 2]
+    with pytest.raises(PipelineError, match="unknown study 'nope'"):
+        S.study_settings(dataset_view({**cfg, "studies": {"report": ["nope"]}}, "demo"))
 
 
 @pytest.mark.parametrize("value, text", [(0, "0"), (0.1, "0.1"), (1.0, "1"), (2, "2"), (0.0001, "0.0001"),
                                          (2.5, "2.5"), (1e-05, "0.00001")])
 def test_fmt_number_is_a_valid_method_number(value, text):
     assert S.fmt_number(value) == text
-    assert parse_method(f"cmimh-mi{text}")["variants"]["mi"] == pytest.approx(value)
+    assert parse_method(f"cmimh-mi{text}").variants["mi"] == pytest.approx(value)
 
 
 @pytest.mark.parametrize("method, epochs, expected", [
@@ -112,7 +118,7 @@ def test_code_lengths_table_iii_layout(tmp_path):
     s = _settings(methods=["cmimh", "cvh"], code_lengths=[16, 32])
     for m, b, v in (("cmimh", 16, 0.5), ("cmimh", 32, 0.6), ("cvh", 16, 0.3), ("cvh", 32, 0.35)):
         _put(tmp_path, m, b, _metrics(v))
-    text = S.write_study("code_lengths", s, tmp_path, tmp_path / "cl.md", tmp_path / "cl.png")
+    text = write_study("code_lengths", s, tmp_path, tmp_path / "cl.md", tmp_path / "cl.png")
     assert "| Task | Method | 16 bits | 32 bits |" in text
     assert "| Img→Txt | cmimh | 50.00 | 60.00 |" in text
     assert "| Img→Txt | cvh | 30.00 | 35.00 |" in text
@@ -126,13 +132,13 @@ def test_weight_sweep_table(tmp_path, study, term):
     s = _settings(**{f"{term}_weights": [0, 0.1, 1]}, bits=32)
     for w, v in (("0", 0.10), ("0.1", 0.20), ("1", 0.30)):
         _put(tmp_path, f"cmimh-{term}{w}", 32, _metrics(v, 0.9, 0.8, 0.7))
-    text = S.write_study(study, s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
+    text = write_study(study, s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
     lines = text.splitlines()
     assert f"| Task | {term} = 0 | {term} = 0.1 | {term} = 1 |" in lines
     assert "| Img→Txt | 10.00 | 20.00 | 30.00 |" in lines
     assert "| Txt→Img | 90.00 | 90.00 | 90.00 |" in lines
     assert "| Txt→Txt | 70.00 | 70.00 | 70.00 |" in lines
-    assert S.TITLES[study][1] in lines[0] and "demo, 32 bits, mAP@1000 in %" in lines[0]
+    assert S.STUDIES[study].reference in lines[0] and "demo, 32 bits, mAP@1000 in %" in lines[0]
     assert "set to the value shown" in text  # says what was varied
 
 
@@ -142,7 +148,7 @@ def test_train_size_table_ix_layout(tmp_path):
     for b in (16, 32):
         for (m, n), v in val.items():
             _put(tmp_path, f"{m}-ntrain{n}", b, _metrics(v + (0.1 if b == 32 else 0)))
-    text = S.write_study("train_size", s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
+    text = write_study("train_size", s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
     assert "| L | Task | Method | 500 | 1k |" in text
     assert "| 16 | Img→Txt | djsrh | 40.00 | 45.00 |" in text
     assert "| 16 | Img→Txt | cmimh | 50.00 | 55.00 |" in text
@@ -154,7 +160,7 @@ def test_critic_input_table_i_layout(tmp_path):
     s = _settings(critic_samples=[1, 5], bits=32)
     for m, v in (("cmimh", 0.8193), ("cmimh-samples1", 0.8024), ("cmimh-samples5", 0.8127)):
         _put(tmp_path, m, 32, _metrics(v))
-    text = S.write_study("critic_input", s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
+    text = write_study("critic_input", s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
     assert "| Task | Bernoulli p | K = 1 | K = 5 |" in text
     assert "| Img→Txt | 81.93 | 80.24 | 81.27 |" in text  # the paper's Table I, I→T
 
@@ -163,7 +169,7 @@ def test_ablation_table_iv_in_the_studies_layout(tmp_path):
     s = _settings(ablation_variants=["cmimh", "cmimh_no_mi"], ablation_bits=32)
     _put(tmp_path, "cmimh", 32, _metrics(0.7, diag={"corr_mse_image": 0.01, "corr_mse_text": 0.02}))
     _put(tmp_path, "cmimh_no_mi", 32, _metrics(0.4))
-    text = S.write_study("ablation", s, tmp_path, tmp_path / "ablation.md", tmp_path / "ablation.png")
+    text = write_study("ablation", s, tmp_path, tmp_path / "ablation.md", tmp_path / "ablation.png")
     assert "| CMIMH (all terms) | 70.00 | 71.00 | 72.00 | 73.00 | 0.0100 / 0.0200 |" in text
     assert "| without JS-MI (mi = 0) | 40.00 | 41.00 | 42.00 | 43.00 | – |" in text
     assert "Table IV" in text.splitlines()[0]
@@ -177,7 +183,7 @@ def test_tc_study_table_ii_layout(tmp_path):
     _put(tmp_path, "cmimh_no_tc", 16, _metrics(0.8039, 0.7976, diag=diag_without))
     _put(tmp_path, "cmimh", 32, _metrics(0.8193, 0.8143, diag=diag_with))
     _put(tmp_path, "cmimh_no_tc", 32, _metrics(0.8138, 0.8114, diag=diag_without))
-    text = S.write_study("tc_study", s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
+    text = write_study("tc_study", s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
     lines = text.splitlines()
     assert "| Quantity | | 16 ✓ | 16 ✗ | 32 ✓ | 32 ✗ |" in lines
     assert "| TC | Img | 2.327 | – | 2.327 | – |" in lines
@@ -190,7 +196,7 @@ def test_tc_study_table_ii_layout(tmp_path):
 def test_epochs_override_is_stated_and_uses_its_own_runs(tmp_path):
     s = _settings(mi_weights=[1], epochs=3)
     _put(tmp_path, "cmimh-mi1-epochs3", 32, _metrics(0.5))
-    text = S.write_study("mi_sweep", s, tmp_path, tmp_path / "t.md")
+    text = write_study("mi_sweep", s, tmp_path, tmp_path / "t.md")
     assert "train for 3 epochs (studies.epochs)" in text and "`cmimh-mi1-epochs3`" in text
     assert not (tmp_path / "t.png").exists()
 
@@ -199,11 +205,11 @@ def test_missing_or_incomplete_metrics_are_one_line_errors(tmp_path):
     s = _settings(mi_weights=[0, 1])
     _put(tmp_path, "cmimh-mi0", 32, _metrics(0.5))
     with pytest.raises(PipelineError, match=r"missing metrics file: .*cmimh-mi1/32/metrics.json"):
-        S.write_study("mi_sweep", s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
+        write_study("mi_sweep", s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
     assert not (tmp_path / "t.md").exists() and not (tmp_path / "t.png").exists()
     _put(tmp_path, "cmimh-mi1", 32, _metrics(0.5, k=50))
     with pytest.raises(PipelineError, match="no map@1000 for every task"):
-        S.write_study("mi_sweep", s, tmp_path, tmp_path / "t.md")
+        write_study("mi_sweep", s, tmp_path, tmp_path / "t.md")
 
 
 def test_every_study_plots(tmp_path):
@@ -212,21 +218,21 @@ def test_every_study_plots(tmp_path):
                   train_sizes=[10, 20], train_size_bits=[16], train_size_methods=["cmimh"], critic_samples=[1],
                   tc_bits=[16])
     diag = {"tc_image": 1.0, "tc_text": None, "corr_mse_image": 0.1, "corr_mse_text": 0.2}
-    for name in S.STUDIES:
+    for name in S.PAPER_STUDIES:
         for r in S.study_runs(name, s):
             _put(tmp_path, r.method, r.bits, _metrics(0.5, diag=diag))
-        S.write_study(name, s, tmp_path, tmp_path / f"studies/{name}.md", tmp_path / f"studies/{name}.png")
+        write_study(name, s, tmp_path, tmp_path / f"studies/{name}.md", tmp_path / f"studies/{name}.png")
         assert (tmp_path / f"studies/{name}.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((tmp_path / "studies").glob(".*"))  # no temporary files left
 
 
 def test_report_includes_a_study_section(tmp_path):
-    from pipeline.report.report import write_report
+    from pipeline.stages.report import run as write_report
 
     s = _settings(mi_weights=[1])
     _put(tmp_path, "cmimh-mi1", 32, _metrics(0.5))
     _put(tmp_path, "cmimh", 16, {**_metrics(0.5), "curves": {}})
-    S.write_study("mi_sweep", s, tmp_path, tmp_path / "studies/mi_sweep.md")
+    write_study("mi_sweep", s, tmp_path, tmp_path / "studies/mi_sweep.md")
     write_report(tmp_path, "demo", [16], ["cmimh"], tmp_path / "report.md", include=[tmp_path / "studies/mi_sweep.md"])
     assert "## JS-MI weight sweep (demo, 32 bits" in (tmp_path / "report.md").read_text()
 
@@ -246,4 +252,4 @@ def test_cli_study(tmp_path, capsys):
     # the subcommand offers exactly the studies the module knows
     sub = next(a for a in build_parser()._subparsers._group_actions[0].choices["study"]._actions
                if a.dest == "name")
-    assert tuple(sub.choices) == S.STUDIES
+    assert tuple(sub.choices) == S.PAPER_STUDIES

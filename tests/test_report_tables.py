@@ -3,7 +3,9 @@ import json
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.report.report import metric_table, plot_train_log, write_report
+from pipeline.report.figures import plot_train_log
+from pipeline.report.tables import metric_table
+from pipeline.stages.report import run as write_report
 
 
 def _metrics(v):
@@ -71,17 +73,17 @@ def test_train_loss_plots_what_each_method_optimises(tmp_path):
     CCA-ITQ plot their objectives per iteration; CMIMH every loss term."""
     import numpy as np
 
-    from pipeline.baselines import ccaitq, cmfh, cvh
-    from pipeline.methods import write_history
+    from pipeline.methods import CCAITQ, CMFH, CVH
+    from pipeline.methods.base import write_history
 
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 6)), rng.normal(size=(60, 5))
-    for mod, want in ((cvh, []), (cmfh, list(cmfh.PLOT["columns"])), (ccaitq, ["quant_loss"])):
-        m = mod.Model(4)
-        write_history(tmp_path / f"{mod.NAME}.csv", m.fit(x, y))
-        got = plot_train_log(tmp_path / f"{mod.NAME}.csv", tmp_path / f"{mod.NAME}.png", **mod.PLOT)
-        assert got == want and "bit" not in got, mod.NAME
-        assert (tmp_path / f"{mod.NAME}.png").read_bytes()[:4] == b"\x89PNG"
+    for cls, want in ((CVH, []), (CMFH, list(CMFH.plot["columns"])), (CCAITQ, ["quant_loss"])):
+        m = cls(4)
+        write_history(tmp_path / f"{cls.name}.csv", m.fit(x, y))
+        got = plot_train_log(tmp_path / f"{cls.name}.csv", tmp_path / f"{cls.name}.png", **cls.plot)
+        assert got == want and "bit" not in got, cls.name
+        assert (tmp_path / f"{cls.name}.png").read_bytes()[:4] == b"\x89PNG"
     csv = tmp_path / "log.csv"
     csv.write_text("epoch,step,loss,rec,mi,seconds\n1,10,5.0,4.0,0.1,0.2\n2,20,4.0,3.5,0.3,0.2\n")
     assert plot_train_log(csv, tmp_path / "loss.png") == ["loss", "rec", "mi"]

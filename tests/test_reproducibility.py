@@ -27,8 +27,8 @@ def setup(tmp_path_factory):
     d = tmp_path_factory.mktemp("repro")
     src = make_features_h5(d / "src.h5", splits=True)
     cfg = yaml.safe_load((__import__("conftest").REPO / "config.yaml").read_text())
-    cfg.update({"dataset": "t", "device": "cpu", "cmimh": {**cfg["cmimh"], **TINY},
-                "baselines": {"cvh": {"reg": 0.5}, "djsrh": {"epochs": 2, "batch_size": 10}},
+    cfg.update({"dataset": "t", "device": "cpu",
+                "method_settings": {"cmimh": TINY, "cvh": {"reg": 0.5}, "djsrh": {"epochs": 2, "batch_size": 10}},
                 "datasets": {"t": {"source": "features", "path": str(src)}}})
     config = d / "config.yaml"
     config.write_text(yaml.safe_dump(cfg))
@@ -41,7 +41,8 @@ def run(setup, d, method, bits=8):
     config, features = setup
     assert main(["train", "--no-progress", "--threads", "1", "--config", str(config), "--features", str(features),
                  "--method", method, "--bits", str(bits), "--log-csv", str(d / "log.csv"), "-o", str(d / "model.pt")]) == 0
-    assert main(["encode", "--no-progress", "--threads", "1", "--config", str(config), "--model", str(d / "model.pt"),
+    assert main(["encode", "--no-progress", "--threads", "1", "--config", str(config), "--method", method,
+                 "--model", str(d / "model.pt"),
                  "--features", str(features), "--index", str(d / "index"), "-o", str(d / "codes.h5")]) == 0
 
 
@@ -60,4 +61,4 @@ def test_train_by_hand_honours_the_baselines_own_settings(setup, tmp_path):
     """`cmimh train --config ... --method cvh` reads baselines.cvh (reg 0.5 here), as the rule does."""
     run(setup, tmp_path, "cvh")
     obj = torch.load(tmp_path / "model.pt", weights_only=True)
-    assert obj["state"]["settings"]["reg"] == 0.5
+    assert obj["config"]["reg"] == 0.5 and obj["method"] == "cvh"

@@ -12,11 +12,20 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import read_codes, unpack_bits
 from pipeline.eval.hamming import hamming_distances
-from pipeline.features import extract
 from pipeline.features.store import read_features
-from pipeline.model.encode import encode_stage
-from pipeline.model.train import save_model, train_cmimh
+from pipeline.methods.base import save_model
+from pipeline.methods.cmimh import CMIMH
 from pipeline.search.index import load_index, search
+from pipeline.stages import encode, extract
+
+
+def train_cmimh(x, y, bits, settings, seed, device, progress=False):
+    model = CMIMH(bits, settings)
+    return model, model.fit(x, y, seed=seed, device=device, progress=progress)
+
+
+def encode_stage(model_path, features_path, out, settings, device, index_dir=None):
+    encode.run({"device": "cpu", **settings}, model_path, features_path, out, index_dir=index_dir)
 
 CPU = torch.device("cpu")
 TINY = {"hidden": 32, "critic_hidden": 16, "critic_dim": 16, "disc_hidden": 16, "epochs": 2, "batch_size": 10}

@@ -1,4 +1,4 @@
-"""evaluate_file end to end on a hand-built codes.h5, and the plots of its metrics."""
+"""The evaluate stage end to end on a hand-built codes.h5, and the plots of its metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import read_codes, write_codes
-from pipeline.eval.evaluate import evaluate_file
+from pipeline.stages.evaluate import run as evaluate_file
 from pipeline.eval.metrics import evaluate_all
 
 # Database (4-bit codes) and labels of the hand example in test_eval_metrics.py.
@@ -88,7 +88,7 @@ def test_evaluate_file_missing_input(tmp_path):
 
 
 def test_plots(hand_codes, tmp_path):
-    from pipeline.eval.plots import plot_curves, plot_curves_by_bits
+    from pipeline.report.figures import plot_curves, plot_curves_by_bits
 
     m = evaluate_file(hand_codes, tmp_path / "metrics.json", chance=False)
     paths = plot_curves_by_bits({4: m, 8: m}, tmp_path / "plots", prefix="cmimh")

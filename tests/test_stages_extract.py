@@ -12,7 +12,8 @@ from sklearn.decomposition import PCA
 from pipeline.cli import main
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
-from pipeline.features import extract, image
+from pipeline.features import image, pca
+from pipeline.stages import extract
 from pipeline.io import write_strings
 
 CPU = torch.device("cpu")
@@ -66,7 +67,7 @@ def fake_shard(path, start, stop, n, ids, bad=(), **attrs):
 def test_merge_collects_dropped_ids_and_copies_rows(tmp_path):
     a = fake_shard(tmp_path / "a.h5", 0, 3, 5, ["x0", "x1", "x2"], bad=["x1"])
     b = fake_shard(tmp_path / "b.h5", 3, 5, 5, ["x3", "x4"], bad=["x4"])
-    extract.merge_fc7([b, a], tmp_path / "m.h5", progress=False, chunk_rows=2)
+    extract.run_merge([b, a], tmp_path / "m.h5", progress=False, chunk_rows=2)
     with h5py.File(tmp_path / "m.h5") as f:
         assert f["fc7"][:, 0].tolist() == [0, 0, 0, 3, 3]
         assert f["ok"][()].tolist() == [1, 0, 1, 1, 0]
@@ -89,7 +90,7 @@ def test_merge_rejects_inconsistent_shards(tmp_path, case, needle):
     else:
         parts = [a, fake_shard(tmp_path / "b.h5", start, stop, 5, [f"x{i}" for i in range(start, stop)], **extra)]
     with pytest.raises(PipelineError, match=needle):
-        extract.merge_fc7(parts, tmp_path / "m.h5", progress=False)
+        extract.run_merge(parts, tmp_path / "m.h5", progress=False)
     assert not (tmp_path / "m.h5").exists()
 
 
@@ -97,7 +98,7 @@ def test_merge_rejects_ids_other_than_the_manifests(tiny_demo, tmp_path):
     ids = [p.id for p in read_manifest(tiny_demo).pairs]
     a = fake_shard(tmp_path / "a.h5", 0, 40, 40, ids[::-1])
     with pytest.raises(PipelineError, match="stale shard files"):
-        extract.merge_fc7([a], tmp_path / "m.h5", manifest=tiny_demo, progress=False)
+        extract.run_merge([a], tmp_path / "m.h5", manifest=tiny_demo, progress=False)
 
 
 def test_cli_shard_needs_shards():
@@ -122,7 +123,7 @@ def same_components(a, b, atol):
 def test_pca_is_the_exact_pca_of_the_training_rows(n_train):
     x = low_rank()
     train = np.random.default_rng(2).choice(600, n_train, replace=False)
-    got = extract.fit_pca(x, train, 5, seed=0, chunk_rows=64)
+    got = pca.fit_pca(x, train, 5, seed=0, chunk_rows=64)
     ref = PCA(n_components=5, svd_solver="full").fit(x[np.sort(train)].astype(np.float64))
     np.testing.assert_allclose(got["mean"], ref.mean_, rtol=1e-5, atol=1e-5)
     same_components(got["components"], ref.components_, atol=1e-4)
@@ -136,8 +137,8 @@ def test_streamed_pca_from_hdf5_does_not_depend_on_the_chunking(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["x"] = x
     with h5py.File(tmp_path / "x.h5") as f:
-        small = extract.fit_pca(f["x"], train, 6, seed=0, chunk_rows=7)
-        big = extract.fit_pca(f["x"], train, 6, seed=0, chunk_rows=10_000)
+        small = pca.fit_pca(f["x"], train, 6, seed=0, chunk_rows=7)
+        big = pca.fit_pca(f["x"], train, 6, seed=0, chunk_rows=10_000)
     for k in small:
         np.testing.assert_allclose(small[k], big[k], rtol=1e-5, atol=1e-6)
     # the sign convention: the largest entry of each component is positive
@@ -148,14 +149,14 @@ def test_streamed_pca_from_hdf5_does_not_depend_on_the_chunking(tmp_path):
 @pytest.mark.parametrize("rows", ["dense", "sparse"])
 def test_apply_in_chunks_equals_apply_at_once(tmp_path, rows):
     x = low_rank(n=200)
-    pca = extract.fit_pca(x, np.arange(200), 4, seed=0)
+    fitted = pca.fit_pca(x, np.arange(200), 4, seed=0)
     idx = np.setdiff1d(np.arange(200), [3, 50, 51]) if rows == "dense" else np.arange(0, 200, 7)
     idx = np.random.default_rng(1).permutation(idx)  # any order: results follow it
     with h5py.File(tmp_path / "x.h5", "w") as f:
         f["x"] = x
     with h5py.File(tmp_path / "x.h5") as f:
-        got = extract.apply_pca_rows(f["x"], idx, pca, chunk_rows=16)
-    want = extract.apply_pca(x[idx], pca)
+        got = pca.apply_pca_rows(f["x"], idx, fitted, chunk_rows=16)
+    want = pca.apply_pca(x[idx], fitted)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert got.dtype == np.float32 and got.shape == (len(idx), 4)
 

@@ -32,7 +32,8 @@ def tiny_config(workdir: Path, **over) -> Path:
         "image_features": {"model": "alexnet", "weights": "random", "pca_dim": 16, "batch_size": 64,
                            "input_size": 64},
         "text_features": {"kind": "tags"},
-        "cmimh": {"hidden": 64, "critic_hidden": 32, "disc_hidden": 32, "epochs": 2, "batch_size": 20},
+        "method_settings": {"cmimh": {"hidden": 64, "critic_hidden": 32, "disc_hidden": 32, "epochs": 2,
+                                      "batch_size": 20}},
     })
     cfg.update(over)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +49,7 @@ def test_repo_config_dry_run_plans_every_stage(tmp_path):
 
 
 def test_ablation_target_plans_one_run_per_variant(tmp_path):
-    wd = tiny_config(tmp_path)
+    wd = tiny_config(tmp_path)  # studies.bits: 32
     p = smk(wd, "-n", "--cores", "2", "ablation")
     for variant in ("cmimh", "cmimh_no_rec", "cmimh_no_mi", "cmimh_no_kl", "cmimh_no_tc", "cmimh_no_bal"):
         assert f"results/demo/{variant}/32/model.pt" in p.stdout, variant
@@ -144,8 +145,16 @@ def test_end_to_end_tiny_demo(tmp_path):
                if line and line.split()[0] in {"prepare", "extract_image", "extract_text", "extract",
                                                "train", "encode", "evaluate", "report"} and len(line.split()) == 2}
     assert planned == {"train", "encode", "evaluate", "report"}, p.stdout
-    # a by-hand search over the index works
+    # a stage run by hand with --config gives the same artifact as its rule, byte for byte
     cmimh = str(Path(sys.executable).parent / "cmimh")
+    for method in ("cmimh", "cvh"):
+        out = tmp_path / f"{method}.pt"
+        q = subprocess.run([cmimh, "train", "--config", "config.yaml", "--threads", "1", "--no-progress",
+                            "--features", "results/demo/features.h5", "--method", method, "--bits", "8",
+                            "-o", str(out)], cwd=wd, capture_output=True, text=True)
+        assert q.returncode == 0, q.stderr
+        assert out.read_bytes() == (wd / f"results/demo/{method}/8/model.pt").read_bytes(), method
+    # a by-hand search over the index works
     q = subprocess.run([cmimh, "search", str(wd / "results/demo/cmimh/16/index"), "--image",
                         str(next((wd / "data/demo/images").glob("*.jpg"))), "-k", "3"],
                        capture_output=True, text=True, cwd=wd)
@@ -189,12 +198,13 @@ def study_config(workdir: Path, **over) -> Path:
     wd = tiny_config(workdir, **over)
     cfg = yaml.safe_load((wd / "config.yaml").read_text())
     cfg["methods"] = ["cmimh"]
-    cfg["experiments"] = []
-    cfg["studies"] = {"bits": 8, "code_lengths": [8, 16], "mi_weights": [0, 0.5, 2], "kl_weights": [0.1, 1],
-                      "train_size_bits": [8], "train_size_methods": ["cmimh", "cvh"], "critic_samples": [1, 5],
-                      "tc_bits": [8, 16]}
+    cfg["studies"] = {"report": [], "bits": 8, "code_lengths": [8, 16], "mi_weights": [0, 0.5, 2],
+                      "kl_weights": [0.1, 1], "train_size_bits": [8], "train_size_methods": ["cmimh", "cvh"],
+                      "critic_samples": [1, 5], "tc_bits": [8, 16]}
     cfg["datasets"]["demo"]["studies"] = {"train_sizes": [20, 40]}
-    cfg["tune"] = {"grid": {"mi": [1, 2], "kl": [0.5], "lr": [0.001]}, "val_queries": 20, "folds": 2, "bits": 8}
+    cfg["datasets"]["demo"]["tune"] = {}
+    cfg["tune"] = {"grid": {"cmimh": {"mi": [1, 2], "kl": [0.5], "lr": [0.001]}}, "val_queries": 20, "folds": 2,
+                   "bits": 8}
     cfg.update(over)
     (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
     return wd
@@ -241,7 +251,7 @@ def rule_inputs(stdout: str, rule: str) -> str:
 def test_study_targets_plan_one_run_per_value(tmp_path):
     """Every study target at once (one dry run keeps this fast): each table reads exactly its runs,
     one train/encode/evaluate job per distinct run, runs shared between studies planned once."""
-    wd = study_config(tmp_path, ablation={"bits": 8})
+    wd = study_config(tmp_path)
     p = smk(wd, "-n", "--cores", "2", *STUDY_RUNS)
     jobs = planned(p.stdout)
     for target, runs in STUDY_RUNS.items():
@@ -276,14 +286,13 @@ def test_study_epochs_override_gives_study_runs_their_own_folders(tmp_path):
                                       ("cvh-ntrain20", 8), ("cvh-ntrain40", 8)}
 
 
-def test_tune_target_plans_one_job_per_point_and_fold_and_no_training(tmp_path):
+def test_tune_target_plans_one_run_per_point_and_fold(tmp_path):
+    """Each grid point on each fold is an ordinary run (train, encode, evaluate) of a -val variant."""
     wd = study_config(tmp_path)
     p = smk(wd, "-n", "--cores", "2", "tune")
     jobs = planned(p.stdout)
-    assert jobs["tune_point"] == 4 and jobs["tune_select"] == 1 and "train" not in jobs
-    for point in ("mi1-kl0.5-lr0.001", "mi2-kl0.5-lr0.001"):
-        for fold in (0, 1):
-            assert f"results/demo/tune/{point}/fold{fold}.json" in p.stdout
+    assert jobs["train"] == jobs["encode"] == jobs["evaluate"] == 4 and jobs["tune_select"] == 1
+    assert planned_runs(p.stdout) == {(f"cmimh-mi{m}-kl0.5-lr0.001-val{f}", 8) for m in (1, 2) for f in (0, 1)}
     assert "results/demo/tune/cmimh.json" in p.stdout and "results/demo/studies/tune.md" in p.stdout
 
 
@@ -291,14 +300,17 @@ def test_tuned_method_trains_with_the_tune_choice(tmp_path):
     wd = study_config(tmp_path, methods=["cmimh", "cmimh-tuned"])
     p = smk(wd, "-n", "--cores", "2", "-p", "all")
     jobs = planned(p.stdout)
-    assert jobs["train"] == 4 and jobs["tune_select"] == 1 and jobs["tune_point"] == 4
+    assert jobs["train"] == 8 and jobs["tune_select"] == 1  # 4 validation runs, cmimh and cmimh-tuned at 8, 16
     train_cmds = [line for line in p.stdout.splitlines() if " train --config" in line]
     assert sum("--method cmimh-tuned" in c and "--tuned results/demo/tune/cmimh.json" in c for c in train_cmds) == 2
     assert not any("--method cmimh " in c and "--tuned" in c for c in train_cmds)
 
 
-def test_experiments_go_into_the_report(tmp_path):
-    wd = study_config(tmp_path, experiments=["mi_sweep", "tune"])
+def test_report_studies_go_into_the_report(tmp_path):
+    wd = study_config(tmp_path)
+    cfg = yaml.safe_load((wd / "config.yaml").read_text())
+    cfg["studies"]["report"] = ["mi_sweep", "tune"]
+    (wd / "config.yaml").write_text(yaml.safe_dump(cfg))
     p = smk(wd, "-n", "--cores", "2", "all")
     jobs = planned(p.stdout)
     assert jobs["mi_sweep_table"] == 1 and jobs["tune_select"] == 1 and jobs["report"] == 1
@@ -308,8 +320,8 @@ def test_experiments_go_into_the_report(tmp_path):
 
 @pytest.mark.parametrize("key, value, needle", [
     ("studies", {"mi_weights": [-1]}, "studies.mi_weights[0]: -1 is less than the minimum of 0"),
-    ("tune", {"grid": {"nope": [1]}}, "tune.grid: Additional properties are not allowed"),
-    ("experiments", ["nope"], "experiments[0]: 'nope' is not one of"),
+    ("tune", {"grid": {"cmimh": {"nope": [1]}}}, "tune.grid.cmimh: unknown key 'nope'"),
+    ("studies", {"report": ["nope"]}, "studies.report[0]: 'nope' is not one of"),
 ])
 def test_bad_study_settings_stop_at_start(tmp_path, key, value, needle):
     wd = study_config(tmp_path, **{key: value})

@@ -1,5 +1,5 @@
 # Stage 4: hash codes of the query and database sets, and a searchable index.
-# Code: pipeline/model/encode.py (codes.h5 contract: pipeline/eval/codes.py; index: pipeline/search/).
+# Code: pipeline/stages/encode.py (codes.h5 contract: pipeline/eval/codes.py; index: pipeline/search/).
 
 
 rule encode:
@@ -21,4 +21,4 @@ rule encode:
         runtime=60,
     shell:
         "{CMIMH} encode --config {CONFIG} --dataset {wildcards.dataset} --threads {threads} --model {input.model}"
-        " --features {input.features} --index {output.index} -o {output.codes} --log {log}"
+        " --method {wildcards.method} --features {input.features} --index {output.index} -o {output.codes} --log {log}"

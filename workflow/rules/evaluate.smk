@@ -1,5 +1,5 @@
 # Stage 5: the paper's protocol and metrics on a codes.h5 (any producer).
-# Code: pipeline/eval/ (hamming.py ranking, metrics.py, evaluate.py).
+# Code: pipeline/stages/evaluate.py; components in pipeline/eval/ (hamming.py ranking, metrics.py).
 
 
 rule evaluate:
@@ -8,7 +8,7 @@ rule evaluate:
     output:
         metrics=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/metrics.json",
     params:
-        k=EVAL_K,
+        k=lambda w: resolve(config, w.dataset, "evaluate")["eval_k"],
     log:
         "logs/{dataset}/{method}/{bits}/evaluate.log",
     benchmark:

@@ -1,21 +1,18 @@
 # Stage 2: image features (AlexNet FC7 -> PCA) and text features into features.h5.
 # FC7 runs as `image_features.shards` jobs (GPU, resumable) merged into intermediate/fc7.h5; text
 # extraction is resumable too; assembly streams FC7 through the PCA (bounded memory).
-# Code: pipeline/features/ (image.py, text.py, extract.py; the file contract: store.py).
-
-
-def fc7_settings(w):
-    """`extract_image` settings less `pca_dim` and `shards`: assembly alone reads the first, the
-    shard files' names carry the second; so changing either does not redo the FC7 extraction."""
-    s = resolve_stage(config, w.dataset, "extract_image")
-    s["image_features"] = {k: v for k, v in s["image_features"].items() if k not in ("pca_dim", "shards")}
-    return json.dumps(s, sort_keys=True)
+# Code: pipeline/stages/extract.py (one entry point per rule); components in pipeline/features/.
 
 
 def fc7_shards(w):
     """The FC7 shard files of a data set: `image_features.shards` contiguous row ranges (default 1)."""
-    n = int(resolve_stage(config, w.dataset, "extract_image")["image_features"].get("shards", 1))
+    n = resolve(config, w.dataset, "extract")["image_features"]["shards"]
     return [f"{RESULTS}/{w.dataset}/intermediate/fc7/shard_{i}_of_{n}.h5" for i in range(n)]
+
+
+def text_gpus(w):
+    """A sentence encoder runs on torch (a GPU helps); tag vectors do not."""
+    return 1 if resolve(config, w.dataset, "extract_text")["text_features"]["kind"] == "sentence" else 0
 
 
 rule extract_image_shard:
@@ -25,7 +22,7 @@ rule extract_image_shard:
     output:
         fc7=temp(f"{RESULTS}/{{dataset}}/intermediate/fc7/shard_{{shard}}_of_{{nshards}}.h5"),
     params:
-        settings=fc7_settings,
+        settings=settings("extract_image"),  # without pca_dim and shards: they do not change FC7
     wildcard_constraints:
         dataset=RAW_DATASETS,
         shard=r"\d+",
@@ -54,7 +51,7 @@ rule extract_image:
         fc7=f"{RESULTS}/{{dataset}}/intermediate/fc7.h5",
     params:
         # the shards' settings: a change reruns the merge, which asks for new shards (they are temp)
-        settings=fc7_settings,
+        settings=settings("extract_image"),
     wildcard_constraints:
         dataset=RAW_DATASETS,
     log:
@@ -86,7 +83,7 @@ rule extract_text:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=lambda w: 1 if resolve_stage(config, w.dataset, "extract_text")["text_features"]["kind"] == "sentence" else 0,
+        gpu=text_gpus,
     shell:
         "{CMIMH} extract text --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
         " --manifest {input.manifest} -o {output.text} --log {log}"

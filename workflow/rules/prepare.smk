@@ -1,5 +1,5 @@
 # Stage 1: download (or generate) and filter a data set into its raw on-disk form.
-# Code: pipeline/data/ (one adapter per data set; the demo: pipeline/data/demo.py).
+# Code: pipeline/stages/prepare.py; one adapter per data set in pipeline/data/ (the demo: demo.py).
 
 
 localrules:

@@ -1,5 +1,5 @@
 # Stage 6: the report (the paper's Table III layout) and its plots.
-# Code: pipeline/report/report.py (plots: pipeline/eval/plots.py).
+# Code: pipeline/stages/report.py (tables: pipeline/report/tables.py, plots: pipeline/report/figures.py).
 
 
 localrules:
@@ -9,7 +9,7 @@ localrules:
 rule report:
     input:
         metrics=lambda w: metrics_files(w.dataset),
-        tables=lambda w: experiment_tables(w.dataset),
+        tables=lambda w: report_tables(w.dataset),
     output:
         report=f"{RESULTS}/{{dataset}}/report.md",
         # the same tables as one HTML page: Snakemake's --report shows HTML, not Markdown
@@ -25,9 +25,7 @@ rule report:
             category="Retrieval curves",
         ),
     params:
-        bits=BITS,
-        methods=METHODS,
-        k=EVAL_K,
+        settings=settings("report"),
     log:
         "logs/{dataset}/report.log",
     threads: 1
@@ -35,6 +33,5 @@ rule report:
         mem_mb=2000,
         runtime=30,
     shell:
-        "{CMIMH} report --results {RESULTS}/{wildcards.dataset} --dataset {wildcards.dataset}"
-        " --bits {params.bits} --methods {params.methods} --k {params.k} --include {input.tables}"
+        "{CMIMH} report --config {CONFIG} --dataset {wildcards.dataset} --results {RESULTS}/{wildcards.dataset}"
         " --html {output.html} -o {output.report} --log {log}"

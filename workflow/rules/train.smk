@@ -1,5 +1,5 @@
 # Stage 3: train one hashing model per method and code length.
-# Code: pipeline/model/ (cmimh.py networks, losses.py terms, train.py trainer).
+# Code: pipeline/stages/train.py; the methods: pipeline/methods/ (one file each, REGISTRY in __init__.py).
 
 
 rule train:

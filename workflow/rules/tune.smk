@@ -1,47 +1,21 @@
 # Hyper-parameter selection by cross-validation on the database (`snakemake --cores 8 tune`).
-# One job per (grid point, fold) trains CMIMH on pairs of the database and scores it on
-# validation queries carved from the database (never the real queries); `tune_select` picks the
-# best (mean validation mAP@k of i2t and t2i; ties: first in grid order) and writes
-# results/{dataset}/tune/cmimh.json, which method `cmimh-tuned` trains with (train.smk).
-# Code: pipeline/tune.py (settings under `tune:` in config.yaml).
-
-
-rule tune_point:
-    input:
-        features=f"{RESULTS}/{{dataset}}/features.h5",
-    output:
-        record=f"{RESULTS}/{{dataset}}/tune/{{point}}/fold{{fold}}.json",
-    params:
-        settings=settings("train"),
-        tune=tune_point_params,
-    wildcard_constraints:
-        dataset=r"[^/]+",
-        point=r"[a-z]+[0-9.]+(-[a-z]+[0-9.]+)*",
-        fold=r"\d+",
-    log:
-        "logs/{dataset}/tune/{point}_fold{fold}.log",
-    benchmark:
-        f"{RESULTS}/{{dataset}}/benchmarks/tune_{{point}}_fold{{fold}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=1,
-    shell:
-        "{CMIMH} tune point --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
-        " --features {input.features} --point {wildcards.point} --fold {wildcards.fold}"
-        " -o {output.record} --log {log}"
+# Each grid point of `tune.grid.<method>` on each validation fold is an ordinary run named by its
+# variants (cmimh-mi1-kl0.5-lr0.001-val0: trained, encoded and evaluated by the usual rules, on a
+# validation protocol carved from the database; the real queries are never read); `tune_select`
+# picks each method's best (mean validation mAP@k of i2t and t2i; ties: first in grid order) into
+# results/{dataset}/tune/{method}.json, which a `<method>-tuned` run trains with (train.smk).
+# Code: pipeline/stages/tune.py; the study: pipeline/report/studies.py (Tune). Settings under `tune:`.
 
 
 rule tune_select:
     input:
-        records=lambda w: tune_point_files(w.dataset),
+        metrics=tune_inputs,
     output:
-        tuned=f"{RESULTS}/{{dataset}}/tune/cmimh.json",
+        tuned=[tune_file("{dataset}", m) for m in tuned_methods(DATASET)],
         table=f"{RESULTS}/{{dataset}}/studies/tune.md",
         plot=f"{RESULTS}/{{dataset}}/studies/tune.png",
     params:
-        tune=lambda w: json.dumps(tune_settings(w.dataset), sort_keys=True),
+        settings=settings("tune"),
     wildcard_constraints:
         dataset=r"[^/]+",
     log:
@@ -50,17 +24,14 @@ rule tune_select:
     resources:
         mem_mb=1000,
         runtime=10,
+    localrule: True
     shell:
-        "{CMIMH} tune select --config {CONFIG} --dataset {wildcards.dataset} --table {output.table}"
-        " --plot {output.plot} --records {input.records} -o {output.tuned} --log {log}"
-
-
-localrules:
-    tune_select,
+        "{CMIMH} tune --config {CONFIG} --dataset {wildcards.dataset} --results {RESULTS}/{wildcards.dataset}"
+        " --table {output.table} --plot {output.plot} -o {RESULTS}/{wildcards.dataset}/tune --log {log}"
 
 
 rule tune:
-    """Choose CMIMH's loss weights and learning rate by cross-validation on the database."""
+    """Choose each tuned method's settings by cross-validation on the database."""
     input:
-        tune_file(DATASET),
+        [tune_file(DATASET, m) for m in tuned_methods(DATASET)],
         f"{RESULTS}/{DATASET}/studies/tune.md",
