@@ -97,17 +97,16 @@ def check_config(config: dict, check_files: bool = True) -> None:
     structure, every configured method (name and settings), the feature settings, the studies
     and tune settings. One line on the first problem."""
     check_structure(normalize(config), check_files=check_files)
-    from pipeline.methods import parse_method
+    from pipeline.methods import REGISTRY, parse_method
 
     name = config["dataset"]
     view = dataset_view(config, name)
     for i, method in enumerate(view["methods"]):
         try:
-            m = parse_method(method)
-            resolve(config, name, "train", method if m.fold is None else m.name)
+            resolve(config, name, "train", parse_method(method).name)
         except PipelineError as e:
             raise PipelineError(f"config: methods[{i}]: {e}") from None
-    unknown = set(view.get("method_settings") or {}) - set(__import__("pipeline.methods", fromlist=["REGISTRY"]).REGISTRY)
+    unknown = set(view.get("method_settings") or {}) - set(REGISTRY)
     if unknown:
         raise PipelineError(f"config: method_settings: unknown method {sorted(unknown)[0]!r}")
     if view["source"] != "features":
