@@ -143,3 +143,16 @@ def test_all_zero_codes_of_a_collapsed_model_are_still_read(tmp_path):
         a[name] = np.zeros_like(a[name])
     write_codes(tmp_path / "c.h5", **a)
     assert read_codes(tmp_path / "c.h5").bits == 32
+
+
+def test_real_valued_embeddings_round_trip_and_are_checked(tmp_path):
+    a = _arrays()
+    rng = np.random.default_rng(0)
+    real = {n: rng.normal(size=(len(a[n]), 5)).astype(np.float32) for n in ("query_image", "query_text", "db_image", "db_text")}
+    write_codes(tmp_path / "c.h5", **a, real=real)
+    c = read_codes(tmp_path / "c.h5")
+    assert all(np.array_equal(c.real[n], real[n]) for n in real)
+    assert read_codes(_write_raw(tmp_path / "plain.h5")).real is None
+    real["db_text"] = real["db_text"][:2]
+    with pytest.raises(PipelineError, match="real-valued db_text"):
+        write_codes(tmp_path / "d.h5", **a, real=real)

@@ -241,3 +241,26 @@ def test_paired_recall_one_by_hand():
     assert r["i2t"] == pytest.approx([2 / 3, 2 / 3, 1.0])
     # t2i: text1 (0001) -> images d=1, 3, 3: own image1 at d=3 ties with image2, index 1 first -> rank 2.
     assert r["t2i"] == pytest.approx([2 / 3, 1.0, 1.0])
+
+
+def test_cosine_map_matches_a_per_query_loop():
+    """The continuous reference (no hashing): rank by cosine, ties by index, AP as for codes."""
+    from pipeline.eval.metrics import cosine_map_at_k
+
+    rng = np.random.default_rng(4)
+    q, db = rng.normal(size=(30, 5)), rng.normal(size=(80, 5))
+    db[10] = db[3] * 2.0  # the same direction: a tie, broken by the index
+    ql, dbl = (rng.random((30, 3)) < 0.4).astype(np.uint8), (rng.random((80, 3)) < 0.4).astype(np.uint8)
+    for k in (1, 7, 80, 1000):
+        total = 0.0
+        for i in range(len(q)):
+            sim = (db @ q[i]) / (np.linalg.norm(db, axis=1) * np.linalg.norm(q[i]))
+            order = sorted(range(len(db)), key=lambda j: (-round(sim[j], 12), j))[:min(k, len(db))]
+            rel = [(ql[i] & dbl[j]).any() for j in order]
+            hits, s = 0, 0.0
+            for pos, r in enumerate(rel, 1):
+                if r:
+                    hits += 1
+                    s += hits / pos
+            total += s / hits if hits else 0.0
+        assert cosine_map_at_k(q, db, ql, dbl, k, chunk=7) == pytest.approx(total / len(q), abs=1e-12), k

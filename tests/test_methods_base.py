@@ -122,3 +122,11 @@ def test_method_names_and_their_variants():
                         ("cmimh-samples1.5", "samples must be an integer"), ("cmimh-lr0", "lr must be > 0")):
         with pytest.raises(PipelineError, match=needle):
             methods.parse_method(bad)
+
+
+def test_seed_repetitions_change_the_fit_not_the_split():
+    m0, m1, m2 = (methods.parse_method(n) for n in ("cmimh", "cmimh-seed1", "cmimh-seed2"))
+    assert m0.training_seed(7) == 7 and m0.repeat == 0  # repetition 0 is the plain run
+    seeds = {m.training_seed(7) for m in (m0, m1, m2)}
+    assert len(seeds) == 3 and m1.training_seed(7) == methods.parse_method("cmimh-seed1").training_seed(7)
+    assert m1.config({}) == m0.config({}) and m1.train_size is None  # same settings, same training rows

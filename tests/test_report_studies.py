@@ -37,8 +37,9 @@ def _put(results: Path, method: str, bits: int, m: dict) -> None:
 
 
 def _settings(**over) -> dict:
-    s = {**S.STUDY_DEFAULTS, "dataset": "demo", "methods": ["cmimh"], "ablation_bits": 32,
-         "ablation_variants": ["cmimh", "cmimh_no_mi"], "eval_k": 1000}
+    s = {**S.STUDY_DEFAULTS, "dataset": "demo", "methods": ["cmimh"], "ablation_variants": ["cmimh", "cmimh_no_mi"],
+         "eval_k": 1000, "tuned_methods": ["cmimh"], "comparison_methods": ["cmimh"], "seeds": 2,
+         "comparison_bits": [16]}
     s.update(over)
     return s
 
@@ -253,3 +254,35 @@ def test_cli_study(tmp_path, capsys):
     sub = next(a for a in build_parser()._subparsers._group_actions[0].choices["study"]._actions
                if a.dest == "name")
     assert tuple(sub.choices) == S.PAPER_STUDIES
+
+
+def test_comparison_cells_are_mean_and_std_over_the_seed_runs(tmp_path):
+    """Each cell: the mean and the sample std over the -seed<k> repetitions, tuned and default apart,
+    with the tuned CCA space's continuous (cosine) reference and the chosen settings printed."""
+    s = _settings(comparison_methods=["cmimh", "ccaitq", "lsh"], tuned_methods=["cmimh", "ccaitq"], seeds=3,
+                  comparison_bits=[32])
+    vals = {"cmimh": [0.50, 0.54, 0.46], "ccaitq": [0.40, 0.40, 0.40], "lsh": [0.10, 0.20, 0.30]}
+    for m, vs in vals.items():
+        for k, v in enumerate(vs):
+            seed = f"-seed{k}" if k else ""
+            _put(tmp_path, f"{m}{seed}", 32, _metrics(v))
+            if m != "lsh":
+                tuned = {**_metrics(v + 0.1)}
+                if m == "ccaitq":
+                    tuned["continuous"] = _metrics(0.6 + 0.01 * k)
+                _put(tmp_path, f"{m}{seed}-tuned", 32, tuned)
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "ccaitq.json").write_text(json.dumps({"chosen": {"variants": {"reg": 1.0}}}))
+    runs = S.study_runs("comparison", s)
+    assert {r.method for r in runs} == {"cmimh", "cmimh-seed1", "cmimh-seed2", "cmimh-tuned", "cmimh-seed1-tuned",
+                                        "cmimh-seed2-tuned", "ccaitq", "ccaitq-seed1", "ccaitq-seed2", "ccaitq-tuned",
+                                        "ccaitq-seed1-tuned", "ccaitq-seed2-tuned", "lsh", "lsh-seed1", "lsh-seed2"}
+    text = write_study("comparison", s, tmp_path, tmp_path / "c.md", tmp_path / "c.png")
+    tuned, default = text.split("At their defaults:")
+    # cmimh at defaults: 0.50, 0.54, 0.46 -> mean 50.00, sample std 4.00
+    assert "| Img→Txt | cmimh | 50.00 ± 4.00 |" in default and "| Img→Txt | lsh | 20.00 ± 10.00 |" in default
+    assert "| Img→Txt | cmimh | 60.00 ± 4.00 |" in tuned and "| Img→Txt | ccaitq | 50.00 ± 0.00 |" in tuned
+    assert "| Img→Txt | ccaitq, continuous (cosine, no hashing) | 61.00 ± 1.00 |" in tuned
+    assert "lsh" not in tuned.split("Tuned")[1].split("\n\n")[1]  # no tune grid: no tuned row
+    assert "ccaitq: reg = 1" in text and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert S.mean_std([0.5, 0.54, 0.46]) == pytest.approx((0.5, 0.04))

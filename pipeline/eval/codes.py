@@ -3,7 +3,9 @@
 Datasets ``query_image``, ``query_text``, ``db_image``, ``db_text``: rows of
 ``numpy.packbits(bits01, axis=1)`` (uint8, default big bit order, zero padding bits);
 ``query_labels``, ``db_labels``: n x c uint8 multi-hot; optional ``query_ids``, ``db_ids``
-(variable-length strings). Attribute ``bits`` is the code length; any other attributes are
+(variable-length strings); optional group ``real`` with the same four names: the method's
+continuous embeddings before binarisation (float32; a linear method's projections), from which
+evaluation reports the cost of hashing (cosine ranking in that space). Attribute ``bits`` is the code length; any other attributes are
 provenance. Packing keeps files 8x smaller and lets the ranking XOR whole words.
 """
 
@@ -67,6 +69,7 @@ class Codes:
     query_ids: np.ndarray | None = None
     db_ids: np.ndarray | None = None
     attrs: dict = field(default_factory=dict)
+    real: dict[str, np.ndarray] | None = None  # continuous embeddings, CODE_SETS -> (n, d) float32
 
     @property
     def n_query(self) -> int:
@@ -94,7 +97,8 @@ def _attr_value(v: Any) -> Any:
 def write_codes(path: str | os.PathLike, *, query_image: np.ndarray, query_text: np.ndarray,
                 db_image: np.ndarray, db_text: np.ndarray, query_labels: np.ndarray,
                 db_labels: np.ndarray, bits: int, attrs: dict | None = None,
-                query_ids: Sequence[str] | None = None, db_ids: Sequence[str] | None = None) -> None:
+                query_ids: Sequence[str] | None = None, db_ids: Sequence[str] | None = None,
+                real: dict[str, np.ndarray] | None = None) -> None:
     """Write ``codes.h5`` atomically from UNPACKED (n, bits) 0/1 code arrays.
 
     The same checks as :func:`read_codes` run before anything is written, so a file that
@@ -113,6 +117,11 @@ def write_codes(path: str | os.PathLike, *, query_image: np.ndarray, query_text:
     ids = {"query_ids": None if query_ids is None else np.array([str(s) for s in query_ids], dtype=object),
            "db_ids": None if db_ids is None else np.array([str(s) for s in db_ids], dtype=object)}
     _validate(data, ids, bits, str(path))
+    if real is not None:
+        for name in CODE_SETS:
+            r = np.asarray(real[name])
+            if r.ndim != 2 or len(r) != len(data[name]) or not np.isfinite(r).all():
+                raise PipelineError(f"{path}: real-valued {name} must be a finite (n, d) array of {len(data[name])} rows")
     with atomic_output(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for name in CODE_SETS:
@@ -123,6 +132,10 @@ def write_codes(path: str | os.PathLike, *, query_image: np.ndarray, query_text:
                 if v is not None:
                     write_strings(f, name, v)
             f.attrs["bits"] = bits
+            if real is not None:
+                g = f.create_group("real")
+                for name in CODE_SETS:
+                    g.create_dataset(name, data=np.asarray(real[name], dtype=np.float32))
             for k, v in (attrs or {}).items():
                 if k != "bits" and v is not None:
                     f.attrs[k] = _attr_value(v)
@@ -141,6 +154,8 @@ def read_codes(path: str | os.PathLike) -> Codes:
             data[name] = f[name][()]
         ids = {name: (f[name].asstr()[()] if name in f else None) for name in ("query_ids", "db_ids")}
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+        real = ({name: f["real"][name][()] for name in CODE_SETS} if "real" in f and
+                all(name in f["real"] for name in CODE_SETS) else None)
     bits = _validate(data, ids, attrs.get("bits"), str(path))
     attrs["bits"] = bits
     return Codes(
@@ -148,7 +163,7 @@ def read_codes(path: str | os.PathLike) -> Codes:
         db_image=data["db_image"], db_text=data["db_text"],
         query_labels=data["query_labels"].astype(np.uint8, copy=False),
         db_labels=data["db_labels"].astype(np.uint8, copy=False),
-        bits=bits, query_ids=ids["query_ids"], db_ids=ids["db_ids"], attrs=attrs,
+        bits=bits, query_ids=ids["query_ids"], db_ids=ids["db_ids"], attrs=attrs, real=real,
     )
 
 

@@ -36,7 +36,8 @@ REGISTRY: dict[str, type[Hasher]] = {
 
 #: Variants every method takes: what a run trains on, not how the method works.
 RUN_VARIANTS = {"ntrain": "train on n pairs drawn from the database (Table IX)",
-                "val": "train and evaluate on validation fold k carved from the database (tune)"}
+                "val": "train and evaluate on validation fold k carved from the database (tune)",
+                "seed": "repetition k: another initialisation and mini-batch order on the same split (error bars)"}
 
 _NAME = re.compile(r"^(?P<base>[a-z][a-z0-9]*)(?:_no_(?P<off>[a-z]+))?(?P<variants>(?:-[a-z]+\d+(?:\.\d+)?)*)"
                    r"(?P<tuned>-tuned)?$")
@@ -78,6 +79,20 @@ class MethodName:
     def train_size(self) -> int | None:
         """``-ntrain<n>``: n training pairs drawn from the database with the seed (else the split's)."""
         return self.variants.get("ntrain")  # type: ignore[return-value]
+
+    @property
+    def repeat(self) -> int:
+        """``-seed<k>``: the k-th repetition (0: the config's seed itself)."""
+        return int(self.variants.get("seed", 0))
+
+    def training_seed(self, seed: int) -> int:
+        """The seed a run's fit uses: the config's for repetition 0, an independent stream of it
+        for repetition k (the split, drawn from the config's seed alone, stays the same)."""
+        if not self.repeat:
+            return int(seed)
+        import numpy as np
+
+        return int(np.random.SeedSequence([int(seed), self.repeat]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
     @property
     def fold(self) -> int | None:
@@ -146,9 +161,9 @@ def parse_method(name: str) -> MethodName:
             allowed = sorted(set(cls.variants) | set(RUN_VARIANTS))
             raise PipelineError(f"method {name!r}: {base} has no variant {key!r} (its variants: {', '.join(allowed)})")
         variants[key] = float(val)
-    for key in ("samples", "epochs", "ntrain", "val"):
+    for key in ("samples", "epochs", "ntrain", "val", "seed"):
         if key in variants:
-            need = 0 if key == "val" else 1
+            need = 0 if key in ("val", "seed") else 1
             if variants[key] != int(variants[key]) or variants[key] < need:
                 raise PipelineError(f"method {name!r}: {key} must be an integer >= {need}")
             variants[key] = int(variants[key])

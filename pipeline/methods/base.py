@@ -63,6 +63,14 @@ class Hasher(ABC):
     def encode_text(self, y: np.ndarray) -> np.ndarray:
         """(n, bits) uint8 0/1 codes of text features (deterministic)."""
 
+    def embed_image(self, x: np.ndarray) -> np.ndarray | None:
+        """The continuous embedding the image codes binarise, if the method has one (else None)."""
+        return None
+
+    def embed_text(self, y: np.ndarray) -> np.ndarray | None:
+        """The continuous embedding the text codes binarise, if the method has one (else None)."""
+        return None
+
     def diagnostics(self, x_db: np.ndarray, y_db: np.ndarray, codes_image: np.ndarray,
                     codes_text: np.ndarray) -> dict:
         """Table II diagnostics of the database codes (already encoded from ``x_db``/``y_db``):

@@ -103,6 +103,23 @@ class LinearHash(Hasher):
             out[s:s + ENCODE_BLOCK] = (blk @ w >= 0)
         return out
 
+    def _embed(self, a: Any, mean: np.ndarray | None, w: np.ndarray | None, where: str) -> np.ndarray:
+        self._require_fitted(where)
+        out = np.empty((len(a), self.bits), dtype=np.float32)
+        for s in range(0, len(a), ENCODE_BLOCK):
+            blk = check_features(a[s:s + ENCODE_BLOCK], f"{self.name} {where}", dim=w.shape[0], min_rows=0,
+                                 allow_bool=True, dtype=np.float64, row_offset=s)
+            out[s:s + ENCODE_BLOCK] = (blk - mean) @ w
+        return out
+
+    def embed_image(self, x: np.ndarray) -> np.ndarray:
+        """The projections (x - mean_x) W_x that the image codes are the signs of."""
+        return self._embed(x, self.mean_x_, self.w_x_, "embed_image")
+
+    def embed_text(self, y: np.ndarray) -> np.ndarray:
+        """The projections (y - mean_y) W_y that the text codes are the signs of."""
+        return self._embed(y, self.mean_y_, self.w_y_, "embed_text")
+
     def encode_image(self, x: np.ndarray) -> np.ndarray:
         """(m, bits) uint8 0/1 codes of image features (deterministic)."""
         return self._encode(x, self.mean_x_, self.w_x_, "encode_image")

@@ -57,12 +57,14 @@ def lines(ax, xlabels: list[str], series: dict[str, list[float | None]], xlabel:
     ax.legend(fontsize=7)
 
 
-def bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str) -> None:
-    """Grouped bars: one group per task, one bar per series."""
+def bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str,
+         errors: dict[str, list[float]] | None = None) -> None:
+    """Grouped bars: one group per task, one bar per series (with error bars when given)."""
     x = np.arange(len(groups))
     w = 0.8 / max(len(series), 1)
     for i, (label, ys) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * w, ys, w, label=label)
+        ax.bar(x + (i - (len(series) - 1) / 2) * w, ys, w, label=label,
+               yerr=None if errors is None else errors[label], capsize=2)
     ax.set_xticks(x, groups)
     top = max((v for ys in series.values() for v in ys), default=1.0)
     rows = -(-len(series) // 3)  # legend rows, 3 entries a row

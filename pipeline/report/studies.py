@@ -61,6 +61,9 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "tc_bits": [16, 32, 48],                  # Table II
     "epochs": None,                           # None: the cmimh epochs; n: every CMIMH study run gets -epochs<n>
     "ablation_variants": ["cmimh", "cmimh_no_rec", "cmimh_no_mi", "cmimh_no_kl", "cmimh_no_tc", "cmimh_no_bal"],
+    "seeds": 3,                               # comparison: repetitions (-seed<k>) behind each mean ± std
+    "comparison_bits": [16, 32, 64],
+    "comparison_methods": None,               # None: the methods of `methods` (base names)
 }
 #: ``tune:`` defaults: the grid of each method (its variant keys -> values), the validation protocol.
 TUNE_DEFAULTS: dict[str, Any] = {
@@ -96,7 +99,10 @@ def study_settings(view: dict) -> dict:
     if unknown:
         raise PipelineError(f"config: studies.report: unknown study {unknown[0]!r} (known: {', '.join(STUDIES)})")
     s.update({"dataset": view["dataset"], "methods": list(view.get("methods", ["cmimh"])),
-              "eval_k": int(view.get("eval_k", 1000))})
+              "eval_k": int(view.get("eval_k", 1000)),
+              "tuned_methods": list(tune_settings(view, None)["grid"])})
+    if s["comparison_methods"] is None:
+        s["comparison_methods"] = list(dict.fromkeys(parse_method(m).base for m in s["methods"]))
     return s
 
 
@@ -192,7 +198,7 @@ class Study:
     def plot(self, runs: list[Run], m: dict[Run, dict], key: str, out_png: Path) -> None:
         raise NotImplementedError
 
-    def markdown(self, s: dict, metrics: dict[Run, dict], runs: list[Run], k: int) -> str:
+    def markdown(self, s: dict, metrics: dict[Run, dict], runs: list[Run], k: int, results: Path | None = None) -> str:
         """The study's Markdown section: title, table (mAP@k in %), caption, the runs."""
         bits = sorted({r.bits for r in runs})
         bits_txt = f"{bits[0]} bits" if len(bits) == 1 else "bits " + ", ".join(map(str, bits))
@@ -523,6 +529,112 @@ class Tune(Study):
         figures.save(fig, out_png)
 
 
+# ----------------------------------------------------------------------------- comparison
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value) over the repetitions."""
+    a = np.asarray(values, dtype=np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
+
+
+def pm(values: list[float]) -> str:
+    """``mean ± std`` in %, two decimals; one value alone as it is."""
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if len(values) > 1 else f"{100 * mean:.2f}"
+
+
+class Comparison(Study):
+    """Every method at its defaults and as tuned (``<method>-tuned``), each cell the mean ± std
+    over ``seeds`` repetitions (``-seed<k>``: other initialisations and mini-batch orders on the
+    same split), with a continuous reference: cosine ranking in the tuned CCA space (CCA-ITQ's
+    projections before the sign), which shows what binarisation costs."""
+
+    name, title, reference = ("comparison", "Methods compared, tuned and at their defaults",
+                              "the paper's Table III, mean ± std over seeds")
+
+    def runs(self, s):
+        out = []
+        for tuned in (True, False):
+            for m in s["comparison_methods"]:
+                if tuned and m not in s["tuned_methods"]:
+                    continue
+                for b in s["comparison_bits"]:
+                    for k in range(int(s["seeds"])):
+                        name = m + (f"-seed{k}" if k else "") + ("-tuned" if tuned else "")
+                        out.append(Run(parse_method(name).name, int(b), k, ("tuned" if tuned else "default", m)))
+        return out
+
+    def _cells(self, runs, m, key, kind, part=None):
+        groups: dict[tuple, dict[int, list[float]]] = {}
+        for r in runs:
+            if r.group[0] != kind:
+                continue
+            src = m[r] if part is None else (m[r].get(part) or {})
+            for t in TASKS:
+                v = (src.get(key) or {}).get(t.name)
+                if v is not None:
+                    groups.setdefault((t.name, r.group[1]), {}).setdefault(r.bits, []).append(v)
+        return groups
+
+    def _table(self, runs, m, key, kind, bits):
+        cells = self._cells(runs, m, key, kind)
+        methods = list(dict.fromkeys(r.group[1] for r in runs if r.group[0] == kind))
+        lines = ["| Task | Method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|---|" + "---:|" * len(bits)]
+        ref = self._cells(runs, m, key, "tuned", part="continuous") if kind == "tuned" else {}
+        for t in TASKS:
+            for meth in methods:
+                by = cells.get((t.name, meth), {})
+                lines.append(f"| {t.label} | {meth} | " + " | ".join(pm(by.get(b, [])) for b in bits) + " |")
+            for meth in methods:
+                if (t.name, meth) in ref:
+                    by = ref[(t.name, meth)]
+                    lines.append(f"| {t.label} | {meth}, continuous (cosine, no hashing) | "
+                                 + " | ".join(pm(by.get(b, [])) for b in bits) + " |")
+        return "\n".join(lines)
+
+    def table(self, runs, m, key):
+        bits = list(dict.fromkeys(r.bits for r in runs))
+        out = []
+        if any(r.group[0] == "tuned" for r in runs):
+            out += ["Tuned (each method's `-tuned` runs: the settings its tune grid chose on the validation split):", "",
+                    self._table(runs, m, key, "tuned", bits), ""]
+        out += ["At their defaults:", "", self._table(runs, m, key, "default", bits)]
+        return "\n".join(out)
+
+    def caption(self, s, runs):
+        return (f"Each cell: mean ± standard deviation (sample, ddof 1) over {s['seeds']} repetitions (-seed<k>: other "
+                "initialisations and mini-batch orders on the same split and features). The continuous rows rank by "
+                "cosine similarity of the method's projections before binarisation (no hashing).")
+
+    def markdown(self, s, metrics, runs, k, results=None):
+        text = super().markdown(s, metrics, runs, k, results)
+        chosen = []
+        for meth in s["comparison_methods"]:
+            f = Path(results) / "tune" / f"{meth}.json" if results is not None else None
+            if meth in s["tuned_methods"] and f is not None and f.is_file():
+                c = json.loads(f.read_text())["chosen"]
+                chosen.append(f"{meth}: " + ", ".join(f"{kk} = {fmt_number(v)}" for kk, v in c["variants"].items()))
+        if chosen:
+            text = text.rstrip("\n") + "\n\nSettings the tune target chose: " + "; ".join(chosen) + ".\n"
+        return text
+
+    def plot(self, runs, m, key, out_png):
+        bits = list(dict.fromkeys(r.bits for r in runs))
+        b = 32 if 32 in bits else bits[len(bits) // 2]
+        kind = "tuned" if any(r.group[0] == "tuned" for r in runs) else "default"
+        cells = self._cells([r for r in runs if r.bits == b], m, key, kind)
+        methods = list(dict.fromkeys(r.group[1] for r in runs if r.group[0] == kind))
+        series = {meth: [100 * mean_std(cells.get((t.name, meth), {}).get(b, [0.0]))[0] for t in CROSS_MODAL]
+                  for meth in methods}
+        errors = {meth: [100 * mean_std(cells.get((t.name, meth), {}).get(b, [0.0]))[1] for t in CROSS_MODAL]
+                  for meth in methods}
+        fig, axes = figures.figure(1, 6.0, 3.4)
+        figures.bars(axes[0], [t.label for t in CROSS_MODAL], series, f"{key} (%)", errors=errors)
+        axes[0].set_title(f"{self.title} ({kind}, {b} bits)")
+        figures.save(fig, out_png)
+
+
 #: Every study, by name (the order of ``snakemake studies``; ``tune`` is its own target).
 STUDIES: dict[str, Study] = {s.name: s for s in (
     CodeLengths(),
@@ -530,7 +642,7 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
                 "the inter-modal Jensen–Shannon MI term (w_mi)"),
     WeightSweep("kl", "kl_sweep", "Symmetrised-KL weight sweep", "the paper's Figure 3",
                 "the symmetrised Bernoulli KL term (w_kl)"),
-    TrainSize(), CriticInput(), Ablation(), TCStudy(), Tune())}
+    TrainSize(), CriticInput(), Ablation(), TCStudy(), Comparison(), Tune())}
 #: The studies of ``snakemake studies`` (all but tune, which has its own target).
 PAPER_STUDIES: tuple[str, ...] = tuple(n for n in STUDIES if n != "tune")
 

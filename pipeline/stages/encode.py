@@ -33,13 +33,16 @@ def run(settings: dict, model_path: Path, features_path: Path, out: Path, index_
     codes = {"query_image": model.encode_image(f.image[q]), "query_text": model.encode_text(f.text[q]),
              "db_image": model.encode_image(f.image[db]), "db_text": model.encode_text(f.text[db])}
     bits = int(codes["db_image"].shape[1])
+    real = {"query_image": model.embed_image(f.image[q]), "query_text": model.embed_text(f.text[q]),
+            "db_image": model.embed_image(f.image[db]), "db_text": model.embed_text(f.text[db])}
+    real = None if any(v is None for v in real.values()) else real
     # Table II diagnostics of the database codes (Corr MSE, TC estimate); evaluate copies them.
     diag = model.diagnostics(f.image[db], f.text[db], codes["db_image"], codes["db_text"])
     attrs = {"diagnostics": json.dumps(diag),
              "provenance": provenance_json(settings, stage="encode", model_sha256=sha256_file(model_path),
                                            features_sha256=sha256_file(features_path))}
     write_codes(out, **codes, query_labels=f.labels[q], db_labels=f.labels[db], bits=bits, attrs=attrs,
-                query_ids=list(f.ids[q]), db_ids=list(f.ids[db]))
+                query_ids=list(f.ids[q]), db_ids=list(f.ids[db]), real=real)
     log.info("codes: %d queries, %d database items, %d bits -> %s", len(q), len(db), bits, out)
     if index_dir is not None:
         from pipeline.search.index import build_index

@@ -27,7 +27,7 @@ def run(codes_h5: str | os.PathLike, out_json: str | os.PathLike, k: int = 1000,
     """
     from pipeline.errors import PipelineError
     from pipeline.eval.codes import read_codes
-    from pipeline.eval.metrics import chance_level, evaluate_all, label_summary
+    from pipeline.eval.metrics import chance_level, continuous_metrics, evaluate_all, label_summary
     from pipeline.io import provenance, sha256_file, write_json
 
     if k < 1:
@@ -42,6 +42,9 @@ def run(codes_h5: str | os.PathLike, out_json: str | os.PathLike, k: int = 1000,
                     "database items carry no label: those queries score AP 0 under any method",
                     lab["query_without_relevant"], lab["n_query"], lab["query_unlabelled"], lab["db_unlabelled"],
                     lab["n_db"])
+    cont = continuous_metrics(codes, k)
+    if cont is not None:  # the method's embeddings before binarisation, ranked by cosine
+        metrics["continuous"] = cont
     t1 = time.perf_counter()
     if chance:
         metrics["chance"] = chance_level(codes, k, n_threads=n_threads)

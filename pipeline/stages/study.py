@@ -23,7 +23,7 @@ def run(name: str, s: dict, results: Path, out_md: Path, out_png: Path | None = 
     k = int(k if k is not None else s["eval_k"])
     runs = study.runs(s)
     metrics = load_study_metrics(Path(results), runs, f"map@{k}")
-    text = study.markdown(s, metrics, runs, k)
+    text = study.markdown(s, metrics, runs, k, Path(results))
     if out_png is not None:
         study.plot(runs, metrics, f"map@{k}", Path(out_png))
     write_text(out_md, text)

@@ -59,7 +59,7 @@ def run(settings: dict, features_path: Path, bits: int, out: Path, *, tuned: Pat
     feats = read_features(features_path)
     rows = training_rows(feats, settings)
     model = m.cls(bits, config)
-    history = model.fit(feats.image[rows], feats.text[rows], seed=int(settings["seed"]),
+    history = model.fit(feats.image[rows], feats.text[rows], seed=m.training_seed(int(settings["seed"])),
                         device=settings["device"],
                         progress=progress)
     log.info("%s: %d bits fitted on %d pairs", m.name, bits, len(rows))

@@ -3,6 +3,7 @@
 # `studies.report` in config.yaml, their tables also go into report.md. Their runs are ordinary
 # method variants (cmimh-mi<w>, cmimh-kl<w>, <method>-ntrain<n>, cmimh-samples<K>,
 # cmimh_no_<term>), trained, encoded and evaluated by the usual rules through the method wildcard.
+# `comparison`: every method at its defaults and tuned, mean ± std over studies.seeds repetitions.
 # Which runs a study needs, its table and plot: pipeline/report/studies.py (STUDIES, one object each);
 # the stage: pipeline/stages/study.py. Settings under `studies:` in config.yaml.
 
@@ -44,6 +45,7 @@ for _study in PAPER_STUDIES:
 
 
 rule studies:
-    """Every study of the paper (not tune): `snakemake --cores 8 studies`."""
+    """Every study of the paper: `snakemake --cores 8 studies` (not tune, nor the comparison, which needs tune)."""
     input:
-        [f"{RESULTS}/{DATASET}/studies/{name}.{ext}" for name in PAPER_STUDIES for ext in ("md", "png")],
+        [f"{RESULTS}/{DATASET}/studies/{name}.{ext}" for name in PAPER_STUDIES if name != "comparison"
+         for ext in ("md", "png")],
