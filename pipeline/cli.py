@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -305,15 +306,23 @@ def _logging(args) -> Iterator[logging.Logger]:
         root.addHandler(h)
     old_level = root.level
     root.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    old_format = warnings.formatwarning
+    warnings.formatwarning = _one_line_warning
     logging.captureWarnings(True)
     try:
         yield root
     finally:
         logging.captureWarnings(False)
+        warnings.formatwarning = old_format
         for h in handlers:
             root.removeHandler(h)
             h.close()
         root.setLevel(old_level)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one log line (its category and message; not the source line that raised it)."""
+    return f"{category.__name__}: {str(message).strip()}"
 
 
 def _fail(message: str, status: int) -> int:
