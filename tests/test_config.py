@@ -129,3 +129,12 @@ def test_method_settings_variants(cfg):
     bad = dict(cfg, methods=["cmimh", "cvh_no_mi"])
     with pytest.raises(PipelineError, match=r"config: methods\[1\]: .*only cmimh"):
         validate(bad)
+
+
+def test_config_file_not_utf8_or_a_directory_is_one_line(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_bytes(b"dataset: d\xe9mo\n")
+    with pytest.raises(PipelineError, match=r"config.yaml: not UTF-8 text \(byte 0xe9 at offset 10\)"):
+        load_config(bad)
+    with pytest.raises(PipelineError, match="is a directory"):
+        load_config(tmp_path)
