@@ -19,6 +19,9 @@ from pipeline.errors import PipelineError
 
 log = logging.getLogger("cmimh")
 
+#: The longest code (bits) a model is trained for: the schema's code_lengths maximum.
+MAX_BITS = 1024
+
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("settings (one of)")
@@ -130,8 +133,8 @@ def cmd_train(a) -> None:
 
     # --tuned: the tune target's chosen settings first, then the method name's variants
     s = method_settings(tuned_settings(_settings(a, "train", a.method), a.method, a.tuned), a.method)
-    if a.bits < 1:
-        raise PipelineError(f"code length must be >= 1, not {a.bits}")
+    if not 1 <= a.bits <= MAX_BITS:
+        raise PipelineError(f"code length (--bits) must be between 1 and {MAX_BITS}, not {a.bits}")
     feats = read_features(a.features)
     tr = training_rows(feats, s)
     model, history = train_method(a.method, feats.image[tr], feats.text[tr], a.bits, s, int(s["seed"]),
@@ -391,8 +394,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args, root: logging.Logger) -> int:
-    from pipeline.io import write_failure
-
     limits = contextlib.nullcontext()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -410,21 +411,37 @@ def _run(args, root: logging.Logger) -> int:
         return _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    except MemoryError:
+    except Exception as e:  # noqa: BLE001 - out of memory, a failed write, else a bug (_unexpected)
+        if not _out_of_memory(e):
+            return _unexpected(args, e)
         return _fail(f"error: out of memory in `cmimh {args.command}` (use a smaller batch_size, fewer threads, "
                      "or a machine with more memory)", 2)
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback in the log
-        w = write_failure(e)
-        if w is not None:
-            where = getattr(w, "filename", None) or "an output"
-            return _fail(f"error: cannot write {where}: {getattr(w, 'strerror', None) or w}", 2)
-        msg = (str(e).strip().splitlines() or [""])[0][:300]
-        if args.verbose or args.log:
-            log.exception("unexpected error in `cmimh %s`", args.command, extra={"console": bool(args.verbose)})
-        where = f"the traceback is in {args.log}" if args.log else "rerun with -v for the traceback"
-        return _fail(f"error: unexpected {type(e).__name__} in `cmimh {args.command}`: {msg} "
-                     f"(a bug; {where})", 1)
     return 0
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, or torch's failed allocation (a RuntimeError: ``DefaultCPUAllocator:
+    can't allocate memory``, ``CUDA out of memory``): too little memory, not a bug."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _unexpected(args, e: Exception) -> int:
+    """The last line of defence: one line, the traceback in the log."""
+    from pipeline.io import write_failure
+
+    w = write_failure(e)
+    if w is not None:
+        where = getattr(w, "filename", None) or "an output"
+        return _fail(f"error: cannot write {where}: {getattr(w, 'strerror', None) or w}", 2)
+    msg = (str(e).strip().splitlines() or [""])[0][:300]
+    if args.verbose or args.log:
+        log.exception("unexpected error in `cmimh %s`", args.command, extra={"console": bool(args.verbose)})
+    where = f"the traceback is in {args.log}" if args.log else "rerun with -v for the traceback"
+    return _fail(f"error: unexpected {type(e).__name__} in `cmimh {args.command}`: {msg} "
+                 f"(a bug; {where})", 1)
 
 
 if __name__ == "__main__":

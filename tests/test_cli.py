@@ -43,9 +43,27 @@ def test_train_rejects_bad_method_and_bits(tmp_path, capsys):
     assert "unknown method 'magic'" in _err(capsys)
     assert main(["train", "--settings", s, "--features", str(feats), "--bits", "0",
                  "-o", str(tmp_path / "m.pt")]) == 2
-    assert "code length must be >= 1" in _err(capsys)
+    assert "code length (--bits) must be between 1 and 1024, not 0" in _err(capsys)
+    # a code length past the schema's maximum is refused before torch tries to allocate it
+    assert main(["train", "--settings", s, "--features", str(feats), "--bits", "100000000",
+                 "-o", str(tmp_path / "m.pt")]) == 2
+    assert "must be between 1 and 1024, not 100000000" in _err(capsys)
     assert not (tmp_path / "m.pt").exists()
     # and a valid call trains, writes the model and the log
     assert main(["train", "--settings", s, "--features", str(feats), "--bits", "8", "--no-progress",
                  "--log-csv", str(tmp_path / "log.csv"), "-o", str(tmp_path / "m.pt")]) == 0
     assert (tmp_path / "m.pt").is_file() and (tmp_path / "log.csv").read_text().startswith("epoch,")
+
+
+def test_torch_failing_to_allocate_is_the_out_of_memory_line(tmp_path, monkeypatch, capsys):
+    """torch reports a failed allocation as a RuntimeError, not a MemoryError: still one line (status
+    2) that says what to change, not an unexpected error."""
+    import pipeline.cli as cli
+
+    def oom(a):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 25600000000 bytes.")
+
+    monkeypatch.setattr(cli, "cmd_evaluate", oom)
+    assert main(["evaluate", "x.h5", "-o", str(tmp_path / "m.json")]) == 2
+    assert _err(capsys).startswith("cmimh: error: out of memory in `cmimh evaluate`")
