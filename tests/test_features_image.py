@@ -291,3 +291,28 @@ def test_an_image_replaced_by_another_valid_one_is_detected(demo16, reference, t
     fc7, ok, attrs, _ = read(out)
     assert np.flatnonzero(ok == 0).tolist() == [6] and json.loads(attrs["bad_image_ids"]) == [m.pairs[6].id]
     assert f"changed image for id {m.pairs[6].id}" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "L", "CMYK", "RGBA", "P", "1"])
+def test_every_image_mode_keeps_its_tones(mode):
+    """A grey ramp in any mode becomes the same 8-bit ramp: 16-bit and float images are scaled,
+    not clipped to white or black by PIL's convert("RGB")."""
+    from PIL import Image
+
+    ramp = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (4, 1))  # 0, 16, ..., 240
+    grey = Image.fromarray(ramp, mode="L")
+    if mode == "I;16":
+        im = Image.fromarray((ramp.astype(np.uint16) * 257))
+    elif mode == "I":
+        im = Image.fromarray(ramp.astype(np.int32) * 257)
+    elif mode == "F":
+        im = Image.fromarray(ramp.astype(np.float32) / 255)
+    elif mode == "1":
+        im = grey.convert("1", dither=Image.Dither.NONE)
+    else:
+        im = grey.convert(mode)
+    assert im.mode == mode
+    got = np.asarray(image.to_rgb(im), dtype=int)
+    assert got.shape == (4, 16, 3)
+    tol = 128 if mode == "1" else 2  # a 1-bit image keeps only black and white
+    assert np.abs(got[..., 0] - ramp).max() <= tol, (mode, got[0, :, 0])
