@@ -193,6 +193,8 @@ def open_h5(path: str | os.PathLike, what: str):
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"{what} {path} is a directory, not an HDF5 file")
     if not path.is_file():
         raise PipelineError(f"missing {what}: {path}")
     try:

@@ -92,3 +92,10 @@ except PipelineError as e:
     line = p.stdout.strip()
     assert line.startswith("ERR cannot write ") and "\n" not in line, p.stdout + p.stderr[-500:]
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary file
+
+
+def test_open_h5_names_a_folder_given_as_a_file(tmp_path):
+    (tmp_path / "codes.h5").mkdir()
+    with pytest.raises(PipelineError, match=r"^codes file .*codes\.h5 is a directory, not an HDF5 file$"):
+        with io.open_h5(tmp_path / "codes.h5", "codes file"):
+            pass
