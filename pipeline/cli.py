@@ -347,6 +347,12 @@ def _logging(args) -> Iterator[logging.Logger]:
     console.addFilter(lambda r: getattr(r, "console", True))  # records meant for the log file only
     handlers.append(console)
     if args.log:
+        from pipeline.io import check_output_path
+
+        try:
+            check_output_path(args.log)
+        except PipelineError as e:
+            raise PipelineError(f"the log file: {e}") from None
         try:
             Path(args.log).parent.mkdir(parents=True, exist_ok=True)
             handlers.append(logging.FileHandler(args.log, mode="w", encoding="utf-8"))
@@ -405,6 +411,7 @@ def _run(args, root: logging.Logger) -> int:
             # numpy/scipy BLAS too (the shallow baselines, PCA): jobs running side by side must not
             # each start one BLAS thread per core (measured 10-20x slower when oversubscribed).
             limits = threadpool_limits(max(1, args.threads))
+        _check_outputs(args)
         with limits:
             args.fn(args)
     except PipelineError as e:
@@ -417,6 +424,22 @@ def _run(args, root: logging.Logger) -> int:
         return _fail(f"error: out of memory in `cmimh {args.command}` (use a smaller batch_size, fewer threads, "
                      "or a machine with more memory)", 2)
     return 0
+
+
+#: The options that name an output file, in any subcommand that has them.
+OUTPUT_OPTIONS = ("output", "log_csv", "plot", "html", "table")
+
+
+def _check_outputs(args) -> None:
+    """An output that can never be written (an existing folder, a path below a file) is one line
+    before the work, not after hours of training or extraction."""
+    from pipeline.io import check_output_path
+
+    for name in OUTPUT_OPTIONS:
+        if getattr(args, name, None):
+            check_output_path(getattr(args, name))
+    if args.command == "encode" and args.index:
+        check_output_path(args.index, folder=True)
 
 
 def _out_of_memory(e: BaseException) -> bool:

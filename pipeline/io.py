@@ -76,7 +76,24 @@ def write_error(path: str | os.PathLike, e: BaseException) -> PipelineError:
     return PipelineError(f"cannot write {path}: {why}")
 
 
-def _make_parent(final: Path) -> None:
+def check_output_path(path: str | os.PathLike, folder: bool = False) -> None:
+    """Refuse, in one line and before any work, an output path that cannot become a file (or, with
+    ``folder``, a folder): one that is an existing folder (file), or one below an existing file
+    (``results.json/m.json``). Creates nothing."""
+    final = Path(path)
+    if not folder and final.is_dir():
+        raise PipelineError(f"cannot write {final}: it is an existing folder (give a file name, or remove the folder)")
+    if folder and final.exists() and not final.is_dir():
+        raise PipelineError(f"cannot write the folder {final}: it is an existing file")
+    for parent in final.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise PipelineError(f"cannot write {final}: {parent} is a file, not a folder")
+            break
+
+
+def _make_parent(final: Path, folder: bool = False) -> None:
+    check_output_path(final, folder)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -123,7 +140,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     failed write is one line and leaves neither a partial folder nor a damaged old one.
     """
     final = Path(path)
-    _make_parent(final)
+    _make_parent(final, folder=True)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     except OSError as e:

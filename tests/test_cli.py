@@ -67,3 +67,24 @@ def test_torch_failing_to_allocate_is_the_out_of_memory_line(tmp_path, monkeypat
     monkeypatch.setattr(cli, "cmd_evaluate", oom)
     assert main(["evaluate", "x.h5", "-o", str(tmp_path / "m.json")]) == 2
     assert _err(capsys).startswith("cmimh: error: out of memory in `cmimh evaluate`")
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--features", "f.h5", "--bits", "8", "-o", "out"], "cannot write out: it is an existing folder"),
+    (["train", "--features", "f.h5", "--bits", "8", "-o", "m.pt", "--log-csv", "afile/l.csv"],
+     "cannot write afile/l.csv: afile is a file, not a folder"),
+    (["evaluate", "c.h5", "-o", "out"], "cannot write out: it is an existing folder"),
+    (["report", "--results", "r", "--dataset", "d", "--bits", "8", "-o", "afile/r.md"], "afile is a file"),
+    (["encode", "--model", "m.pt", "--features", "f.h5", "-o", "c.h5", "--index", "afile"],
+     "cannot write the folder afile: it is an existing file"),
+    (["evaluate", "c.h5", "-o", "m.json", "--log", "afile/e.log"], "the log file: cannot write afile/e.log: afile is a file"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch, capsys, argv, needle):
+    """Checked before any input is read (no features.h5 exists here): an output that is a folder, or
+    below a file, is one line at once, not an unexpected IsADirectoryError after the training."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "afile").write_text("x")
+    assert main(argv) == 2
+    line = _err(capsys)
+    assert line.startswith("cmimh: error:") and needle in line, line

@@ -316,3 +316,12 @@ def test_every_image_mode_keeps_its_tones(mode):
     assert got.shape == (4, 16, 3)
     tol = 128 if mode == "1" else 2  # a 1-bit image keeps only black and white
     assert np.abs(got[..., 0] - ramp).max() <= tol, (mode, got[0, :, 0])
+
+
+def test_an_output_that_is_a_folder_fails_before_any_work(demo16, tmp_path):
+    """Not an IsADirectoryError when the finished work file is renamed onto it, hours later."""
+    (tmp_path / "fc7.h5").mkdir()
+    commits = []
+    with pytest.raises(PipelineError, match=r"cannot write .*fc7\.h5: it is an existing folder"):
+        extract.run_image(demo16, settings(), tmp_path / "fc7.h5", CPU, progress=False, on_chunk=commits.append)
+    assert commits == [] and sorted(p.name for p in tmp_path.iterdir()) == ["fc7.h5"]

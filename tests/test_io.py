@@ -99,3 +99,17 @@ def test_open_h5_names_a_folder_given_as_a_file(tmp_path):
     with pytest.raises(PipelineError, match=r"^codes file .*codes\.h5 is a directory, not an HDF5 file$"):
         with io.open_h5(tmp_path / "codes.h5", "codes file"):
             pass
+
+
+def test_an_output_that_is_a_folder_or_below_a_file_is_one_line_and_leaves_nothing(tmp_path):
+    (tmp_path / "m.json").mkdir()
+    with pytest.raises(PipelineError, match=r"cannot write .*m\.json: it is an existing folder"):
+        io.write_json(tmp_path / "m.json", {})
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(PipelineError, match=r"cannot write .*afile/sub/m\.json: .*afile is a file, not a folder$"):
+        io.write_json(tmp_path / "afile" / "sub" / "m.json", {})
+    with pytest.raises(PipelineError, match=r"cannot write the folder .*afile: it is an existing file"):
+        with io.atomic_directory(tmp_path / "afile"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "m.json"]  # no temporary left
+    assert list((tmp_path / "m.json").iterdir()) == []

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from pipeline.errors import PipelineError
-from pipeline.io import sha256_file, write_strings
+from pipeline.io import check_output_path, sha256_file, write_error, write_strings
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,11 @@ class WorkFile:
         self.rows_done = 0
 
     def __enter__(self) -> "WorkFile":
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        check_output_path(self.out)  # an output that is a folder: one line now, not after hours
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(self.out, e) from None
         if self.path.exists():
             reason = self._check()
             if reason is None:

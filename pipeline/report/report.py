@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, code_version, write_text
+from pipeline.io import atomic_output, check_output_path, code_version, write_error, write_text
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,11 @@ def write_report(results: Path, dataset: str, bits: list[int], methods: list[str
 
     metrics = load_metrics(results, methods, bits)
     plots_dir = out.parent / "plots"
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    check_output_path(plots_dir, folder=True)
+    try:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(plots_dir, e) from None
     lines = [f"# CMIMH report: {dataset}", "",
              f"Code version {code_version()}. Relevant = shares at least one label. Values in %.", ""]
     key = f"map@{k}"
