@@ -453,12 +453,10 @@ def _out_of_memory(e: BaseException) -> bool:
 
 def _unexpected(args, e: Exception) -> int:
     """The last line of defence: one line, the traceback in the log."""
-    from pipeline.io import write_failure
+    from pipeline.io import write_error, write_failure
 
-    w = write_failure(e)
-    if w is not None:
-        where = getattr(w, "filename", None) or "an output"
-        return _fail(f"error: cannot write {where}: {getattr(w, 'strerror', None) or w}", 2)
+    if write_failure(e) is not None:
+        return _fail(f"error: {write_error(None, e)}", 2)
     msg = (str(e).strip().splitlines() or [""])[0][:300]
     if args.verbose or args.log:
         log.exception("unexpected error in `cmimh %s`", args.command, extra={"console": bool(args.verbose)})

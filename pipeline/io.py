@@ -67,12 +67,21 @@ def is_write_failure(e: BaseException) -> bool:
     return write_failure(e) is not None
 
 
-def write_error(path: str | os.PathLike, e: BaseException) -> PipelineError:
-    """A one-line error for an output that could not be written (permission, full disk, ...)."""
+_H5_FILENAME = re.compile(r"filename = '([^']*)'")
+
+
+def write_error(path: str | os.PathLike | None, e: BaseException) -> PipelineError:
+    """A one-line error for an output that could not be written (permission, full disk, ...).
+
+    ``path`` None: the file the failure names (an OSError's filename, or the ``filename = '...'``
+    of HDF5's multi-line message), else "an output"."""
     x = write_failure(e) or e
     m = _H5_MESSAGE.search(str(x))
     why = (m.group(1) if m else None) or getattr(x, "strerror", None) \
         or (str(x).strip().splitlines() or [type(x).__name__])[0]
+    if path is None:
+        f = _H5_FILENAME.search(str(x))
+        path = getattr(x, "filename", None) or (f.group(1) if f else None) or "an output"
     return PipelineError(f"cannot write {path}: {why}")
 
 

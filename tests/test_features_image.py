@@ -325,3 +325,26 @@ def test_an_output_that_is_a_folder_fails_before_any_work(demo16, tmp_path):
     with pytest.raises(PipelineError, match=r"cannot write .*fc7\.h5: it is an existing folder"):
         extract.run_image(demo16, settings(), tmp_path / "fc7.h5", CPU, progress=False, on_chunk=commits.append)
     assert commits == [] and sorted(p.name for p in tmp_path.iterdir()) == ["fc7.h5"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_rows_for_a_resume(demo16, reference, tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "fc7.h5"
+    real = image.WorkFile.commit
+
+    def commit(self, rows):
+        if rows > 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, rows)
+
+    monkeypatch.setattr(image.WorkFile, "commit", commit)
+    with pytest.raises(PipelineError) as e:
+        extract.run_image(demo16, settings(), out, CPU, progress=False)
+    assert str(e.value) == (f"cannot write {out}: No space left on device (the 8 rows done are kept in "
+                            f"{image.work_path(out)}: free some space and rerun to resume)")
+    monkeypatch.setattr(image.WorkFile, "commit", real)
+    commits = []
+    extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=commits.append)
+    assert commits == [12, 16]
+    assert np.array_equal(read(out)[0], reference["fc7"])

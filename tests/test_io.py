@@ -113,3 +113,23 @@ def test_an_output_that_is_a_folder_or_below_a_file_is_one_line_and_leaves_nothi
             pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "m.json"]  # no temporary left
     assert list((tmp_path / "m.json").iterdir()) == []
+
+
+def test_an_hdf5_write_failure_is_one_line_naming_its_file():
+    """h5py's message spans lines (a time stamp with its newline): the line names the file and why."""
+    e = OSError("Can't synchronously write data (file write failed: time = Wed Dec  2 01:45:17 2026\n"
+                ", filename = '/x/.fc7.h5.partial', file descriptor = 3, errno = 28, error message = "
+                "'No space left on device', buf = 0x55, total write size = 997376)")
+    assert str(io.write_error(None, e)) == "cannot write /x/.fc7.h5.partial: No space left on device"
+
+
+def test_cli_unexpected_write_failure_is_one_line(tmp_path, monkeypatch, capsys):
+    import pipeline.cli as cli
+
+    def full(a):
+        raise OSError("Can't synchronously write data (file write failed: time = Wed Dec  2 01:45:17 2026\n"
+                      ", filename = '/x/c.h5', errno = 28, error message = 'No space left on device', buf = 0x55)")
+
+    monkeypatch.setattr(cli, "cmd_evaluate", full)
+    assert cli.main(["evaluate", "x.h5", "-o", str(tmp_path / "m.json")]) == 2
+    assert capsys.readouterr().err.strip() == "cmimh: error: cannot write /x/c.h5: No space left on device"

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from pipeline.errors import PipelineError
-from pipeline.io import check_output_path, sha256_file, write_error, write_strings
+from pipeline.io import check_output_path, is_write_failure, sha256_file, write_error, write_strings
 
 log = logging.getLogger(__name__)
 
@@ -292,10 +292,18 @@ class WorkFile:
         self.f = None
         os.replace(self.path, self.out)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self.f is not None:  # interrupted: keep the committed rows for the next run
-            self.f.close()
+            try:
+                self.f.close()
+            except Exception:  # noqa: BLE001 - closing after a failed write (full disk) can fail too
+                if exc is None:
+                    raise
             self.f = None
+        if exc is not None and is_write_failure(exc):  # full disk, quota: one line naming the output
+            e = write_error(self.out, exc)
+            raise PipelineError(f"{e} (the {self.rows_done} rows done are kept in {self.path}: free some "
+                                "space and rerun to resume)") from None
 
 
 # --------------------------------------------------------------------------------------------
