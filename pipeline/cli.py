@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -393,10 +394,29 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"cmimh: error: {e}", file=sys.stderr)
         return 2
+    old_term = _terminate_as_exception()
     try:
         return _run(args, root)
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
         cm.__exit__(None, None, None)
+
+
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit, ``scancel``, Snakemake stopping its jobs), raised so that
+    temporary files are removed on the way out, like for Ctrl-C."""
+
+
+def _terminate_as_exception():
+    """Turn SIGTERM into :class:`Terminated`; return the old handler (None off the main thread)."""
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave the signal alone
+        return None
 
 
 def _run(args, root: logging.Logger) -> int:
@@ -418,6 +438,8 @@ def _run(args, root: logging.Logger) -> int:
         return _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except Terminated:
+        return _fail("terminated (SIGTERM); nothing half-written is left, a rerun starts again or resumes", 143)
     except Exception as e:  # noqa: BLE001 - out of memory, a failed write, else a bug (_unexpected)
         if not _out_of_memory(e):
             return _unexpected(args, e)

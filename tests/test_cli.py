@@ -88,3 +88,29 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, m
     assert main(argv) == 2
     line = _err(capsys)
     assert line.startswith("cmimh: error:") and needle in line, line
+
+
+def test_sigterm_removes_the_temporary_file_and_says_so(tmp_path, monkeypatch, capsys):
+    """A scheduler's SIGTERM in the middle of writing an output: one line, status 143, and neither the
+    output nor its temporary file left (the default action would kill the process mid-write)."""
+    import os
+    import signal
+    import time
+
+    import pipeline.cli as cli
+    from pipeline.io import atomic_output
+
+    out = tmp_path / "m.json"
+
+    def writing(a):
+        with atomic_output(out) as tmp:
+            tmp.write_text("{half")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "cmd_evaluate", writing)
+    assert main(["evaluate", "x.h5", "-o", str(out)]) == 143
+    assert _err(capsys).startswith("cmimh: terminated (SIGTERM)")
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) == before
