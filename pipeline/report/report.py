@@ -21,15 +21,15 @@ log = logging.getLogger(__name__)
 TASKS = [("i2t", "Img→Txt"), ("t2i", "Txt→Img"), ("i2i", "Img→Img"), ("t2t", "Txt→Txt")]
 
 
-def load_metrics(results: Path, methods: list[str], bits: list[int]) -> dict[str, dict[int, dict]]:
-    """``{method: {bits: metrics}}``; a missing file is one clear error."""
+def load_metrics(results: Path, methods: list[str], bits: list[int], k: int = 1000) -> dict[str, dict[int, dict]]:
+    """``{method: {bits: metrics}}``; a missing, damaged or other-``k`` file is one clear error
+    (:func:`pipeline.eval.evaluate.read_metrics`)."""
+    from pipeline.eval.evaluate import read_metrics
+
     out: dict[str, dict[int, dict]] = {}
     for m in methods:
         for b in bits:
-            p = results / m / str(b) / "metrics.json"
-            if not p.is_file():
-                raise PipelineError(f"missing metrics file: {p}")
-            out.setdefault(m, {})[b] = json.loads(p.read_text())
+            out.setdefault(m, {})[b] = read_metrics(results / m / str(b) / "metrics.json", f"map@{k}")
     return out
 
 
@@ -92,7 +92,7 @@ def write_report(results: Path, dataset: str, bits: list[int], methods: list[str
     ``html``: the same report as one self-contained HTML page (:func:`markdown_html`)."""
     from pipeline.eval.plots import plot_curves_by_bits
 
-    metrics = load_metrics(results, methods, bits)
+    metrics = load_metrics(results, methods, bits, k)
     plots_dir = out.parent / "plots"
     check_output_path(plots_dir, folder=True)
     try:
