@@ -104,16 +104,16 @@ def evaluate_file(codes_h5: str | os.PathLike, out_json: str | os.PathLike, k: i
 EXTRA_TABLES = ("map@all", "map@50", "pre@100")
 
 
-def _is_number(v, lo: float | None = None, hi: float | None = None) -> bool:
+def is_number(v, lo: float | None = None, hi: float | None = None) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool) and bool(np.isfinite(v))
             and (lo is None or v >= lo) and (hi is None or v <= hi))
 
 
 def _numbers(v, lo: float | None = None, hi: float | None = None) -> bool:
-    return isinstance(v, list) and all(_is_number(x, lo, hi) for x in v)
+    return isinstance(v, list) and all(is_number(x, lo, hi) for x in v)
 
 
-def _metrics_problem(m, key: str) -> str | None:
+def metrics_problem(m, key: str) -> str | None:
     """What makes ``m`` unusable by the report and the studies, or None."""
     if not isinstance(m, dict):
         return f"not a metrics record (a JSON {type(m).__name__}, not an object)"
@@ -124,17 +124,17 @@ def _metrics_problem(m, key: str) -> str | None:
         table = m[name]
         if not isinstance(table, dict) or any(t not in table for t in TASKS):
             return f"{name} must hold a value for every task ({', '.join(TASKS)})"
-        bad = next((t for t in TASKS if not _is_number(table[t], 0, 1)), None)
+        bad = next((t for t in TASKS if not is_number(table[t], 0, 1)), None)
         if bad:
             return f"{name}.{bad} = {table[bad]!r} is not a number between 0 and 1"
     chance = m.get("chance")
     if chance is not None and (not isinstance(chance, dict)
-                               or any(not isinstance(v, dict) or not all(_is_number(x, 0, 1) for x in v.values())
+                               or any(not isinstance(v, dict) or not all(is_number(x, 0, 1) for x in v.values())
                                       for v in chance.values())):
         return "chance must map each mAP key to per-task numbers between 0 and 1"
     lab = m.get("labels")
     if lab is not None and (not isinstance(lab, dict) or any(
-            not _is_number(lab.get(f), 0) for f in ("n_query", "n_db", "query_without_relevant",
+            not is_number(lab.get(f), 0) for f in ("n_query", "n_db", "query_without_relevant",
                                                    "query_unlabelled", "db_unlabelled"))):
         return "labels must hold the counts n_query, n_db, query_without_relevant, query_unlabelled, db_unlabelled"
     r1 = m.get("recall_one@k")
@@ -142,7 +142,7 @@ def _metrics_problem(m, key: str) -> str | None:
                            or any(not _numbers(r1.get(t), 0, 1) or len(r1[t]) != len(r1["k"]) for t in ("i2t", "t2i"))):
         return "recall_one@k must hold k and, per task i2t/t2i, one number between 0 and 1 per k"
     diag = m.get("diagnostics")
-    if diag is not None and (not isinstance(diag, dict) or any(v is not None and not _is_number(v) for v in diag.values())):
+    if diag is not None and (not isinstance(diag, dict) or any(v is not None and not is_number(v) for v in diag.values())):
         return "diagnostics must map names to numbers (or null)"
     curves = m.get("curves")
     if curves is not None:
@@ -174,7 +174,7 @@ def read_metrics(path: str | os.PathLike, key: str = "map@1000") -> dict:
         m = json.loads(p.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise PipelineError(f"{p}: not valid JSON ({str(e).splitlines()[0][:120]}); rerun the evaluate stage") from None
-    problem = _metrics_problem(m, key)
+    problem = metrics_problem(m, key)
     if problem:
         raise PipelineError(f"{p}: {problem}; rerun the evaluate stage")
     return m
