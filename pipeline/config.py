@@ -78,6 +78,15 @@ def validate(config: dict, check_files: bool = True) -> None:
     if errors:
         e = errors[0]
         raise PipelineError(f"config: {_where(e.absolute_path)}: {e.message}")
+    if check_files:
+        from pipeline.io import check_output_path
+
+        for key in ("data_dir", "results_dir"):
+            if config.get(key):
+                try:
+                    check_output_path(config[key], folder=True)
+                except PipelineError as e:
+                    raise PipelineError(f"config: {key}: {e}") from None
     name = config["dataset"]
     if name not in config["datasets"]:
         raise PipelineError(f"config: unknown dataset {name!r} (known: {', '.join(sorted(config['datasets']))})")
