@@ -86,3 +86,19 @@ def test_valid_optional_fields_still_read(tmp_path):
                                    b'"split": "query", "sha256": null}\n'])
     p = read_manifest(path).pairs[0]
     assert (p.id, p.caption, p.tags, p.labels, p.split) == ("7", "", [], [], "query")
+
+
+@pytest.mark.parametrize("meta, needle", [
+    ('{"classes": "abc"}', "'classes' must be a list of class names, not 'abc'"),
+    ('{"classes": [1, 2]}', "'classes' must be a list of class names"),
+    ('{"classes": ["a", "b"], "tag_vocab": "red ball"}', "'tag_vocab' must be a list of tags or null"),
+])
+def test_meta_json_of_wrong_types_is_refused(tmp_path, meta, needle):
+    """A string of classes became its characters (labels checked against a, b, c), a string
+    vocabulary 'duplicate entries' of its letters."""
+    from pipeline.data.manifest import read_manifest
+
+    path = _demo_folder(tmp_path, [LINE % (b"0", b"0")], meta=meta)
+    with pytest.raises(PipelineError, match="meta.json: ") as e:
+        read_manifest(path)
+    assert needle in str(e.value)

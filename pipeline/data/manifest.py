@@ -155,6 +155,12 @@ def read_manifest(path: str | Path) -> Manifest:
     classes = meta.get("classes") if isinstance(meta, dict) else None
     if not classes:
         raise PipelineError(f"{meta_path}: no 'classes' list")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        # a string would become its characters: labels against the wrong classes
+        raise PipelineError(f"{meta_path}: 'classes' must be a list of class names, not {classes!r}"[:240])
+    vocab = meta.get("tag_vocab")
+    if vocab is not None and (not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab)):
+        raise PipelineError(f"{meta_path}: 'tag_vocab' must be a list of tags or null, not {vocab!r}"[:240])
     pairs = []
     first_line: dict[str, int] = {}
     with open(path, "rb") as f:
