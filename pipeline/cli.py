@@ -174,6 +174,11 @@ def cmd_evaluate(a) -> None:
 def cmd_report(a) -> None:
     from pipeline.report.report import write_report
 
+    if a.k < 1:
+        raise PipelineError(f"--k must be >= 1, not {a.k}")
+    bad = next((b for b in a.bits if not 1 <= b <= MAX_BITS), None)
+    if bad is not None:
+        raise PipelineError(f"--bits: a code length is between 1 and {MAX_BITS}, not {bad}")
     write_report(Path(a.results), a.dataset, [int(b) for b in a.bits], a.methods, Path(a.output), k=a.k,
                  include=[Path(p) for p in a.include], html=Path(a.html) if a.html else None)
 
@@ -181,6 +186,8 @@ def cmd_report(a) -> None:
 def cmd_study(a) -> None:
     from pipeline.report.studies import study_settings_from_args, write_study
 
+    if a.k is not None and a.k < 1:
+        raise PipelineError(f"--k must be >= 1, not {a.k}")
     s = study_settings_from_args(a.settings, a.config, a.dataset)
     write_study(a.name, s, Path(a.results), Path(a.output), Path(a.plot) if a.plot else None, k=a.k)
 
@@ -278,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("report", help="tables and plots over code lengths and methods")
     q.add_argument("--results", required=True, help="results/{dataset}")
     q.add_argument("--dataset", required=True)
-    q.add_argument("--bits", nargs="+", required=True)
+    q.add_argument("--bits", nargs="+", type=int, required=True)
     q.add_argument("--methods", nargs="+", default=["cmimh"])
     q.add_argument("--k", type=int, default=1000)
     q.add_argument("--include", nargs="*", default=[], help="Markdown sections to add (experiment tables)")

@@ -1,5 +1,6 @@
 """`cmimh` subcommands: user errors are one line on stderr with exit status 2, never a traceback."""
 
+import contextlib
 import json
 
 import pytest
@@ -114,3 +115,17 @@ def test_sigterm_removes_the_temporary_file_and_says_so(tmp_path, monkeypatch, c
     assert _err(capsys).startswith("cmimh: terminated (SIGTERM)")
     assert list(tmp_path.iterdir()) == []
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["report", "--results", "r", "--dataset", "d", "--bits", "abc", "-o", "r.md"], "argument --bits: invalid int value"),
+    (["report", "--results", "r", "--dataset", "d", "--bits", "0", "-o", "r.md"], "--bits: a code length is between 1"),
+    (["report", "--results", "r", "--dataset", "d", "--bits", "8", "--k", "0", "-o", "r.md"], "--k must be >= 1"),
+    (["study", "code_lengths", "--results", "r", "--k", "0", "-o", "s.md"], "--k must be >= 1"),
+])
+def test_report_and_study_numbers_are_checked(tmp_path, monkeypatch, capsys, argv, needle):
+    monkeypatch.chdir(tmp_path)
+    with contextlib.suppress(SystemExit):  # argparse's own one line exits 2
+        assert main(argv) == 2
+    line = _err(capsys)
+    assert needle in line and "unexpected" not in line, line

@@ -127,3 +127,12 @@ def test_a_damaged_or_incomplete_metrics_file_is_one_line(tmp_path, content, nee
     assert str(e.value).startswith(f"{p}: ") and needle in str(e.value), str(e.value)
     assert str(e.value).endswith("rerun the evaluate stage")
     assert not (tmp_path / "report.md").exists()
+
+
+def test_a_report_section_that_is_not_utf8_is_one_line(tmp_path):
+    p = tmp_path / "cmimh" / "16" / "metrics.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps(_metrics(0.5)))
+    (tmp_path / "s.md").write_bytes(b"## T\n\xff")
+    with pytest.raises(PipelineError, match=r"report section .*s\.md: not UTF-8 text \(byte 0xff at offset 5\)"):
+        write_report(tmp_path, "demo", [16], ["cmimh"], tmp_path / "report.md", include=[tmp_path / "s.md"])

@@ -141,7 +141,11 @@ def write_report(results: Path, dataset: str, bits: list[int], methods: list[str
     for extra_md in include or []:
         if not Path(extra_md).is_file():
             raise PipelineError(f"missing report section: {extra_md}")
-        lines += [Path(extra_md).read_text().rstrip(), ""]
+        try:
+            lines += [Path(extra_md).read_bytes().decode("utf-8").rstrip(), ""]
+        except UnicodeDecodeError as e:
+            raise PipelineError(f"report section {extra_md}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                                f"offset {e.start})") from None
     lines += ["## Plots", ""]
     for m, by_bits in metrics.items():
         pngs = plot_curves_by_bits(by_bits, plots_dir, prefix=m)
