@@ -142,6 +142,27 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
 
 
 @contextlib.contextmanager
+def h5_file(path: str | os.PathLike) -> Iterator[Any]:
+    """A new HDF5 file at ``path``, written through a Python file object.
+
+    HDF5 writing to a path itself does not survive a full disk: once a write fails, closing the
+    file fails too and the library retries at exit, printing tracebacks from h5py's ``__dealloc__``
+    and then crashing the interpreter (a segmentation fault, after the one-line error). Through a
+    file object the failed write is an ordinary OSError (ENOSPC, EFBIG) and the file closes."""
+    import h5py
+
+    with open(path, "w+b") as fh, h5py.File(fh, "w") as f:  # h5py reads back what it wrote
+        yield f
+
+
+@contextlib.contextmanager
+def h5_output(path: str | os.PathLike) -> Iterator[Any]:
+    """:func:`h5_file` at a temporary path renamed onto ``path`` on success (:func:`atomic_output`)."""
+    with atomic_output(path) as tmp, h5_file(tmp) as f:
+        yield f
+
+
+@contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it replaces ``path`` only on success.
 

@@ -133,3 +133,36 @@ def test_cli_unexpected_write_failure_is_one_line(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(cli, "cmd_evaluate", full)
     assert cli.main(["evaluate", "x.h5", "-o", str(tmp_path / "m.json")]) == 2
     assert capsys.readouterr().err.strip() == "cmimh: error: cannot write /x/c.h5: No space left on device"
+
+
+@pytest.mark.skipif(not hasattr(os, "setrlimit") and sys.platform != "linux", reason="needs RLIMIT_FSIZE")
+@pytest.mark.parametrize("limit", [4096, 8192, 12288, 16384])
+def test_a_full_disk_while_hdf5_closes_its_file_is_one_line_and_no_crash(tmp_path, limit):
+    """HDF5 writing to a path cannot close the file once a write failed: h5py printed tracebacks from
+    __dealloc__ and the interpreter died of a segmentation fault at exit, after the one line."""
+    code = f"""
+import resource, signal, sys, numpy as np
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+from pipeline.errors import PipelineError
+from pipeline.features.store import write_features
+rng = np.random.default_rng(0)
+n = 60
+splits = {{"query": np.arange(10), "database": np.arange(10, n), "train": np.arange(10, 40)}}
+try:
+    write_features(Path(sys.argv[1]) / "f.h5", image=rng.normal(size=(n, 12)).astype(np.float32),
+                   text=rng.normal(size=(n, 9)).astype(np.float32), labels=np.ones((n, 4), np.uint8),
+                   splits=splits, ids=[str(i) for i in range(n)], provenance={{"note": "x" * 3000}})
+    print("OK")
+except PipelineError as e:
+    print("ERR", e)
+"""
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, \
+        (p.returncode, p.stderr[-800:])
+    out = p.stdout.strip()
+    assert out == "OK" or (out.startswith("ERR cannot write ") and out.endswith("f.h5: File too large")), out
+    if out != "OK":
+        assert list(tmp_path.iterdir()) == []

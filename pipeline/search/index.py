@@ -26,7 +26,7 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import pack_bits
 from pipeline.eval.hamming import topk
-from pipeline.io import (atomic_directory, open_h5, read_arrays, read_strings, sha256_file, to_jsonable, write_arrays,
+from pipeline.io import (atomic_directory, h5_file, open_h5, read_arrays, read_strings, sha256_file, to_jsonable, write_arrays,
                          write_strings)
 
 INDEX_FORMAT = "cmimh-index/2"
@@ -61,7 +61,7 @@ def build_index(index_dir: Path, *, model_path: Path, features, db_image: np.nda
     """Write the index folder atomically (a temporary folder renamed into place)."""
     with atomic_directory(index_dir) as tmp:
         db = features.database
-        with h5py.File(tmp / "index.h5", "w") as f:
+        with h5_file(tmp / "index.h5") as f:
             f.create_dataset("db_image", data=pack_bits(db_image))
             f.create_dataset("db_text", data=pack_bits(db_text))
             write_strings(f, "ids", features.ids[db])
