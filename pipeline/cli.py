@@ -401,12 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"cmimh: error: {e}", file=sys.stderr)
         return 2
-    old_term = _terminate_as_exception()
+    old_term, old_hook = _terminate_as_exception(), sys.unraisablehook
     try:
         return _run(args, root)
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        sys.unraisablehook = old_hook
         cm.__exit__(None, None, None)
 
 
@@ -417,7 +418,18 @@ class Terminated(BaseException):
 
 def _terminate_as_exception():
     """Turn SIGTERM into :class:`Terminated`; return the old handler (None off the main thread)."""
+    owner = os.getpid()
+
     def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker (DataLoader num_workers): end as before, quietly
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        # Workers killed by the same signal make torch's SIGCHLD handler raise in DataLoader.__del__
+        # while the stack unwinds ("Exception ignored ... Traceback"): after a SIGTERM that noise goes
+        # to the log file only.
+        sys.unraisablehook = lambda u: log.debug("after SIGTERM: %s: %s", type(u.exc_value).__name__,
+                                                  u.exc_value, extra={"console": False})
         raise Terminated()
 
     try:

@@ -129,3 +129,30 @@ def test_report_and_study_numbers_are_checked(tmp_path, monkeypatch, capsys, arg
         assert main(argv) == 2
     line = _err(capsys)
     assert needle in line and "unexpected" not in line, line
+
+
+def test_a_forked_worker_ends_on_sigterm_as_it_always_did(tmp_path, monkeypatch, capsys):
+    """DataLoader workers are forks of the stage (num_workers > 0) and share its SIGTERM handler:
+    a worker killed with the job's process group just ends (no Terminated traceback of its own)."""
+    import multiprocessing as mp
+    import os
+    import signal
+    import time
+
+    import pipeline.cli as cli
+
+    codes = {}
+
+    def with_worker(a):
+        ctx = mp.get_context("fork")
+        p = ctx.Process(target=time.sleep, args=(30,))
+        p.start()
+        time.sleep(0.3)
+        os.kill(p.pid, signal.SIGTERM)
+        p.join(10)
+        codes["worker"] = p.exitcode
+
+    monkeypatch.setattr(cli, "cmd_evaluate", with_worker)
+    assert main(["evaluate", "x.h5", "-o", str(tmp_path / "m.json")]) == 0
+    assert codes["worker"] == -signal.SIGTERM
+    assert "Terminated" not in capsys.readouterr().err
