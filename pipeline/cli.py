@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Iterator
@@ -18,6 +19,9 @@ from typing import Iterator
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("cmimh")
+
+#: The longest code (bits) a model is trained for: the schema's code_lengths maximum.
+MAX_BITS = 1024
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
@@ -130,8 +134,8 @@ def cmd_train(a) -> None:
 
     # --tuned: the tune target's chosen settings first, then the method name's variants
     s = method_settings(tuned_settings(_settings(a, "train", a.method), a.method, a.tuned), a.method)
-    if a.bits < 1:
-        raise PipelineError(f"code length must be >= 1, not {a.bits}")
+    if not 1 <= a.bits <= MAX_BITS:
+        raise PipelineError(f"code length (--bits) must be between 1 and {MAX_BITS}, not {a.bits}")
     feats = read_features(a.features)
     tr = training_rows(feats, s)
     model, history = train_method(a.method, feats.image[tr], feats.text[tr], a.bits, s, int(s["seed"]),
@@ -170,6 +174,11 @@ def cmd_evaluate(a) -> None:
 def cmd_report(a) -> None:
     from pipeline.report.report import write_report
 
+    if a.k < 1:
+        raise PipelineError(f"--k must be >= 1, not {a.k}")
+    bad = next((b for b in a.bits if not 1 <= b <= MAX_BITS), None)
+    if bad is not None:
+        raise PipelineError(f"--bits: a code length is between 1 and {MAX_BITS}, not {bad}")
     write_report(Path(a.results), a.dataset, [int(b) for b in a.bits], a.methods, Path(a.output), k=a.k,
                  include=[Path(p) for p in a.include], html=Path(a.html) if a.html else None)
 
@@ -177,6 +186,8 @@ def cmd_report(a) -> None:
 def cmd_study(a) -> None:
     from pipeline.report.studies import study_settings_from_args, write_study
 
+    if a.k is not None and a.k < 1:
+        raise PipelineError(f"--k must be >= 1, not {a.k}")
     s = study_settings_from_args(a.settings, a.config, a.dataset)
     write_study(a.name, s, Path(a.results), Path(a.output), Path(a.plot) if a.plot else None, k=a.k)
 
@@ -274,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("report", help="tables and plots over code lengths and methods")
     q.add_argument("--results", required=True, help="results/{dataset}")
     q.add_argument("--dataset", required=True)
-    q.add_argument("--bits", nargs="+", required=True)
+    q.add_argument("--bits", nargs="+", type=int, required=True)
     q.add_argument("--methods", nargs="+", default=["cmimh"])
     q.add_argument("--k", type=int, default=1000)
     q.add_argument("--include", nargs="*", default=[], help="Markdown sections to add (experiment tables)")
@@ -344,6 +355,12 @@ def _logging(args) -> Iterator[logging.Logger]:
     console.addFilter(lambda r: getattr(r, "console", True))  # records meant for the log file only
     handlers.append(console)
     if args.log:
+        from pipeline.io import check_output_path
+
+        try:
+            check_output_path(args.log)
+        except PipelineError as e:
+            raise PipelineError(f"the log file: {e}") from None
         try:
             Path(args.log).parent.mkdir(parents=True, exist_ok=True)
             handlers.append(logging.FileHandler(args.log, mode="w", encoding="utf-8"))
@@ -384,15 +401,44 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"cmimh: error: {e}", file=sys.stderr)
         return 2
+    old_term, old_hook = _terminate_as_exception(), sys.unraisablehook
     try:
         return _run(args, root)
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        sys.unraisablehook = old_hook
         cm.__exit__(None, None, None)
 
 
-def _run(args, root: logging.Logger) -> int:
-    from pipeline.io import write_failure
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit, ``scancel``, Snakemake stopping its jobs), raised so that
+    temporary files are removed on the way out, like for Ctrl-C."""
 
+
+def _terminate_as_exception():
+    """Turn SIGTERM into :class:`Terminated`; return the old handler (None off the main thread)."""
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker (DataLoader num_workers): end as before, quietly
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        # Workers killed by the same signal make torch's SIGCHLD handler raise in DataLoader.__del__
+        # while the stack unwinds ("Exception ignored ... Traceback"): after a SIGTERM that noise goes
+        # to the log file only.
+        sys.unraisablehook = lambda u: log.debug("after SIGTERM: %s: %s", type(u.exc_value).__name__,
+                                                  u.exc_value, extra={"console": False})
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave the signal alone
+        return None
+
+
+def _run(args, root: logging.Logger) -> int:
     limits = contextlib.nullcontext()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -404,27 +450,60 @@ def _run(args, root: logging.Logger) -> int:
             # numpy/scipy BLAS too (the shallow baselines, PCA): jobs running side by side must not
             # each start one BLAS thread per core (measured 10-20x slower when oversubscribed).
             limits = threadpool_limits(max(1, args.threads))
+        _check_outputs(args)
         with limits:
             args.fn(args)
     except PipelineError as e:
         return _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    except MemoryError:
+    except Terminated:
+        return _fail("terminated (SIGTERM); nothing half-written is left, a rerun starts again or resumes", 143)
+    except Exception as e:  # noqa: BLE001 - out of memory, a failed write, else a bug (_unexpected)
+        if not _out_of_memory(e):
+            return _unexpected(args, e)
         return _fail(f"error: out of memory in `cmimh {args.command}` (use a smaller batch_size, fewer threads, "
                      "or a machine with more memory)", 2)
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback in the log
-        w = write_failure(e)
-        if w is not None:
-            where = getattr(w, "filename", None) or "an output"
-            return _fail(f"error: cannot write {where}: {getattr(w, 'strerror', None) or w}", 2)
-        msg = (str(e).strip().splitlines() or [""])[0][:300]
-        if args.verbose or args.log:
-            log.exception("unexpected error in `cmimh %s`", args.command, extra={"console": bool(args.verbose)})
-        where = f"the traceback is in {args.log}" if args.log else "rerun with -v for the traceback"
-        return _fail(f"error: unexpected {type(e).__name__} in `cmimh {args.command}`: {msg} "
-                     f"(a bug; {where})", 1)
     return 0
+
+
+#: The options that name an output file, in any subcommand that has them.
+OUTPUT_OPTIONS = ("output", "log_csv", "plot", "html", "table")
+
+
+def _check_outputs(args) -> None:
+    """An output that can never be written (an existing folder, a path below a file) is one line
+    before the work, not after hours of training or extraction."""
+    from pipeline.io import check_output_path
+
+    for name in OUTPUT_OPTIONS:
+        if getattr(args, name, None):
+            check_output_path(getattr(args, name))
+    if args.command == "encode" and args.index:
+        check_output_path(args.index, folder=True)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, or torch's failed allocation (a RuntimeError: ``DefaultCPUAllocator:
+    can't allocate memory``, ``CUDA out of memory``): too little memory, not a bug."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _unexpected(args, e: Exception) -> int:
+    """The last line of defence: one line, the traceback in the log."""
+    from pipeline.io import write_error, write_failure
+
+    if write_failure(e) is not None:
+        return _fail(f"error: {write_error(None, e)}", 2)
+    msg = (str(e).strip().splitlines() or [""])[0][:300]
+    if args.verbose or args.log:
+        log.exception("unexpected error in `cmimh %s`", args.command, extra={"console": bool(args.verbose)})
+    where = f"the traceback is in {args.log}" if args.log else "rerun with -v for the traceback"
+    return _fail(f"error: unexpected {type(e).__name__} in `cmimh {args.command}`: {msg} "
+                 f"(a bug; {where})", 1)
 
 
 if __name__ == "__main__":

@@ -76,8 +76,17 @@ def write_history(path: str | os.PathLike, history: list[dict]) -> None:
 
 def train_method(method: str, x: np.ndarray, y: np.ndarray, bits: int, settings: dict, seed: int,
                  device: torch.device, *, log_csv: Path | None = None, progress: bool = True) -> tuple[Any, list[dict]]:
-    """Train ``method`` (any base, variants already applied to ``settings``) on paired rows."""
+    """Train ``method`` (any base, variants already applied to ``settings``) on paired rows.
+
+    Features that are the same in every training row (all zeros from a failed extraction, say)
+    are refused for every method: CVH and CCA-ITQ could not fit them, but CMIMH and CMFH trained
+    without a word and gave every item of that modality the same code."""
     base = base_method(method)
+    for name, a in (("image", x), ("text", y)):
+        a = np.asarray(a)
+        if len(a) > 1 and not np.any(np.ptp(a, axis=0) > 0):
+            raise PipelineError(f"{method}: the {name} features are the same in all {len(a)} training rows "
+                                "(constant or all zero: a failed extraction?); they cannot be hashed")
     if base == "cmimh":
         from pipeline.model.train import train_cmimh
 

@@ -317,17 +317,37 @@ def plot_tune(rec: dict, out_png: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
+def read_record(path: str | Path, k: int) -> dict:
+    """One ``tune point`` record; a missing, damaged or incomplete one is one line naming the file
+    and the key (a list, a score that is a string, a record without its point)."""
+    from pipeline.eval.evaluate import is_number, metrics_problem
+
+    p = Path(path)
+    if not p.is_file():
+        raise PipelineError(f"missing tune record: {p}")
+    try:
+        r = json.loads(p.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise PipelineError(f"{p}: not valid JSON") from None
+    problem = metrics_problem(r, f"map@{k}")
+    if problem is None:
+        if not isinstance(r.get("point"), str):
+            problem = f"no grid point name (point = {r.get('point')!r})"
+        elif isinstance(r.get("fold"), bool) or not isinstance(r.get("fold"), int) or r["fold"] < 0:
+            problem = f"fold = {r.get('fold')!r} is not a fold number"
+        elif not is_number(r.get("score"), 0, 1):
+            problem = f"score = {r.get('score')!r} is not a number between 0 and 1"
+        elif not isinstance(r.get("validation"), dict):
+            problem = "no validation settings"
+    if problem:
+        raise PipelineError(f"{p}: not a tune record: {problem}; rerun its `cmimh tune point`")
+    return r
+
+
 def select_stage(record_paths: list[Path], tune: dict, out_json: Path, out_md: Path | None = None,
                  out_png: Path | None = None) -> dict:
     """``cmimh tune select``: records -> ``tune/cmimh.json`` (+ ``studies/tune.md`` and a plot)."""
-    records = []
-    for p in record_paths:
-        if not Path(p).is_file():
-            raise PipelineError(f"missing tune record: {p}")
-        try:
-            records.append(json.loads(Path(p).read_text()))
-        except ValueError:
-            raise PipelineError(f"{p}: not valid JSON") from None
+    records = [read_record(p, int(tune["eval_k"])) for p in record_paths]
     rec = selection_record(select(records, tune), tune, [Path(p) for p in record_paths])
     if out_png is not None:
         plot_tune(rec, out_png)

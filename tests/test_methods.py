@@ -103,3 +103,20 @@ def test_cmimh_still_round_trips(tmp_path):
     methods.save_trained(tmp_path / "m.pt", "cmimh_no_tc", model, {})
     loaded, _ = methods.load_trained(tmp_path / "m.pt", torch.device("cpu"))
     assert np.array_equal(loaded.encode_image(x), model.encode_image(x))
+
+
+@pytest.mark.parametrize("method", ["cmimh", "cmfh", "cvh"])
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_features_the_same_in_every_training_row_are_refused_by_every_method(method, modality):
+    """All-zero features (a failed extraction): CMIMH and CMFH trained on them without a word, every
+    item of that modality getting one code."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 6)).astype(np.float32), rng.normal(size=(30, 5)).astype(np.float32)
+    if modality == "image":
+        x[:] = 0
+    else:
+        y[:] = 3.5
+    s = {"cmimh": {"hidden": 8, "critic_hidden": 8, "disc_hidden": 8, "critic_dim": 8, "epochs": 1, "batch_size": 10},
+         "baseline": {}}
+    with pytest.raises(PipelineError, match=rf"^{method}: the {modality} features are the same in all 30 training rows"):
+        methods.train_method(method, x, y, 4, s, 0, torch.device("cpu"), progress=False)

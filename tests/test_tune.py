@@ -282,3 +282,28 @@ def test_cli_tune_point_select_and_train_tuned(tmp_path):
     assert meta["config"]["cmimh"]["weights"]["mi"] == pick and meta["config"]["tuned"]["point"] == f"mi{pick:g}"
     assert main(["train", "--settings", s, "--features", str(feats), "--method", "cmimh-tuned", "--bits", "4",
                  "--no-progress", "-o", str(model)]) == 2
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda r: [r], "not a metrics record (a JSON list, not an object)"),
+    (lambda r: {**r, "score": "high"}, "score = 'high' is not a number between 0 and 1"),
+    (lambda r: {k: v for k, v in r.items() if k != "point"}, "no grid point name (point = None)"),
+    (lambda r: {**r, "fold": "0"}, "fold = '0' is not a fold number"),
+    (lambda r: {k: v for k, v in r.items() if k != "map@1000"}, "no map@1000"),
+    (lambda r: {**r, "map@1000": {**r["map@1000"], "i2t": "x"}}, "map@1000.i2t = 'x' is not a number"),
+])
+def test_select_stage_names_a_damaged_record(tmp_path, edit, needle):
+    """A record the selection cannot use: one line naming its file, not an unexpected AttributeError
+    (a list) or TypeError (a string score averaged with numbers)."""
+    tune = _tune(grid={"mi": [1, 2], "kl": [0.5]})
+    paths = []
+    for name in ("mi1-kl0.5", "mi2-kl0.5"):
+        p = tmp_path / name / "fold0.json"
+        p.parent.mkdir(parents=True)
+        r = _rec(name, 0, 0.4, 0.6, tune)
+        p.write_text(json.dumps(edit(r) if name == "mi2-kl0.5" else r))
+        paths.append(p)
+    with pytest.raises(PipelineError) as e:
+        T.select_stage(paths, tune, tmp_path / "cmimh.json")
+    assert str(e.value).startswith(f"{paths[1]}: not a tune record: ") and needle in str(e.value), str(e.value)
+    assert not (tmp_path / "cmimh.json").exists()

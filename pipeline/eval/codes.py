@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, open_h5, write_strings
+from pipeline.io import h5_output, open_h5, write_strings
 
 CODE_SETS = ("query_image", "query_text", "db_image", "db_text")
 LABEL_SETS = ("query_labels", "db_labels")
@@ -113,19 +113,18 @@ def write_codes(path: str | os.PathLike, *, query_image: np.ndarray, query_text:
     ids = {"query_ids": None if query_ids is None else np.array([str(s) for s in query_ids], dtype=object),
            "db_ids": None if db_ids is None else np.array([str(s) for s in db_ids], dtype=object)}
     _validate(data, ids, bits, str(path))
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            for name in CODE_SETS:
-                f.create_dataset(name, data=data[name])
-            for name in LABEL_SETS:
-                f.create_dataset(name, data=data[name].astype(np.uint8))
-            for name, v in ids.items():
-                if v is not None:
-                    write_strings(f, name, v)
-            f.attrs["bits"] = bits
-            for k, v in (attrs or {}).items():
-                if k != "bits" and v is not None:
-                    f.attrs[k] = _attr_value(v)
+    with h5_output(path) as f:
+        for name in CODE_SETS:
+            f.create_dataset(name, data=data[name])
+        for name in LABEL_SETS:
+            f.create_dataset(name, data=data[name].astype(np.uint8))
+        for name, v in ids.items():
+            if v is not None:
+                write_strings(f, name, v)
+        f.attrs["bits"] = bits
+        for k, v in (attrs or {}).items():
+            if k != "bits" and v is not None:
+                f.attrs[k] = _attr_value(v)
 
 
 def read_codes(path: str | os.PathLike) -> Codes:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.errors import PipelineError
 from pipeline.eval.codes import write_codes
 from pipeline.features.store import read_features
 from pipeline.io import provenance_json, sha256_file
@@ -28,10 +29,15 @@ def encode_stage(model_path: Path, features_path: Path, out: Path, settings: dic
     model, meta = load_trained(model_path, device)
     f = read_features(features_path)
     q, db = f.query, f.database
-    codes = {
-        "query_image": model.encode_image(f.image[q]), "query_text": model.encode_text(f.text[q]),
-        "db_image": model.encode_image(f.image[db]), "db_text": model.encode_text(f.text[db]),
-    }
+    try:
+        codes = {
+            "query_image": model.encode_image(f.image[q]), "query_text": model.encode_text(f.text[q]),
+            "db_image": model.encode_image(f.image[db]), "db_text": model.encode_text(f.text[db]),
+        }
+    except PipelineError as e:  # the encoder's own check of its input: say which two files disagree
+        raise PipelineError(f"model {model_path} does not fit the features {features_path} (image "
+                            f"{f.image.shape[1]}-d, text {f.text.shape[1]}-d; was it trained on other "
+                            f"features?): {e}") from None
     bits = int(codes["db_image"].shape[1])
     # Table II diagnostics of the database codes (Corr MSE, TC estimate); evaluate copies them.
     diag = code_diagnostics(model, f.image[db], f.text[db], codes["db_image"], codes["db_text"])

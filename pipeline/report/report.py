@@ -14,22 +14,22 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, code_version, write_text
+from pipeline.io import atomic_output, check_output_path, code_version, write_error, write_text
 
 log = logging.getLogger(__name__)
 
 TASKS = [("i2t", "Img→Txt"), ("t2i", "Txt→Img"), ("i2i", "Img→Img"), ("t2t", "Txt→Txt")]
 
 
-def load_metrics(results: Path, methods: list[str], bits: list[int]) -> dict[str, dict[int, dict]]:
-    """``{method: {bits: metrics}}``; a missing file is one clear error."""
+def load_metrics(results: Path, methods: list[str], bits: list[int], k: int = 1000) -> dict[str, dict[int, dict]]:
+    """``{method: {bits: metrics}}``; a missing, damaged or other-``k`` file is one clear error
+    (:func:`pipeline.eval.evaluate.read_metrics`)."""
+    from pipeline.eval.evaluate import read_metrics
+
     out: dict[str, dict[int, dict]] = {}
     for m in methods:
         for b in bits:
-            p = results / m / str(b) / "metrics.json"
-            if not p.is_file():
-                raise PipelineError(f"missing metrics file: {p}")
-            out.setdefault(m, {})[b] = json.loads(p.read_text())
+            out.setdefault(m, {})[b] = read_metrics(results / m / str(b) / "metrics.json", f"map@{k}")
     return out
 
 
@@ -92,9 +92,13 @@ def write_report(results: Path, dataset: str, bits: list[int], methods: list[str
     ``html``: the same report as one self-contained HTML page (:func:`markdown_html`)."""
     from pipeline.eval.plots import plot_curves_by_bits
 
-    metrics = load_metrics(results, methods, bits)
+    metrics = load_metrics(results, methods, bits, k)
     plots_dir = out.parent / "plots"
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    check_output_path(plots_dir, folder=True)
+    try:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(plots_dir, e) from None
     lines = [f"# CMIMH report: {dataset}", "",
              f"Code version {code_version()}. Relevant = shares at least one label. Values in %.", ""]
     key = f"map@{k}"
@@ -137,7 +141,11 @@ def write_report(results: Path, dataset: str, bits: list[int], methods: list[str
     for extra_md in include or []:
         if not Path(extra_md).is_file():
             raise PipelineError(f"missing report section: {extra_md}")
-        lines += [Path(extra_md).read_text().rstrip(), ""]
+        try:
+            lines += [Path(extra_md).read_bytes().decode("utf-8").rstrip(), ""]
+        except UnicodeDecodeError as e:
+            raise PipelineError(f"report section {extra_md}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                                f"offset {e.start})") from None
     lines += ["## Plots", ""]
     for m, by_bits in metrics.items():
         pngs = plot_curves_by_bits(by_bits, plots_dir, prefix=m)

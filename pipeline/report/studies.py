@@ -175,19 +175,9 @@ def study_metrics_files(results: str | Path, name: str, s: dict) -> list[str]:
 
 def load_study_metrics(results: Path, runs: list[Run], key: str) -> dict[Run, dict]:
     """``{run: metrics}``; a missing file or a file without ``key`` is one clear error."""
-    out = {}
-    for r in runs:
-        p = metrics_path(results, r)
-        if not p.is_file():
-            raise PipelineError(f"missing metrics file: {p}")
-        try:
-            m = json.loads(p.read_text())
-        except ValueError:
-            raise PipelineError(f"{p}: not valid JSON") from None
-        if not isinstance(m.get(key), dict) or any(t not in m[key] for t, _ in TASKS):
-            raise PipelineError(f"{p}: no {key} for every task (evaluated with another --k?)")
-        out[r] = m
-    return out
+    from pipeline.eval.evaluate import read_metrics
+
+    return {r: read_metrics(metrics_path(results, r), key) for r in runs}
 
 
 # ----------------------------------------------------------------------------- tables
