@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -21,6 +22,9 @@ from typing import Iterator
 from pipeline.errors import PipelineError
 
 log = logging.getLogger("cmimh")
+
+#: The longest code (bits) a model is trained for: the schema's code_lengths maximum.
+MAX_BITS = 1024
 
 
 def _settings_args(p: argparse.ArgumentParser) -> None:
@@ -107,6 +111,8 @@ def cmd_import(a) -> None:
 def cmd_train(a) -> None:
     from pipeline.stages import train
 
+    if not 1 <= a.bits <= MAX_BITS:
+        raise PipelineError(f"code length (--bits) must be between 1 and {MAX_BITS}, not {a.bits}")
     train.run(_s(a, "train", a.method), Path(a.features), a.bits, Path(a.output), tuned=_path(a.tuned),
               log_csv=_path(a.log_csv), plot=_path(a.plot), progress=not a.no_progress)
 
@@ -126,6 +132,11 @@ def cmd_evaluate(a) -> None:
 def cmd_report(a) -> None:
     from pipeline.stages import report
 
+    if a.k is not None and a.k < 1:
+        raise PipelineError(f"--k must be >= 1, not {a.k}")
+    bad = next((b for b in a.bits or [] if not 1 <= b <= MAX_BITS), None)
+    if bad is not None:
+        raise PipelineError(f"--bits: a code length is between 1 and {MAX_BITS}, not {bad}")
     s = _s(a, "report")
     report.run(Path(a.results), s["dataset"], [int(b) for b in (a.bits or s["code_lengths"])],
                a.methods or s["methods"], Path(a.output), k=a.k or s["eval_k"],
@@ -135,6 +146,8 @@ def cmd_report(a) -> None:
 def cmd_study(a) -> None:
     from pipeline.stages import study
 
+    if a.k is not None and a.k < 1:
+        raise PipelineError(f"--k must be >= 1, not {a.k}")
     study.run(a.name, _s(a, "study"), Path(a.results), Path(a.output), _path(a.plot), k=a.k)
 
 
@@ -235,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("report", help="tables and plots over code lengths and methods")
     _settings_args(q); _common(q)
     q.add_argument("--results", required=True, help="results/{dataset}")
-    q.add_argument("--bits", nargs="+", help="code lengths (default: the config's code_lengths)")
+    q.add_argument("--bits", nargs="+", type=int, help="code lengths (default: the config's code_lengths)")
     q.add_argument("--methods", nargs="+", help="methods (default: the config's methods)")
     q.add_argument("--k", type=int, default=None, help="mAP cut-off (default: the config's eval_k)")
     q.add_argument("--html", help="also write the report as one self-contained HTML page (tables and plots)")
@@ -296,6 +309,12 @@ def _logging(args) -> Iterator[logging.Logger]:
     console.addFilter(lambda r: getattr(r, "console", True))  # records meant for the log file only
     handlers.append(console)
     if args.log:
+        from pipeline.io import check_output_path
+
+        try:
+            check_output_path(args.log)
+        except PipelineError as e:
+            raise PipelineError(f"the log file: {e}") from None
         try:
             Path(args.log).parent.mkdir(parents=True, exist_ok=True)
             handlers.append(logging.FileHandler(args.log, mode="w", encoding="utf-8"))
@@ -344,15 +363,44 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as e:
         print(f"cmimh: error: {e}", file=sys.stderr)
         return 2
+    old_term, old_hook = _terminate_as_exception(), sys.unraisablehook
     try:
         return _run(args)
     finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+        sys.unraisablehook = old_hook
         cm.__exit__(None, None, None)
 
 
-def _run(args) -> int:
-    from pipeline.io import write_failure
+class Terminated(BaseException):
+    """SIGTERM (a scheduler's time limit, ``scancel``, Snakemake stopping its jobs), raised so that
+    temporary files are removed on the way out, like for Ctrl-C."""
 
+
+def _terminate_as_exception():
+    """Turn SIGTERM into :class:`Terminated`; return the old handler (None off the main thread)."""
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked worker (DataLoader num_workers): end as before, quietly
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        # Workers killed by the same signal make torch's SIGCHLD handler raise in DataLoader.__del__
+        # while the stack unwinds ("Exception ignored ... Traceback"): after a SIGTERM that noise goes
+        # to the log file only.
+        sys.unraisablehook = lambda u: log.debug("after SIGTERM: %s: %s", type(u.exc_value).__name__,
+                                                  u.exc_value, extra={"console": False})
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave the signal alone
+        return None
+
+
+def _run(args) -> int:
     limits = contextlib.nullcontext()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -366,27 +414,62 @@ def _run(args) -> int:
             # numpy/scipy BLAS too (the linear methods, PCA): jobs running side by side must not
             # each start one BLAS thread per core (measured 10-20x slower when oversubscribed).
             limits = threadpool_limits(max(1, args.threads))
+        _check_outputs(args)
         with limits:
             args.fn(args)
     except PipelineError as e:
         return _fail(f"error: {e}", 2)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    except MemoryError:
+    except Terminated:
+        return _fail("terminated (SIGTERM); nothing half-written is left, a rerun starts again or resumes", 143)
+    except Exception as e:  # noqa: BLE001 - out of memory, a failed write, else a bug (_unexpected)
+        if not _out_of_memory(e):
+            return _unexpected(args, e)
         return _fail(f"error: out of memory in `cmimh {args.command}` (use a smaller batch_size, fewer threads, "
                      "or a machine with more memory)", 2)
-    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback in the log
-        w = write_failure(e)
-        if w is not None:
-            where = getattr(w, "filename", None) or "an output"
-            return _fail(f"error: cannot write {where}: {getattr(w, 'strerror', None) or w}", 2)
-        msg = (str(e).strip().splitlines() or [""])[0][:300]
-        if args.verbose or args.log:
-            log.exception("unexpected error in `cmimh %s`", args.command, extra={"console": bool(args.verbose)})
-        where = f"the traceback is in {args.log}" if args.log else "rerun with -v for the traceback"
-        return _fail(f"error: unexpected {type(e).__name__} in `cmimh {args.command}`: {msg} "
-                     f"(a bug; {where})", 1)
     return 0
+
+
+#: The options that name an output file, in any subcommand that has them.
+OUTPUT_OPTIONS = ("output", "log_csv", "plot", "html", "table")
+
+
+def _check_outputs(args) -> None:
+    """An output that can never be written (an existing folder, a path below a file) is one line
+    before the work, not after hours of training or extraction."""
+    from pipeline.io import check_output_path
+
+    for name in OUTPUT_OPTIONS:
+        if getattr(args, name, None) and not (args.command == "tune" and name == "output"):
+            check_output_path(getattr(args, name))
+    if args.command == "tune" and args.output:  # tune's -o is the folder of the choices
+        check_output_path(args.output, folder=True)
+    if args.command == "encode" and args.index:
+        check_output_path(args.index, folder=True)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Python's MemoryError, or torch's failed allocation (a RuntimeError: ``DefaultCPUAllocator:
+    can't allocate memory``, ``CUDA out of memory``): too little memory, not a bug."""
+    if isinstance(e, MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+def _unexpected(args, e: Exception) -> int:
+    """The last line of defence: one line, the traceback in the log."""
+    from pipeline.io import write_error, write_failure
+
+    if write_failure(e) is not None:
+        return _fail(f"error: {write_error(None, e)}", 2)
+    msg = (str(e).strip().splitlines() or [""])[0][:300]
+    if args.verbose or args.log:
+        log.exception("unexpected error in `cmimh %s`", args.command, extra={"console": bool(args.verbose)})
+    where = f"the traceback is in {args.log}" if args.log else "rerun with -v for the traceback"
+    return _fail(f"error: unexpected {type(e).__name__} in `cmimh {args.command}`: {msg} "
+                 f"(a bug; {where})", 1)
 
 
 if __name__ == "__main__":

@@ -30,12 +30,16 @@ OVERRIDABLE = ("method_settings", "studies", "tune")
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file (not yet validated)."""
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"config file {path} is a directory, not a YAML file")
     if not path.is_file():
         raise PipelineError(f"config file not found: {path}")
     try:
         cfg = yaml.safe_load(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as e:
-        raise PipelineError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+        raise PipelineError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
+    except OSError as e:
+        raise PipelineError(f"cannot read config file {path}: {e.strerror or e}") from None
     except yaml.YAMLError as e:
         raise PipelineError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(cfg, dict):
@@ -72,6 +76,15 @@ def check_structure(config: dict, check_files: bool = True) -> None:
     if errors:
         e = errors[0]
         raise PipelineError(f"config: {_where(e.absolute_path)}: {e.message}")
+    if check_files:
+        from pipeline.io import check_output_path
+
+        for key in ("data_dir", "results_dir"):
+            if config.get(key):
+                try:
+                    check_output_path(config[key], folder=True)
+                except PipelineError as e:
+                    raise PipelineError(f"config: {key}: {e}") from None
     name = config["dataset"]
     if name not in config["datasets"]:
         raise PipelineError(f"config: unknown dataset {name!r} (known: {', '.join(sorted(config['datasets']))})")

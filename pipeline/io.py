@@ -67,16 +67,42 @@ def is_write_failure(e: BaseException) -> bool:
     return write_failure(e) is not None
 
 
-def write_error(path: str | os.PathLike, e: BaseException) -> PipelineError:
-    """A one-line error for an output that could not be written (permission, full disk, ...)."""
+_H5_FILENAME = re.compile(r"filename = '([^']*)'")
+
+
+def write_error(path: str | os.PathLike | None, e: BaseException) -> PipelineError:
+    """A one-line error for an output that could not be written (permission, full disk, ...).
+
+    ``path`` None: the file the failure names (an OSError's filename, or the ``filename = '...'``
+    of HDF5's multi-line message), else "an output"."""
     x = write_failure(e) or e
     m = _H5_MESSAGE.search(str(x))
     why = (m.group(1) if m else None) or getattr(x, "strerror", None) \
         or (str(x).strip().splitlines() or [type(x).__name__])[0]
+    if path is None:
+        f = _H5_FILENAME.search(str(x))
+        path = getattr(x, "filename", None) or (f.group(1) if f else None) or "an output"
     return PipelineError(f"cannot write {path}: {why}")
 
 
-def _make_parent(final: Path) -> None:
+def check_output_path(path: str | os.PathLike, folder: bool = False) -> None:
+    """Refuse, in one line and before any work, an output path that cannot become a file (or, with
+    ``folder``, a folder): one that is an existing folder (file), or one below an existing file
+    (``results.json/m.json``). Creates nothing."""
+    final = Path(path)
+    if not folder and final.is_dir():
+        raise PipelineError(f"cannot write {final}: it is an existing folder (give a file name, or remove the folder)")
+    if folder and final.exists() and not final.is_dir():
+        raise PipelineError(f"cannot write the folder {final}: it is an existing file")
+    for parent in final.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise PipelineError(f"cannot write {final}: {parent} is a file, not a folder")
+            break
+
+
+def _make_parent(final: Path, folder: bool = False) -> None:
+    check_output_path(final, folder)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -116,6 +142,27 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
 
 
 @contextlib.contextmanager
+def h5_file(path: str | os.PathLike) -> Iterator[Any]:
+    """A new HDF5 file at ``path``, written through a Python file object.
+
+    HDF5 writing to a path itself does not survive a full disk: once a write fails, closing the
+    file fails too and the library retries at exit, printing tracebacks from h5py's ``__dealloc__``
+    and then crashing the interpreter (a segmentation fault, after the one-line error). Through a
+    file object the failed write is an ordinary OSError (ENOSPC, EFBIG) and the file closes."""
+    import h5py
+
+    with open(path, "w+b") as fh, h5py.File(fh, "w") as f:  # h5py reads back what it wrote
+        yield f
+
+
+@contextlib.contextmanager
+def h5_output(path: str | os.PathLike) -> Iterator[Any]:
+    """:func:`h5_file` at a temporary path renamed onto ``path`` on success (:func:`atomic_output`)."""
+    with atomic_output(path) as tmp, h5_file(tmp) as f:
+        yield f
+
+
+@contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it replaces ``path`` only on success.
 
@@ -123,7 +170,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     failed write is one line and leaves neither a partial folder nor a damaged old one.
     """
     final = Path(path)
-    _make_parent(final)
+    _make_parent(final, folder=True)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     except OSError as e:
@@ -193,6 +240,8 @@ def open_h5(path: str | os.PathLike, what: str):
     import h5py
 
     path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"{what} {path} is a directory, not an HDF5 file")
     if not path.is_file():
         raise PipelineError(f"missing {what}: {path}")
     try:

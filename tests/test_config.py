@@ -5,7 +5,7 @@ import types
 
 import pytest
 
-from pipeline.config import dataset_view, load_config, normalize
+from pipeline.config import check_structure, dataset_view, load_config, normalize
 from pipeline.errors import PipelineError
 from pipeline.stages import check_config, resolve, settings_from_args
 
@@ -118,3 +118,25 @@ def test_every_stage_resolves(cfg):
         assert isinstance(s, dict) and s
     with pytest.raises(PipelineError, match="unknown stage"):
         resolve(cfg, "demo", "bake")
+
+
+def test_config_file_not_utf8_or_a_directory_is_one_line(tmp_path):
+    bad = tmp_path / "config.yaml"
+    bad.write_bytes(b"dataset: d\xe9mo\n")
+    with pytest.raises(PipelineError, match=r"config.yaml: not UTF-8 text \(byte 0xe9 at offset 10\)"):
+        load_config(bad)
+    with pytest.raises(PipelineError, match="is a directory"):
+        load_config(tmp_path)
+
+
+@pytest.mark.parametrize("key", ["data_dir", "results_dir"])
+def test_a_data_or_results_folder_below_a_file_is_one_line(cfg, tmp_path, key):
+    """Snakemake itself failed with a NotADirectoryError traceback while scanning the outputs."""
+    (tmp_path / "afile").write_text("x")
+    cfg[key] = str(tmp_path / "afile" / "sub")
+    with pytest.raises(PipelineError, match=rf"^config: {key}: cannot write .*afile/sub: .*afile is a file, not a folder$"):
+        check_structure(cfg)
+    cfg[key] = str(tmp_path / "afile")
+    with pytest.raises(PipelineError, match=rf"^config: {key}: cannot write the folder .*afile: it is an existing file$"):
+        check_structure(cfg)
+    check_structure(cfg, check_files=False)  # the check reads the disk: only where files are checked

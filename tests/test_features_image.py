@@ -292,3 +292,60 @@ def test_an_image_replaced_by_another_valid_one_is_detected(demo16, reference, t
     fc7, ok, attrs, _ = read(out)
     assert np.flatnonzero(ok == 0).tolist() == [6] and json.loads(attrs["bad_image_ids"]) == [m.pairs[6].id]
     assert f"changed image for id {m.pairs[6].id}" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F", "L", "CMYK", "RGBA", "P", "1"])
+def test_every_image_mode_keeps_its_tones(mode):
+    """A grey ramp in any mode becomes the same 8-bit ramp: 16-bit and float images are scaled,
+    not clipped to white or black by PIL's convert("RGB")."""
+    from PIL import Image
+
+    ramp = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (4, 1))  # 0, 16, ..., 240
+    grey = Image.fromarray(ramp, mode="L")
+    if mode == "I;16":
+        im = Image.fromarray((ramp.astype(np.uint16) * 257))
+    elif mode == "I":
+        im = Image.fromarray(ramp.astype(np.int32) * 257)
+    elif mode == "F":
+        im = Image.fromarray(ramp.astype(np.float32) / 255)
+    elif mode == "1":
+        im = grey.convert("1", dither=Image.Dither.NONE)
+    else:
+        im = grey.convert(mode)
+    assert im.mode == mode
+    got = np.asarray(image.to_rgb(im), dtype=int)
+    assert got.shape == (4, 16, 3)
+    tol = 128 if mode == "1" else 2  # a 1-bit image keeps only black and white
+    assert np.abs(got[..., 0] - ramp).max() <= tol, (mode, got[0, :, 0])
+
+
+def test_an_output_that_is_a_folder_fails_before_any_work(demo16, tmp_path):
+    """Not an IsADirectoryError when the finished work file is renamed onto it, hours later."""
+    (tmp_path / "fc7.h5").mkdir()
+    commits = []
+    with pytest.raises(PipelineError, match=r"cannot write .*fc7\.h5: it is an existing folder"):
+        extract.run_image(demo16, settings(), tmp_path / "fc7.h5", CPU, progress=False, on_chunk=commits.append)
+    assert commits == [] and sorted(p.name for p in tmp_path.iterdir()) == ["fc7.h5"]
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_rows_for_a_resume(demo16, reference, tmp_path, monkeypatch):
+    import errno
+
+    out = tmp_path / "fc7.h5"
+    real = work.WorkFile.commit
+
+    def commit(self, rows):
+        if rows > 8:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, rows)
+
+    monkeypatch.setattr(work.WorkFile, "commit", commit)
+    with pytest.raises(PipelineError) as e:
+        extract.run_image(demo16, settings(), out, CPU, progress=False)
+    assert str(e.value) == (f"cannot write {out}: No space left on device (the 8 rows done are kept in "
+                            f"{work.work_path(out)}: free some space and rerun to resume)")
+    monkeypatch.setattr(work.WorkFile, "commit", real)
+    commits = []
+    extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=commits.append)
+    assert commits == [12, 16]
+    assert np.array_equal(read(out)[0], reference["fc7"])

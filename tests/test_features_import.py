@@ -354,3 +354,41 @@ def test_config_schema_accepts_import_keys():
     cfg["datasets"]["mine"]["import_keys"] = {"imgae": "XAll"}
     with pytest.raises(PipelineError, match="import_keys"):
         check_structure(cfg, check_files=False)
+
+
+@pytest.mark.parametrize("fmt", ["5", "4"])
+def test_a_truncated_mat_file_is_refused_not_read_without_its_last_variables(tmp_path, fmt):
+    """scipy stops quietly at a cut-off element: the copy read as a file without its split struct
+    (a seeded split instead of the authors') or without its labels."""
+    src = tmp_path / "full.mat"
+    arrays = {"XAll": IMAGE, "YAll": TEXT, "LAll": LABELS.astype(np.float64)}
+    if fmt == "5":
+        arrays["param"] = {"indexQuery": np.array([1, 2]), "indexRetrieval": np.arange(3, 7)}
+    sio.savemat(src, arrays, format=fmt)
+    load_feature_file(src)  # whole: reads
+    cut = tmp_path / "cut.mat"
+    cut.write_bytes(src.read_bytes()[:-40])
+    msg = one_line_error(load_feature_file, cut)
+    assert msg.startswith(f"{cut}: truncated MATLAB file (cut off at byte ") and msg.endswith("copy it again"), msg
+
+
+def test_damaged_compressed_data_and_folders_are_one_line(tmp_path):
+    mat = tmp_path / "z.mat"
+    sio.savemat(mat, {"XAll": IMAGE, "YAll": TEXT, "LAll": LABELS.astype(np.float64)}, do_compression=True)
+    b = bytearray(mat.read_bytes())
+    b[150:160] = b"\0" * 10  # inside the first compressed element
+    mat.write_bytes(bytes(b))
+    assert one_line_error(load_feature_file, mat).startswith(f"{mat}: damaged MATLAB file")
+    npz = tmp_path / "f.npz"
+    np.savez(npz, image=IMAGE, text=TEXT, labels=LABELS)
+    b = bytearray(npz.read_bytes())
+    b[200:260] = b"\0" * 60  # inside image.npy: a bad CRC on reading it
+    npz.write_bytes(bytes(b))
+    assert one_line_error(load_feature_file, npz).startswith(f"{npz}:image: damaged data, cannot be read (BadZipFile")
+    short = tmp_path / "short.npz"
+    np.savez(short, image=IMAGE, text=TEXT, labels=LABELS)
+    short.write_bytes(short.read_bytes()[:300])  # no central directory: still named as an .npz
+    assert one_line_error(load_feature_file, short).startswith(f"{short}: not a readable .npz file, damaged or truncated")
+    (tmp_path / "folder.h5").mkdir()
+    assert one_line_error(load_feature_file, tmp_path / "folder.h5") == (
+        f"features file {tmp_path / 'folder.h5'} is a directory, not a .mat/.h5/.npz file")

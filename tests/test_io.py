@@ -92,3 +92,77 @@ except PipelineError as e:
     line = p.stdout.strip()
     assert line.startswith("ERR cannot write ") and "\n" not in line, p.stdout + p.stderr[-500:]
     assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary file
+
+
+def test_open_h5_names_a_folder_given_as_a_file(tmp_path):
+    (tmp_path / "codes.h5").mkdir()
+    with pytest.raises(PipelineError, match=r"^codes file .*codes\.h5 is a directory, not an HDF5 file$"):
+        with io.open_h5(tmp_path / "codes.h5", "codes file"):
+            pass
+
+
+def test_an_output_that_is_a_folder_or_below_a_file_is_one_line_and_leaves_nothing(tmp_path):
+    (tmp_path / "m.json").mkdir()
+    with pytest.raises(PipelineError, match=r"cannot write .*m\.json: it is an existing folder"):
+        io.write_json(tmp_path / "m.json", {})
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(PipelineError, match=r"cannot write .*afile/sub/m\.json: .*afile is a file, not a folder$"):
+        io.write_json(tmp_path / "afile" / "sub" / "m.json", {})
+    with pytest.raises(PipelineError, match=r"cannot write the folder .*afile: it is an existing file"):
+        with io.atomic_directory(tmp_path / "afile"):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "m.json"]  # no temporary left
+    assert list((tmp_path / "m.json").iterdir()) == []
+
+
+def test_an_hdf5_write_failure_is_one_line_naming_its_file():
+    """h5py's message spans lines (a time stamp with its newline): the line names the file and why."""
+    e = OSError("Can't synchronously write data (file write failed: time = Wed Dec  2 01:45:17 2026\n"
+                ", filename = '/x/.fc7.h5.partial', file descriptor = 3, errno = 28, error message = "
+                "'No space left on device', buf = 0x55, total write size = 997376)")
+    assert str(io.write_error(None, e)) == "cannot write /x/.fc7.h5.partial: No space left on device"
+
+
+def test_cli_unexpected_write_failure_is_one_line(tmp_path, monkeypatch, capsys):
+    import pipeline.cli as cli
+
+    def full(a):
+        raise OSError("Can't synchronously write data (file write failed: time = Wed Dec  2 01:45:17 2026\n"
+                      ", filename = '/x/c.h5', errno = 28, error message = 'No space left on device', buf = 0x55)")
+
+    monkeypatch.setattr(cli, "cmd_evaluate", full)
+    assert cli.main(["evaluate", "x.h5", "-o", str(tmp_path / "m.json")]) == 2
+    assert capsys.readouterr().err.strip() == "cmimh: error: cannot write /x/c.h5: No space left on device"
+
+
+@pytest.mark.skipif(not hasattr(os, "setrlimit") and sys.platform != "linux", reason="needs RLIMIT_FSIZE")
+@pytest.mark.parametrize("limit", [4096, 8192, 12288, 16384])
+def test_a_full_disk_while_hdf5_closes_its_file_is_one_line_and_no_crash(tmp_path, limit):
+    """HDF5 writing to a path cannot close the file once a write failed: h5py printed tracebacks from
+    __dealloc__ and the interpreter died of a segmentation fault at exit, after the one line."""
+    code = f"""
+import resource, signal, sys, numpy as np
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+from pipeline.errors import PipelineError
+from pipeline.features.store import write_features
+rng = np.random.default_rng(0)
+n = 60
+splits = {{"query": np.arange(10), "database": np.arange(10, n), "train": np.arange(10, 40)}}
+try:
+    write_features(Path(sys.argv[1]) / "f.h5", image=rng.normal(size=(n, 12)).astype(np.float32),
+                   text=rng.normal(size=(n, 9)).astype(np.float32), labels=np.ones((n, 4), np.uint8),
+                   splits=splits, ids=[str(i) for i in range(n)], provenance={{"note": "x" * 3000}})
+    print("OK")
+except PipelineError as e:
+    print("ERR", e)
+"""
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, \
+        (p.returncode, p.stderr[-800:])
+    out = p.stdout.strip()
+    assert out == "OK" or (out.startswith("ERR cannot write ") and out.endswith("f.h5: File too large")), out
+    if out != "OK":
+        assert list(tmp_path.iterdir()) == []

@@ -130,3 +130,25 @@ def test_seed_repetitions_change_the_fit_not_the_split():
     seeds = {m.training_seed(7) for m in (m0, m1, m2)}
     assert len(seeds) == 3 and m1.training_seed(7) == methods.parse_method("cmimh-seed1").training_seed(7)
     assert m1.config({}) == m0.config({}) and m1.train_size is None  # same settings, same training rows
+
+
+@pytest.mark.parametrize("name", sorted(methods.REGISTRY))
+@pytest.mark.parametrize("modality", ["image", "text"])
+def test_features_the_same_in_every_training_row_are_refused_by_every_method(name, modality):
+    """All-zero features (a failed extraction): CMIMH and CMFH trained on them without a word, every
+    item of that modality getting one code."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(30, 6)).astype(np.float32), rng.normal(size=(30, 5)).astype(np.float32)
+    if modality == "image":
+        x[:] = 0
+    else:
+        y[:] = 3.5
+    tiny = {"cmimh": {"hidden": 8, "critic_hidden": 8, "disc_hidden": 8, "critic_dim": 8, "epochs": 1,
+                      "batch_size": 10}, "djsrh": {"epochs": 1, "batch_size": 10, "txt_hidden": 8}}
+    model = methods.REGISTRY[name](4, tiny.get(name))
+    with pytest.raises(PipelineError, match=rf"^{name}: the {modality} features are the same in all 30 training rows"):
+        model.fit(x, y, seed=0)
+    # one column that varies is enough: constant columns beside it are allowed (z-scored to 0)
+    x2 = rng.normal(size=(30, 6)).astype(np.float32)
+    x2[:, 1:] = 0
+    model.fit(x2, y if modality == "image" else rng.normal(size=(30, 5)).astype(np.float32), seed=0)

@@ -87,3 +87,54 @@ def test_train_loss_plots_what_each_method_optimises(tmp_path):
     csv = tmp_path / "log.csv"
     csv.write_text("epoch,step,loss,rec,mi,seconds\n1,10,5.0,4.0,0.1,0.2\n2,20,4.0,3.5,0.3,0.2\n")
     assert plot_train_log(csv, tmp_path / "loss.png") == ["loss", "rec", "mi"]
+
+
+def _broken(m, path, value):
+    *keys, last = path
+    for k in keys:
+        m = m[k]
+    m[last] = value
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("{oops", "not valid JSON"),
+    (b"\xff\xfe{}", "not valid JSON"),
+    ("[]", "not a metrics record (a JSON list, not an object)"),
+    ("{}", "no map@1000 (evaluated with another --k? its mAP keys: none)"),
+    (("map@1000", "t2i"), "map@1000 must hold a value for every task"),
+    (("map@1000", "i2t", "abc"), "map@1000.i2t = 'abc' is not a number between 0 and 1"),
+    (("map@1000", "i2t", None), "map@1000.i2t = None is not a number"),
+    (("map@1000", "i2t", 37.5), "map@1000.i2t = 37.5 is not a number between 0 and 1"),
+    (("curves", "p_at_k", "i2t", ["x", 1]), "curves.p_at_k must hold k"),
+    (("diagnostics", "tc_image", "high"), "diagnostics must map names to numbers"),
+])
+def test_a_damaged_or_incomplete_metrics_file_is_one_line(tmp_path, content, needle):
+    """A metrics.json the report cannot use: one line naming the file, never a row of '–' as if the
+    run had no result, a number printed from a string, or an unexpected error."""
+    p = tmp_path / "cmimh" / "16" / "metrics.json"
+    p.parent.mkdir(parents=True)
+    if isinstance(content, tuple):
+        m = _metrics(0.5)
+        if len(content) == 2:
+            del m[content[0]][content[1]]
+        else:
+            _broken(m, content[:-1], content[-1])
+        p.write_text(json.dumps(m))
+    elif isinstance(content, bytes):
+        p.write_bytes(content)
+    else:
+        p.write_text(content)
+    with pytest.raises(PipelineError) as e:
+        write_report(tmp_path, "demo", [16], ["cmimh"], tmp_path / "report.md")
+    assert str(e.value).startswith(f"{p}: ") and needle in str(e.value), str(e.value)
+    assert str(e.value).endswith("rerun the evaluate stage")
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_a_report_section_that_is_not_utf8_is_one_line(tmp_path):
+    p = tmp_path / "cmimh" / "16" / "metrics.json"
+    p.parent.mkdir(parents=True)
+    p.write_text(json.dumps(_metrics(0.5)))
+    (tmp_path / "s.md").write_bytes(b"## T\n\xff")
+    with pytest.raises(PipelineError, match=r"report section .*s\.md: not UTF-8 text \(byte 0xff at offset 5\)"):
+        write_report(tmp_path, "demo", [16], ["cmimh"], tmp_path / "report.md", include=[tmp_path / "s.md"])

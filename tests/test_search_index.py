@@ -142,3 +142,34 @@ def test_damaged_index_and_undecodable_text_are_one_line(run, tmp_path, capsys):
     assert main(["search", str(idx), "--text", "ball"]) == 2
     err = capsys.readouterr().err.strip()
     assert "index.h5" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_a_16_bit_query_image_finds_what_its_8_bit_copy_finds(run, tiny_demo, tmp_path):
+    """The query image is decoded as extraction decodes it: a 16-bit grey scan is scaled, not
+    clipped to white (which ranked the database against a blank picture)."""
+    from PIL import Image
+
+    from pipeline.search.index import image_query_features
+
+    d, f, _ = run
+    index = load_index(d / "index")
+    src = tiny_demo.parent / "images" / f"{f.ids[f.database[0]]}.jpg"
+    grey = np.asarray(Image.open(src).convert("L"))
+    Image.fromarray(grey).save(tmp_path / "g8.png")
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")
+    a, b = image_query_features(index, [tmp_path / "g8.png", tmp_path / "g16.png"])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_folder_or_a_huge_image_as_the_query_is_one_line(run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    d, _, _ = run
+    index = load_index(d / "index")
+    with pytest.raises(PipelineError, match="is a directory, not an image file"):
+        search(index, image=str(tmp_path), k=3)
+    Image.new("L", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4,096 pixels: over twice the limit
+    with pytest.raises(PipelineError, match=r"unreadable image: .*big\.png \(DecompressionBombError"):
+        search(index, image=str(tmp_path / "big.png"), k=3)

@@ -101,6 +101,40 @@ def write_manifest(root: str | Path, classes: list[str], pairs: Iterable[Pair],
     return root / "manifest.jsonl"
 
 
+SPLITS = (None, "query", "database")
+
+
+def _bad_fields(d) -> str | None:
+    """What is wrong with one parsed manifest line, or None.
+
+    Types are checked, not coerced: ``"tags": "red ball"`` would otherwise become the tags r, e,
+    d, ..., ``"labels": "11"`` the labels 1 and 1, ``1.7`` the label 1, and a misspelt split the
+    seeded protocol for the whole data set, all without a word.
+    """
+    if not isinstance(d, dict):
+        return f"not a JSON object but a {type(d).__name__}"
+    missing = [k for k in ("id", "image", "labels") if k not in d]
+    if missing:
+        return f"missing key {missing[0]!r}"
+    if isinstance(d["id"], bool) or not isinstance(d["id"], (str, int)) or str(d["id"]) == "":
+        return f"'id' must be a non-empty string, not {d['id']!r}"
+    if not isinstance(d["image"], str) or not d["image"].strip():
+        return f"'image' must be a non-empty path string, not {d['image']!r}"
+    if d.get("caption") is not None and not isinstance(d["caption"], str):
+        return f"'caption' must be a string, not {type(d['caption']).__name__} {d['caption']!r}"
+    tags = d.get("tags")
+    if tags is not None and (not isinstance(tags, list) or not all(isinstance(t, str) for t in tags)):
+        return f"'tags' must be a list of strings, not {tags!r}"[:200]
+    labels = d["labels"]
+    if not isinstance(labels, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in labels):
+        return f"'labels' must be a list of class indices (integers), not {labels!r}"[:200]
+    if d.get("split") not in SPLITS:
+        return f"'split' must be null, 'query' or 'database', not {d['split']!r}"
+    if d.get("sha256") is not None and not isinstance(d["sha256"], str):
+        return f"'sha256' must be a hex string, not {d['sha256']!r}"
+    return None
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """Read ``manifest.jsonl`` (and ``meta.json`` beside it), checking every line.
 
@@ -121,6 +155,12 @@ def read_manifest(path: str | Path) -> Manifest:
     classes = meta.get("classes") if isinstance(meta, dict) else None
     if not classes:
         raise PipelineError(f"{meta_path}: no 'classes' list")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        # a string would become its characters: labels against the wrong classes
+        raise PipelineError(f"{meta_path}: 'classes' must be a list of class names, not {classes!r}"[:240])
+    vocab = meta.get("tag_vocab")
+    if vocab is not None and (not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab)):
+        raise PipelineError(f"{meta_path}: 'tag_vocab' must be a list of tags or null, not {vocab!r}"[:240])
     pairs = []
     first_line: dict[str, int] = {}
     with open(path, "rb") as f:
@@ -128,16 +168,20 @@ def read_manifest(path: str | Path) -> Manifest:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise PipelineError(f"{path}:{lineno}: not valid UTF-8 (byte {e.start})") from None
+                raise PipelineError(f"{path}:{lineno}: not valid UTF-8 (byte {raw[e.start]:#04x} at offset "
+                                    f"{e.start} of the line)") from None
             if not line.strip():
                 continue
             try:
                 d = json.loads(line)
-                pair = Pair(id=str(d["id"]), image=d["image"], caption=d.get("caption") or "",
-                            tags=list(d.get("tags") or []), labels=[int(c) for c in d["labels"]],
-                            split=d.get("split"), sha256=d.get("sha256"))
-            except (ValueError, KeyError, TypeError) as e:
+            except ValueError as e:
                 raise PipelineError(f"{path}:{lineno}: bad manifest line ({e})") from None
+            problem = _bad_fields(d)
+            if problem:
+                raise PipelineError(f"{path}:{lineno}: bad manifest line ({problem})")
+            pair = Pair(id=str(d["id"]), image=d["image"], caption=d.get("caption") or "",
+                        tags=list(d.get("tags") or []), labels=[int(c) for c in d["labels"]],
+                        split=d.get("split"), sha256=d.get("sha256"))
             if any(c < 0 or c >= len(classes) for c in pair.labels):
                 raise PipelineError(f"{path}:{lineno}: label index out of range 0..{len(classes) - 1}")
             if pair.id in first_line:

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import atomic_output, open_h5, write_strings
+from pipeline.io import h5_output, open_h5, write_strings
 
 CODE_SETS = ("query_image", "query_text", "db_image", "db_text")
 LABEL_SETS = ("query_labels", "db_labels")
@@ -122,23 +122,22 @@ def write_codes(path: str | os.PathLike, *, query_image: np.ndarray, query_text:
             r = np.asarray(real[name])
             if r.ndim != 2 or len(r) != len(data[name]) or not np.isfinite(r).all():
                 raise PipelineError(f"{path}: real-valued {name} must be a finite (n, d) array of {len(data[name])} rows")
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+    with h5_output(path) as f:
+        for name in CODE_SETS:
+            f.create_dataset(name, data=data[name])
+        for name in LABEL_SETS:
+            f.create_dataset(name, data=data[name].astype(np.uint8))
+        for name, v in ids.items():
+            if v is not None:
+                write_strings(f, name, v)
+        f.attrs["bits"] = bits
+        if real is not None:
+            g = f.create_group("real")
             for name in CODE_SETS:
-                f.create_dataset(name, data=data[name])
-            for name in LABEL_SETS:
-                f.create_dataset(name, data=data[name].astype(np.uint8))
-            for name, v in ids.items():
-                if v is not None:
-                    write_strings(f, name, v)
-            f.attrs["bits"] = bits
-            if real is not None:
-                g = f.create_group("real")
-                for name in CODE_SETS:
-                    g.create_dataset(name, data=np.asarray(real[name], dtype=np.float32))
-            for k, v in (attrs or {}).items():
-                if k != "bits" and v is not None:
-                    f.attrs[k] = _attr_value(v)
+                g.create_dataset(name, data=np.asarray(real[name], dtype=np.float32))
+        for k, v in (attrs or {}).items():
+            if k != "bits" and v is not None:
+                f.attrs[k] = _attr_value(v)
 
 
 def read_codes(path: str | os.PathLike) -> Codes:

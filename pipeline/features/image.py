@@ -101,6 +101,28 @@ def imagenet_transform(input_size: int = 224) -> transforms.Compose:
     ])
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """``im`` as 8-bit RGB, its tones kept.
+
+    PIL's ``convert("RGB")`` clips the integer and float grey modes to 0..255 instead of scaling
+    them: a 16-bit scan (``I;16``, or ``I`` from some decoders) came out almost all white, float
+    images (``F``, values in 0..1) almost all black. Those modes are scaled first: 16-bit values by
+    1/257; ``I`` as 16-bit when its values fit, else its own range; ``F`` as 0..1 when they fit, else
+    its range. Every other mode (L, P, CMYK, RGBA, 1, YCbCr, LA ...) converts as usual.
+    """
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if im.mode.startswith("I;16") or (im.mode == "I" and lo >= 0 and hi <= 65535):
+            a = a / 257.0
+        elif im.mode == "F" and lo >= 0 and hi <= 1:
+            a = a * 255.0
+        else:  # values outside the mode's usual range: stretch them over 0..255
+            a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+    return im.convert("RGB")
+
+
 class ImageFiles(Dataset):
     """Images by path; a file that cannot be read or decoded yields ``ok=False`` and the reason.
 
@@ -126,7 +148,7 @@ class ImageFiles(Dataset):
         try:
             data = Path(self.paths[i]).read_bytes()
             with Image.open(io.BytesIO(data)) as im:
-                x = self.transform(im.convert("RGB"))
+                x = self.transform(to_rgb(im))
         except Exception as e:  # noqa: BLE001 - see the class docstring
             return None, False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
         want = self.sha256[i]

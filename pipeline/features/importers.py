@@ -38,7 +38,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -93,6 +95,16 @@ class ImportedFeatures:
         return len(self.image)
 
 
+def _read(where: str, load: Callable[[], Any]) -> Any:
+    """``load()``; a damaged compressed block (.mat, .npz), a bad CRC or a cut-off HDF5 dataset is
+    one line naming the variable."""
+    try:
+        return load()
+    except (OSError, ValueError, EOFError, zlib.error, zipfile.BadZipFile, struct.error) as e:
+        raise PipelineError(f"{where}: damaged data, cannot be read ({type(e).__name__}: "
+                            f"{(str(e).splitlines() or [''])[0][:160]}); copy the file again") from None
+
+
 class _Var:
     """One array in one file, read lazily (raw images can be gigabytes)."""
 
@@ -108,7 +120,7 @@ class _Var:
 
     def value(self) -> np.ndarray:
         if self._value is None:
-            v = self._load()
+            v = _read(self.where, self._load)
             if hasattr(v, "toarray"):  # a MATLAB sparse matrix (a tag bag-of-words may be saved sparse)
                 v = v.toarray()
             self._value = np.asarray(v)
@@ -173,9 +185,60 @@ def _open_npz(path: Path, stack: contextlib.ExitStack) -> _Source:
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise PipelineError(f"{path}: not a readable .npz file ({str(e).splitlines()[0]})") from None
+        raise PipelineError(f"{path}: not a readable .npz file, damaged or truncated ({str(e).splitlines()[0]})") from None
     stack.callback(z.close)
     return _Source(path, "npz", {k: _Var(path, k, None, lambda k=k: z[k]) for k in z.files}, {})
+
+
+_MAT4_SIZES = {0: 8, 1: 4, 2: 4, 3: 2, 4: 2, 5: 1}  # MATLAB v4 precision digit P -> bytes per value
+
+
+def _mat_truncated(path: Path) -> str | None:
+    """Where a MATLAB v4/v5 file ends before its last variable does, else None.
+
+    scipy's ``whosmat``/``loadmat`` stop quietly at a cut-off element: a truncated copy would
+    import as a file without its last variables (labels missing, or worse, the split struct
+    missing and a seeded split drawn instead of the authors'). Each element's declared size is
+    checked against the file's size instead.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(128)
+        if head.startswith(b"MATLAB 5.0") and len(head) == 128:  # v5: 128-byte header, tagged elements
+            endian = "<" if head[126:128] == b"IM" else ">"
+            off = 128
+            while off < size:
+                fh.seek(off)
+                tag = fh.read(8)
+                if len(tag) < 8:
+                    return f"cut off at byte {size} inside the tag of the element at byte {off}"
+                dtype, nbytes = struct.unpack(endian + "II", tag)
+                if dtype >> 16:  # a small data element: type and size in 4 bytes, data in the other 4
+                    off += 8
+                    continue
+                end = off + 8 + nbytes + (0 if dtype == 15 else (-nbytes) % 8)  # 15: miCOMPRESSED, unpadded
+                if off + 8 + nbytes > size:
+                    return f"cut off at byte {size}: the element at byte {off} needs {off + 8 + nbytes}"
+                off = end
+            return None
+        off = 0  # v4: a 20-byte header per variable (type MOPT, rows, columns, imaginary, name length)
+        while off < size:
+            fh.seek(off)
+            hdr = fh.read(20)
+            if len(hdr) < 20:
+                return f"cut off at byte {size} inside the header of the variable at byte {off}"
+            for endian in "<>":
+                mopt, rows, cols, imag, namlen = struct.unpack(endian + "iiiii", hdr)
+                if 0 <= mopt < 5000 and (mopt // 10) % 10 in _MAT4_SIZES:
+                    break
+            else:
+                return None  # not v4 after all: scipy says what it is
+            n = rows * cols * _MAT4_SIZES[(mopt // 10) % 10] * (2 if imag else 1)
+            end = off + 20 + namlen + n
+            if end > size:
+                return f"cut off at byte {size}: the variable at byte {off} needs {end}"
+            off = end
+    return None
 
 
 def _open_mat(path: Path) -> _Source:
@@ -184,9 +247,15 @@ def _open_mat(path: Path) -> _Source:
 
     try:
         info = scipy.io.whosmat(str(path))
+    except (zlib.error, EOFError, struct.error) as e:  # a damaged compressed element
+        raise PipelineError(f"{path}: damaged MATLAB file ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+                            "copy it again") from None
     except (ValueError, TypeError, OSError, scipy.io.matlab.MatReadError) as e:
         raise PipelineError(f"{path}: not a MATLAB (.mat), HDF5 (.h5) or NumPy (.npz) file "
                             f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    cut = _mat_truncated(path)
+    if cut:
+        raise PipelineError(f"{path}: truncated MATLAB file ({cut}); copy it again")
     with open(path, "rb") as fh:
         fmt = "mat-v5" if fh.read(10).startswith(b"MATLAB 5.0") else "mat-v4"
     sp = str(path)
@@ -194,7 +263,8 @@ def _open_mat(path: Path) -> _Source:
     structs: dict[str, dict[str, _Var]] = {}
     for name, shape, cls in info:
         if cls == "struct":
-            fields = scipy.io.loadmat(sp, variable_names=[name], simplify_cells=True)[name]
+            fields = _read(f"{path}:{name}", lambda n=name: scipy.io.loadmat(
+                sp, variable_names=[n], simplify_cells=True)[n])
             if isinstance(fields, dict):
                 structs[name] = {k: _Var(path, f"{name}.{k}", None, lambda v=v: v) for k, v in fields.items()
                                  if isinstance(v, (np.ndarray, int, float))}
@@ -205,11 +275,15 @@ def _open_mat(path: Path) -> _Source:
 
 def _open(path: Path, stack: contextlib.ExitStack) -> _Source:
     """Open one file by its content (not its name): HDF5 (incl. MATLAB v7.3), .npz, else MATLAB v4-v7.2."""
+    if path.is_dir():
+        raise PipelineError(f"features file {path} is a directory, not a .mat/.h5/.npz file")
     if not path.is_file():
         raise PipelineError(f"missing features file: {path}")
     if h5py.is_hdf5(path):
         return _open_h5(path, stack)
-    if zipfile.is_zipfile(path):
+    with open(path, "rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"  # a zip's first entry: .npz, complete or not
+    if zipfile.is_zipfile(path) or zipped:
         return _open_npz(path, stack)
     return _open_mat(path)
 

@@ -17,8 +17,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.io import (atomic_output, check_unique_ids, open_h5, read_arrays, read_attrs, read_strings,
-                         write_arrays,
+from pipeline.io import (check_unique_ids, h5_output, open_h5, read_arrays, read_attrs, read_strings, write_arrays,
                          write_strings)
 
 SPLITS = ("query", "database", "train")
@@ -95,7 +94,7 @@ def write_features(path: str | Path, *, image: np.ndarray, text: np.ndarray, lab
         raise PipelineError(f"{path}: {len(ids)} ids for {len(image)} rows")
     check_unique_ids(ids, str(path))
     check_splits(splits, len(image), str(path), bool(provenance.get("allow_overlap")))
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+    with h5_output(path) as f:
         f.create_dataset("image", data=image.astype(np.float32))
         f.create_dataset("text", data=text.astype(np.float32))
         f.create_dataset("labels", data=labels.astype(np.uint8))

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.io import check_output_path, is_write_failure, write_error
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,11 @@ class WorkFile:
         self.rows_done = 0
 
     def __enter__(self) -> "WorkFile":
-        self.out.parent.mkdir(parents=True, exist_ok=True)
+        check_output_path(self.out)  # an output that is a folder: one line now, not after hours
+        try:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(self.out, e) from None
         if self.path.exists():
             reason = self._check()
             if reason is None:
@@ -143,7 +148,15 @@ class WorkFile:
         self.f = None
         os.replace(self.path, self.out)
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
         if self.f is not None:  # interrupted: keep the committed rows for the next run
-            self.f.close()
+            try:
+                self.f.close()
+            except Exception:  # noqa: BLE001 - closing after a failed write (full disk) can fail too
+                if exc is None:
+                    raise
             self.f = None
+        if exc is not None and is_write_failure(exc):  # full disk, quota: one line naming the output
+            e = write_error(self.out, exc)
+            raise PipelineError(f"{e} (the {self.rows_done} rows done are kept in {self.path}: free some "
+                                "space and rerun to resume)") from None

@@ -139,7 +139,7 @@ def check_features(a: Any, where: str, dim: int | None = None, min_rows: int = 1
 
 def check_pair(x: Any, y: Any, name: str, min_rows: int = 2, allow_bool: bool = True,
                dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Training pairs: both 2-D, finite, the same number of rows (>= ``min_rows``)."""
+    """Training pairs: both 2-D, finite, the same number of rows (>= ``min_rows``), neither constant."""
     xa = check_features(x, f"{name} fit: image features", allow_bool=allow_bool, dtype=dtype)
     ya = check_features(y, f"{name} fit: text features", allow_bool=allow_bool, dtype=dtype)
     if len(xa) != len(ya):
@@ -147,6 +147,13 @@ def check_pair(x: Any, y: Any, name: str, min_rows: int = 2, allow_bool: bool = 
                             f"{len(ya)} text rows); row i of each must be the same pair")
     if len(xa) < min_rows:
         raise PipelineError(f"{name} fit: need at least {min_rows} training pairs, got {len(xa)}")
+    # Features the same in every training row (all zeros from a failed extraction, say): the
+    # eigen-solvers could not fit them, and CMIMH and CMFH trained without a word and gave every
+    # item of that modality one code. Refused for every method.
+    for modality, a in (("image", xa), ("text", ya)):
+        if len(a) > 1 and not np.any(np.ptp(a, axis=0) > 0):
+            raise PipelineError(f"{name}: the {modality} features are the same in all {len(a)} training rows "
+                                "(constant or all zero: a failed extraction?); they cannot be hashed")
     return xa, ya
 
 

@@ -143,20 +143,11 @@ def metrics_path(results: Path, run: Run) -> Path:
 
 
 def load_study_metrics(results: Path, runs: list[Run], key: str) -> dict[Run, dict]:
-    """``{run: metrics}``; a missing file or a file without ``key`` is one clear error."""
-    out = {}
-    for r in runs:
-        p = metrics_path(results, r)
-        if not p.is_file():
-            raise PipelineError(f"missing metrics file: {p}")
-        try:
-            m = json.loads(p.read_text())
-        except ValueError:
-            raise PipelineError(f"{p}: not valid JSON") from None
-        if not isinstance(m.get(key), dict) or any(t.name not in m[key] for t in TASKS):
-            raise PipelineError(f"{p}: no {key} for every task (evaluated with another --k?)")
-        out[r] = m
-    return out
+    """``{run: metrics}``; a missing, damaged or other-``key`` file is one clear error
+    (:func:`pipeline.eval.metrics_json.read_metrics`)."""
+    from pipeline.eval.metrics_json import read_metrics
+
+    return {r: read_metrics(metrics_path(results, r), key) for r in runs}
 
 
 def _size(n: int) -> str:

@@ -17,15 +17,15 @@ def pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.2f}"
 
 
-def load_metrics(results: Path, methods: list[str], bits: list[int]) -> dict[str, dict[int, dict]]:
-    """``{method: {bits: metrics}}``; a missing file is one clear error."""
+def load_metrics(results: Path, methods: list[str], bits: list[int], k: int = 1000) -> dict[str, dict[int, dict]]:
+    """``{method: {bits: metrics}}``; a missing, damaged or other-``k`` file is one clear error
+    (:func:`pipeline.eval.metrics_json.read_metrics`)."""
+    from pipeline.eval.metrics_json import read_metrics
+
     out: dict[str, dict[int, dict]] = {}
     for m in methods:
         for b in bits:
-            p = results / m / str(b) / "metrics.json"
-            if not p.is_file():
-                raise PipelineError(f"missing metrics file: {p}")
-            out.setdefault(m, {})[b] = json.loads(p.read_text())
+            out.setdefault(m, {})[b] = read_metrics(results / m / str(b) / "metrics.json", f"map@{k}")
     return out
 
 

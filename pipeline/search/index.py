@@ -24,7 +24,7 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import pack_bits
 from pipeline.eval.hamming import topk
-from pipeline.io import (atomic_directory, open_h5, read_arrays, read_strings, sha256_file, to_jsonable, write_arrays,
+from pipeline.io import (atomic_directory, h5_file, open_h5, read_arrays, read_strings, sha256_file, to_jsonable, write_arrays,
                          write_strings)
 
 INDEX_FORMAT = "cmimh-index/2"
@@ -60,7 +60,7 @@ def build_index(index_dir: Path, *, model_path: Path, features, db_rows: np.ndar
     rows ``db_rows`` of ``features`` with their codes."""
     with atomic_directory(index_dir) as tmp:
         db = db_rows
-        with h5py.File(tmp / "index.h5", "w") as f:
+        with h5_file(tmp / "index.h5") as f:
             f.create_dataset("db_image", data=pack_bits(db_image))
             f.create_dataset("db_text", data=pack_bits(db_text))
             write_strings(f, "ids", features.ids[db])
@@ -175,8 +175,8 @@ def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
 def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
     """AlexNet FC7 of the images with the index's recorded weights, projected by its PCA."""
     from pipeline.features.pca import apply_pca
-    from pipeline.features.image import imagenet_transform
-    from PIL import Image, UnidentifiedImageError
+    from pipeline.features.image import imagenet_transform, to_rgb
+    from PIL import Image
 
     ex = _extractor(index, "image")
     load_query_encoder(index, "image")
@@ -184,13 +184,16 @@ def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
     tf = imagenet_transform(int(ex["input_size"]))
     xs = []
     for p in paths:
+        if Path(p).is_dir():
+            raise PipelineError(f"--image {p} is a directory, not an image file")
         try:
             with Image.open(p) as im:
-                xs.append(tf(im.convert("RGB")))
+                xs.append(tf(to_rgb(im)))  # the same decoding as extraction (16-bit, float images)
         except FileNotFoundError:
             raise PipelineError(f"image not found: {p}") from None
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
-            raise PipelineError(f"unreadable image: {p}") from None
+        except Exception as e:  # noqa: BLE001 - PIL raises many types (DecompressionBombError, struct errors)
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")[:200]
+            raise PipelineError(f"unreadable image: {p} ({why})") from None
     with torch.inference_mode():
         fc7 = net.to(index.device)(torch.stack(xs).to(index.device)).float().cpu().numpy()
     return apply_pca(fc7, index.pca)

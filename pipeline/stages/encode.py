@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 def run(settings: dict, model_path: Path, features_path: Path, out: Path, index_dir: Path | None = None) -> None:
     """Write ``codes.h5`` (and the index when ``index_dir`` is given)."""
+    from pipeline.errors import PipelineError
     from pipeline.eval.codes import write_codes
     from pipeline.features.store import read_features
     from pipeline.io import provenance_json, sha256_file
@@ -30,8 +31,13 @@ def run(settings: dict, model_path: Path, features_path: Path, out: Path, index_
         q, db = split["query"], split["database"]
     else:
         q, db = f.query, f.database
-    codes = {"query_image": model.encode_image(f.image[q]), "query_text": model.encode_text(f.text[q]),
-             "db_image": model.encode_image(f.image[db]), "db_text": model.encode_text(f.text[db])}
+    try:
+        codes = {"query_image": model.encode_image(f.image[q]), "query_text": model.encode_text(f.text[q]),
+                 "db_image": model.encode_image(f.image[db]), "db_text": model.encode_text(f.text[db])}
+    except PipelineError as e:  # the encoder's own check of its input: say which two files disagree
+        raise PipelineError(f"model {model_path} does not fit the features {features_path} (image "
+                            f"{f.image.shape[1]}-d, text {f.text.shape[1]}-d; was it trained on other "
+                            f"features?): {e}") from None
     bits = int(codes["db_image"].shape[1])
     real = {"query_image": model.embed_image(f.image[q]), "query_text": model.embed_text(f.text[q]),
             "db_image": model.embed_image(f.image[db]), "db_text": model.embed_text(f.text[db])}

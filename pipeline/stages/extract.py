@@ -39,7 +39,7 @@ from pipeline.features.pca import READ_CHUNK_ROWS, apply_pca_rows, fit_pca, read
 from pipeline.features.settings import ImageFeatures, TextFeatures
 from pipeline.features.store import write_features
 from pipeline.features.work import digest
-from pipeline.io import atomic_output, open_h5, provenance, read_attrs, read_strings, sha256_file, write_strings
+from pipeline.io import atomic_output, h5_output, open_h5, provenance, read_attrs, read_strings, sha256_file, write_strings
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ def run_merge(parts: Sequence[Path], out: Path, manifest: Path | None = None, pr
     attrs = {k: v for k, v in infos[0][4].items() if k not in ("shard", "bad_image_ids", "n_bad_images")}
     attrs.update({"row_start": 0, "row_stop": n, "shards": len(infos), "n_bad_images": len(bad),
                   "bad_image_ids": json.dumps(bad)})
-    with atomic_output(out) as tmp, h5py.File(tmp, "w") as g:
+    with h5_output(out) as g:
         fc7 = g.create_dataset("fc7", (n, image_mod.FC7_DIM), "float32")
         with tqdm(total=n, desc="merge fc7", unit="img", disable=not progress) as bar:
             for start, stop, _, p, _ in infos:
@@ -230,7 +230,7 @@ def run_text(manifest: Path, settings: dict, out: Path, device: torch.device, pr
         return
     vocab = m.tag_vocab or sorted({t for p in m.pairs for t in p.tags})
     feats = text_mod.tag_vectors([p.tags for p in m.pairs], vocab)
-    with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
+    with h5_output(out) as f:
         f.create_dataset("text", data=feats)
         write_strings(f, "ids", ids)
         # kept so that a typed query can be turned into the same tag vector

@@ -16,14 +16,18 @@ def run(results: Path, dataset: str, bits: list[int], methods: list[str], out: P
                  k: int = 1000, include: list[Path] | None = None, html: Path | None = None) -> None:
     """Write ``report.md`` and its plots (``plots/`` beside it); ``include``: extra sections;
     ``html``: the same report as one self-contained HTML page (:func:`markdown_html`)."""
-    from pipeline.io import code_version, write_text
+    from pipeline.io import check_output_path, code_version, write_error, write_text
     from pipeline.report.figures import plot_curves_by_bits
     from pipeline.report.html import markdown_html
     from pipeline.report.tables import label_notes, load_metrics, metric_table
 
-    metrics = load_metrics(results, methods, bits)
+    metrics = load_metrics(results, methods, bits, k)
     plots_dir = out.parent / "plots"
-    plots_dir.mkdir(parents=True, exist_ok=True)
+    check_output_path(plots_dir, folder=True)
+    try:
+        plots_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(plots_dir, e) from None
     lines = [f"# CMIMH report: {dataset}", "",
              f"Code version {code_version()}. Relevant = shares at least one label. Values in %.", ""]
     key = f"map@{k}"
@@ -66,7 +70,11 @@ def run(results: Path, dataset: str, bits: list[int], methods: list[str], out: P
     for extra_md in include or []:
         if not Path(extra_md).is_file():
             raise PipelineError(f"missing report section: {extra_md}")
-        lines += [Path(extra_md).read_text().rstrip(), ""]
+        try:
+            lines += [Path(extra_md).read_bytes().decode("utf-8").rstrip(), ""]
+        except UnicodeDecodeError as e:
+            raise PipelineError(f"report section {extra_md}: not UTF-8 text (byte {e.object[e.start]:#04x} at "
+                                f"offset {e.start})") from None
     lines += ["## Plots", ""]
     for m, by_bits in metrics.items():
         pngs = plot_curves_by_bits(by_bits, plots_dir, prefix=m)
