@@ -113,7 +113,8 @@ def cmd_train(a) -> None:
 def cmd_encode(a) -> None:
     from pipeline.stages import encode
 
-    encode.run(_s(a, "encode", a.method), Path(a.model), Path(a.features), Path(a.output), index_dir=_path(a.index))
+    encode.run(_s(a, "encode", a.method), Path(a.model), Path(a.features), Path(a.output), index_dir=_path(a.index),
+               manifest=_path(a.manifest))
 
 
 def cmd_evaluate(a) -> None:
@@ -146,7 +147,14 @@ def cmd_tune(a) -> None:
 def cmd_search(a) -> None:
     from pipeline.stages import search
 
-    search.run(Path(a.index), text=a.text, image=a.image, k=a.k, target=a.target, backend=a.backend)
+    search.run(Path(a.index), text=a.text, image=a.image, queries=_path(a.queries), k=a.k, target=a.target,
+               backend=a.backend)
+
+
+def cmd_serve(a) -> None:
+    from pipeline.stages import serve
+
+    serve.run([Path(p) for p in a.index], host=a.host, port=a.port, device=a.device, max_upload_mb=a.max_upload_mb)
 
 
 def cmd_methods(a) -> None:
@@ -221,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--features", required=True)
     q.add_argument("--method", default="cmimh", help="the run's method name (a -val<k> run encodes its validation fold)")
     q.add_argument("--index", help="also write a searchable index folder here")
+    q.add_argument("--manifest", help="with --index: the data set's manifest.jsonl, so that the index holds each "
+                                      "item's caption and image (what `cmimh serve` shows)")
     q.add_argument("-o", "--output", required=True, help="codes.h5")
     q.set_defaults(fn=cmd_encode)
 
@@ -263,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = q.add_mutually_exclusive_group(required=True)
     g.add_argument("--text")
     g.add_argument("--image")
+    g.add_argument("--queries", help="a batch: a file of queries, one text a line, or JSON lines {\"text\": ...} / "
+                                     "{\"image\": PATH}; one JSON line of hits per query")
     q.add_argument("-k", type=int, default=10)
     q.add_argument("--backend", choices=["exact", "faiss", "faiss-hash"], default="exact",
                    help="exact NumPy ranking (default); faiss IndexBinaryFlat (exact, same results); "
@@ -271,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search database images or texts (default: the other modality)")
     _common(q)
     q.set_defaults(fn=cmd_search)
+
+    q = sub.add_parser("serve", help="serve indexes over HTTP: a JSON search API and a search page")
+    q.add_argument("index", nargs="+", help="index folders (results/{dataset}/{method}/{bits}/index)")
+    q.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    q.add_argument("--port", type=int, default=8000)
+    q.add_argument("--device", default="cpu", help="where the query encoders run (default cpu)")
+    q.add_argument("--max-upload-mb", type=float, default=8.0, help="largest image upload (default 8 MB)")
+    _common(q)
+    q.set_defaults(fn=cmd_serve)
 
     q = sub.add_parser("methods", help="list the methods, their settings and the method-name variants")
     _common(q)
@@ -350,7 +371,7 @@ def _run(args) -> int:
         if getattr(args, "threads", None):
             from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-            if args.command in ("train", "encode", "extract", "search"):
+            if args.command in ("train", "encode", "extract", "search", "serve"):
                 import torch
 
                 torch.set_num_threads(max(1, args.threads))

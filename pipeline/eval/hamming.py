@@ -28,6 +28,8 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 _CHUNK_BYTES = 1 << 20
 #: Most query rows per chunk.
 _MAX_ROWS = 64
+#: Databases larger than this (items) rank a few queries per read of the codes (:func:`_big_db_rows`).
+_BIG_DB = 1 << 20
 
 
 class Scratch:
@@ -124,6 +126,56 @@ def chunk_rows(ndb: int, bytes_per_pair: int, memory_budget: int, n_threads: int
     return int(max(1, rows))
 
 
+class Database:
+    """Database codes prepared for ranking once (64-bit words, one row per word; no copy for
+    64-bit codes, so a memory-mapped file stays mapped): a service ranks every query against it."""
+
+    def __init__(self, db_packed: np.ndarray) -> None:
+        db = np.asarray(db_packed)
+        if db.ndim != 2 or db.dtype != np.uint8 or db.shape[1] == 0:
+            raise PipelineError(f"database codes must be a 2-D uint8 array of packed codes, got {db.dtype} {db.shape}")
+        self.width = int(db.shape[1])
+        self.ndb = int(db.shape[0])
+        self.dbT = np.ascontiguousarray(words64(db).T)
+        self.ndb_pad = -(-self.ndb // 8) * 8
+        self.n_values = 8 * self.width + 1
+        self.dist_dtype = np.dtype(np.uint8 if self.n_values <= 256 else np.uint16)
+
+    def topk(self, q_packed: np.ndarray, k: int, chunk_size: int | None = None, *, n_threads: int = 1,
+             memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k rows per query (see :func:`topk`)."""
+        if int(k) < 1:
+            raise PipelineError(f"k must be >= 1, not {k}")
+        q = np.asarray(q_packed)
+        if q.ndim != 2 or q.shape[1] != self.width:
+            raise PipelineError(f"query and database codes differ in shape: {q.shape} vs (n, {self.width})")
+        qw = words64(q)
+        nq = int(q.shape[0])
+        kk = min(int(k), self.ndb)
+        idx_out = np.empty((nq, kk), dtype=np.int64)
+        dist_out = np.empty((nq, kk), dtype=np.uint16)
+        if nq == 0 or kk == 0:
+            return idx_out, dist_out
+        rows = chunk_size or (chunk_rows(self.ndb, self.dist_dtype.itemsize, memory_budget, n_threads)
+                              if self.ndb <= _BIG_DB else _big_db_rows(self.ndb, memory_budget, n_threads))
+
+        def fn(s: int, e: int, sc: Scratch) -> None:
+            full = sc.get("d", (e - s, self.ndb_pad), self.dist_dtype)
+            kernels.distances(qw[s:e], self.dbT, full[:, : self.ndb])
+            kernels.topk_from_distances(full, self.ndb, self.n_values, kk, idx_out[s:e], dist_out[s:e],
+                                        sc.get("cand", (self.ndb,), np.int64))
+
+        run_chunks(nq, rows, n_threads, fn)
+        return idx_out, dist_out
+
+
+def _big_db_rows(ndb: int, memory_budget: int, n_threads: int) -> int:
+    """Rows per top-k chunk past :data:`_BIG_DB` items: a row's distances no longer fit in L2
+    whatever the chunk, so a few rows share each read of the database codes instead (up to 8,
+    within the budget)."""
+    return max(1, min(8, memory_budget // max(1, n_threads) // (2 * ndb)))
+
+
 def topk(q_packed: np.ndarray, db_packed: np.ndarray, k: int, chunk_size: int | None = None, *,
          n_threads: int = 1, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k database rows per query by Hamming distance, ties by ascending index.
@@ -132,20 +184,9 @@ def topk(q_packed: np.ndarray, db_packed: np.ndarray, k: int, chunk_size: int | 
     Queries go in chunks of ``chunk_size`` rows (default: cache-sized, within ``memory_budget``),
     so memory stays bounded for any database size.
     """
+    q, db = np.asarray(q_packed), np.asarray(db_packed)
+    if q.ndim != 2 or db.ndim != 2 or q.shape[1] != db.shape[1]:
+        raise PipelineError(f"query and database codes differ in shape: {q.shape} vs {db.shape}")
     if int(k) < 1:
         raise PipelineError(f"k must be >= 1, not {k}")
-    p = Prepared(q_packed, db_packed)
-    kk = min(int(k), p.ndb)
-    idx_out = np.empty((p.nq, kk), dtype=np.int64)
-    dist_out = np.empty((p.nq, kk), dtype=np.uint16)
-    if p.nq == 0 or kk == 0:
-        return idx_out, dist_out
-    rows = chunk_size or chunk_rows(p.ndb, p.dist_dtype.itemsize, memory_budget, n_threads)
-
-    def fn(s: int, e: int, sc: Scratch) -> None:
-        d = p.distances(s, e, sc)
-        kernels.topk_from_distances(d, p.ndb, p.n_values, kk, idx_out[s:e], dist_out[s:e],
-                                    sc.get("cand", (p.ndb,), np.int64))
-
-    run_chunks(p.nq, rows, n_threads, fn)
-    return idx_out, dist_out
+    return Database(db).topk(q, k, chunk_size, n_threads=n_threads, memory_budget=memory_budget)
