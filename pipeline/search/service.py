@@ -19,7 +19,6 @@ batch of 8 costs little more than one) and ranks them together: concurrent clien
 encoder's work, and torch runs in one thread only.
 """
 
-from __future__ import annotations
 
 import logging
 import queue
@@ -465,7 +464,7 @@ async function init(){
     }
     $('index').value = j.default;
     const d = j.indexes.find(x => x.name === j.default);
-    if(d) $('about').textContent = '· ' + (d.dataset || '') + ' · ' + (d.method || '') + ' · ' + d.bits + ' bits · ' + d.items + ' items';
+    if(d) $('about').textContent = '· ' + [d.dataset, d.method, d.bits + ' bits', d.items + ' items'].filter(Boolean).join(' · ');
   }catch(e){ status('cannot reach the service: ' + e, true); }
 }
 function status(msg, err){ $('status').textContent = msg; $('status').className = err ? 'err' : ''; }
