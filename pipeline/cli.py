@@ -168,8 +168,13 @@ def cmd_methods(a) -> None:
     print(method_help())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pipeline.report.studies import PAPER_STUDIES
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand. ``command``: the subcommand about to run, when known; the
+    study names (which import every method, ~1 s) are then looked up only for ``study`` and help."""
+    if command in (None, "study") or command.startswith("-"):
+        from pipeline.report.studies import PAPER_STUDIES
+    else:
+        PAPER_STUDIES = None  # noqa: N806 - not this command's
 
     p = argparse.ArgumentParser(prog="cmimh", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -348,7 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Exit status 0, 2 for a user error (one line ``cmimh: error: ...`` on
     stderr), 1 for an unexpected error (one line; its traceback goes to the ``--log`` file, or to
     the console with ``-v``), 130 when interrupted."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((x for x in argv if not x.startswith("-")), None)
+    args = build_parser(command if command and "-h" not in argv and "--help" not in argv else None).parse_args(argv)
     args.log = getattr(args, "log", None)
     try:
         cm = _logging(args)

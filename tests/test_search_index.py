@@ -70,7 +70,7 @@ def test_index_search_ranks_by_hamming_with_index_ties(run, tiny_demo):
     q = np.packbits(model.encode_image(f.image[f.database[:1]]), axis=1)
     dist = hamming_distances(q, index.db_text)[0].astype(int)
     order = np.lexsort((np.arange(len(dist)), dist))[:5]
-    assert [h["id"] for h in hits] == [str(index.ids[j]) for j in order]
+    assert [h["id"] for h in hits] == [index.item_id(j) for j in order]
     assert [h["distance"] for h in hits] == list(dist[order])
 
 

@@ -129,8 +129,8 @@ class Index:
     model: Any  # a fitted pipeline.methods.base.Hasher
     device: torch.device
     encoders: dict = field(default_factory=dict)  # query feature extractors, loaded once on first use
-    captions: list[str] | None = None
-    image_paths: list[str] | None = None  # relative to media_root
+    captions: "Strings | list[str] | None" = None
+    image_paths: "Strings | list[str] | None" = None  # relative to media_root
     media_root: Path | None = None
     meta: dict = field(default_factory=dict)
     ranking: dict = field(default_factory=dict)  # target -> Database, prepared once
@@ -141,6 +141,10 @@ class Index:
             self.ranking[target] = Database(self.db_image if target == "image" else self.db_text)
         return self.ranking[target]
 
+    def item_id(self, row: int) -> str:
+        v = self.ids[row]
+        return v.decode() if isinstance(v, bytes) else str(v)
+
     def image_file(self, row: int) -> Path | None:
         """The image file of database row ``row`` (None when the index records no images)."""
         if self.image_paths is None or self.media_root is None:
@@ -148,10 +152,66 @@ class Index:
         return self.media_root / self.image_paths[row]
 
     def row_of(self, item_id: str) -> int | None:
-        """Database row of an item id (None when unknown)."""
-        if "_rows" not in self.ranking:
-            self.ranking["_rows"] = {str(v): i for i, v in enumerate(self.ids)}
-        return self.ranking["_rows"].get(str(item_id))
+        """Database row of an item id (None when unknown): a binary search in the ids sorted once
+        (no dictionary of millions of strings)."""
+        if "_order" not in self.ranking:
+            self.ranking["_order"] = np.argsort(self.ids, kind="stable")
+        order = self.ranking["_order"]
+        key = np.array(item_id.encode() if self.ids.dtype.kind == "S" else item_id, dtype=self.ids.dtype)
+        if self.ids.dtype.kind == "S" and len(item_id.encode()) > self.ids.dtype.itemsize:
+            return None
+        i = int(np.searchsorted(self.ids[order], key)) if len(order) else 0
+        if i < len(order) and self.ids[order[i]] == key:
+            return int(order[i])
+        return None
+
+
+class Strings:
+    """A string column of ``index.h5`` read on demand (captions, image paths of millions of items
+    stay on disk; a query reads its k hits' rows)."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        self._f: h5py.File | None = None
+        self._n: int | None = None
+
+    def _ds(self):
+        if self._f is None:
+            self._f = h5py.File(self.path, "r")
+        return self._f[self.key]
+
+    def __len__(self) -> int:
+        if self._n is None:
+            self._n = int(self._ds().shape[0])
+        return self._n
+
+    def take(self, rows) -> list[str]:
+        """The strings of ``rows`` (any order, repeats allowed), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        uniq, inv = np.unique(rows, return_inverse=True)
+        vals = self._ds()[uniq]  # h5py reads increasing rows in one call
+        vals = [v.decode() if isinstance(v, bytes) else str(v) for v in vals]
+        return [vals[i] for i in inv]
+
+    def __getitem__(self, row: int) -> str:
+        return self.take([row])[0]
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def _ids(ds) -> np.ndarray:
+    """Item ids as a fixed-width bytes array (UTF-8): 1 byte a character, ~9x less than a list of str."""
+    raw = ds[()]
+    if raw.dtype.kind == "O":
+        raw = np.array([v if isinstance(v, bytes) else str(v).encode() for v in raw])
+    elif raw.dtype.kind != "S":
+        raw = np.array([str(v).encode() for v in raw])
+    return raw.astype(f"S{max(1, raw.dtype.itemsize)}")
 
 
 def _codes(f: h5py.File, path: Path, key: str) -> np.ndarray:
@@ -193,13 +253,16 @@ def load_index(path: str | Path, device: torch.device | None = None) -> Index:
             if key not in f:
                 raise PipelineError(f"{path / 'index.h5'}: missing dataset '{key}' (damaged index; rerun encode)")
         db_image, db_text = _codes(f, path / "index.h5", "db_image"), _codes(f, path / "index.h5", "db_text")
-        ids = np.array(read_strings(f, "ids"))
+        ids = _ids(f["ids"])
         bits = int(f.attrs.get("bits", 8 * db_image.shape[1]))
         pca = read_arrays(f, "image_pca")
         vocab = read_strings(f, "tag_vocab")
-        captions, images = read_strings(f, "captions"), read_strings(f, "image_paths")
+        shown = "captions" in f and "image_paths" in f
+        n_shown = (len(f["captions"]), len(f["image_paths"])) if shown else None
+    captions = Strings(path / "index.h5", "captions") if shown else None
+    images = Strings(path / "index.h5", "image_paths") if shown else None
     if not (len(ids) == len(db_image) == len(db_text)) or db_image.shape[1:] != db_text.shape[1:] or (
-            captions is not None and not len(captions) == len(images or []) == len(ids)):
+            shown and n_shown != (len(ids), len(ids))):
         raise PipelineError(f"{path / 'index.h5'}: codes and ids disagree in size (damaged index; rerun encode)")
     model, _ = load_model(path / "model.pt", device)
     media = meta.get("media") or {}
@@ -315,16 +378,21 @@ def rank_codes(index: Index, codes01: np.ndarray, k: int, target: str, backend: 
 def hits(index: Index, idx: np.ndarray, dist: np.ndarray, target: str) -> list[dict]:
     """One query's ranked rows as ``[{rank, id, distance, target, caption, image}]`` (caption and
     image file path None where the index records none)."""
-    out = []
-    for r, (j, d) in enumerate(zip(idx, dist)):
-        if j < 0:
-            continue
-        j = int(j)
-        img = index.image_file(j)
-        out.append({"rank": r + 1, "id": str(index.ids[j]), "distance": int(d), "target": target,
-                    "caption": None if index.captions is None else index.captions[j],
-                    "image": None if img is None else str(img)})
-    return out
+    keep = [(r, int(j), int(d)) for r, (j, d) in enumerate(zip(idx, dist)) if j >= 0]
+    rows = [j for _, j, _ in keep]
+    caps = _take(index.captions, rows)
+    imgs = _take(index.image_paths, rows)
+    root = index.media_root
+    return [{"rank": r + 1, "id": index.item_id(j), "distance": d, "target": target,
+             "caption": None if caps is None else caps[n],
+             "image": None if imgs is None or root is None else str(root / imgs[n])}
+            for n, (r, j, d) in enumerate(keep)]
+
+
+def _take(col, rows: list[int]) -> list[str] | None:
+    if col is None:
+        return None
+    return col.take(rows) if isinstance(col, Strings) else [col[j] for j in rows]
 
 
 def search_batch(index: Index, *, texts: list[str] | None = None, images: list | None = None, k: int = 10,
