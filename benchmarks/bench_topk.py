@@ -7,10 +7,11 @@
 For each database size, k in (10, 1000), one query (median of ``--repeats`` single queries) and a
 batch of ``--batch`` queries (per-query time = batch time / batch size):
 
-* ours: :class:`pipeline.eval.hamming.Database` (exact, ties by database index), ``--threads``;
-* anchor 1, faiss ``IndexBinaryFlat.search`` (exact distances, but ties in arbitrary order), with
-  ``--threads`` OpenMP threads; the printed "tie rule" says on how many queries its ids equal ours
-  (the distances always do);
+* ours: :class:`pipeline.eval.hamming.Database` (exact, ties by database index), batches on
+  ``--threads`` threads, one query on one;
+* anchor 1, faiss ``IndexBinaryFlat.search`` (exact distances; faiss promises no order among ties),
+  batches with ``--threads`` OpenMP threads, one query with one; the printed "tie rule" says on how
+  many queries its ids equal ours (the distances always do);
 * anchor 2, plain NumPy, exact with our tie rule: ``bitwise_count(q ^ db)``, ``argpartition`` for the
   k-th distance, a stable sort of the items within it (slow batches are timed on a subset and
   extrapolated; said so).
@@ -37,7 +38,7 @@ def numpy_topk(q: np.ndarray, db64: np.ndarray, k: int) -> tuple[np.ndarray, np.
     """Exact top-k with the tie rule in plain NumPy (64-bit codes as one uint64 word)."""
     out_i = np.empty((len(q), k), np.int64)
     out_d = np.empty((len(q), k), np.int64)
-    for i, w in enumerate(q):
+    for i, w in enumerate(np.ascontiguousarray(q).view(np.uint64).ravel()):
         d = np.bitwise_count(db64 ^ w)
         kth = np.partition(d, k - 1)[k - 1]
         cand = np.flatnonzero(d <= kth)
@@ -94,18 +95,22 @@ def main(argv: list[str] | None = None) -> None:
         for k in a.ks:
             # one query at a time: the median of several
             so, sf, sn = [], [], []
+            if faiss is not None:
+                faiss.omp_set_num_threads(1)  # one query: one thread each (OpenMP's wake-up costs more)
             for r in range(a.repeats):
                 q1 = qs[r:r + 1]
-                so.append(timed(base.topk, q1, k, n_threads=a.threads)[0])
+                so.append(timed(lambda q: base.topk(q, k), q1)[0])
                 if fx is not None:
                     sf.append(timed(fx.search, q1, k)[0])
                 if r < 5:
                     sn.append(timed(numpy_topk, q1, db64, k)[0])
+            if faiss is not None:
+                faiss.omp_set_num_threads(a.threads)
             mo, mf, mn = np.median(so), (np.median(sf) if sf else np.nan), np.median(sn)
             print(f"  {k:>5} {'1 query':<12} {1000 * mo:>16.2f} {1000 * mf:>16.2f} {1000 * mn:>16.2f} "
                   f"{mf / mo:>10.1f} {mn / mo:>10.1f}")
             # a batch
-            wo, co, (io_, do_) = timed(base.topk, qs, k, n_threads=a.threads)
+            wo, co, (io_, do_) = timed(lambda q: base.topk(q, k, n_threads=a.threads), qs)
             tie = "-"
             wf = cf = np.nan
             if fx is not None:
