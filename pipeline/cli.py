@@ -120,7 +120,7 @@ def cmd_encode(a) -> None:
 def cmd_evaluate(a) -> None:
     from pipeline.stages import evaluate
 
-    evaluate.run(Path(a.codes), Path(a.output), k=a.k, n_threads=a.threads or 1)
+    evaluate.run(Path(a.codes), Path(a.output), k=a.k, n_threads=a.threads or os.cpu_count() or 1)
 
 
 def cmd_report(a) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
+from pipeline.eval import hamming
 from pipeline.eval.hamming import hamming_distances, topk
 
 
@@ -78,3 +79,27 @@ def test_topk_rejects_bad_input():
         topk(_codes(rng, 2, 8), _codes(rng, 3, 8), 0)
     with pytest.raises(PipelineError, match="differ in shape"):
         topk(_codes(rng, 2, 8), _codes(rng, 3, 16), 1)
+
+
+def test_database_prepared_once_answers_like_topk(tmp_path):
+    """A service's Database: memory-mapped read-only codes (no copy at 64 bits), reused buffers
+    between calls, single queries and batches on threads: all equal to topk."""
+    rng = np.random.default_rng(9)
+    db = _codes(rng, 5000, 64)
+    path = tmp_path / "codes.bin"
+    db.tofile(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r", shape=db.shape)
+    base = hamming.Database(mm)
+    assert np.shares_memory(base.dbT, mm)
+    q = _codes(rng, 40, 64)
+    q[:4] = db[[0, 10, 10, 4999]]
+    want = topk(q, db, 25)
+    for i in range(5):
+        got = base.topk(q[i:i + 1], 25)
+        np.testing.assert_array_equal(got[0], want[0][i:i + 1])
+    for threads, chunk in ((1, None), (2, 3), (2, None)):
+        got = base.topk(q, 25, chunk, n_threads=threads)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(PipelineError, match="differ in shape"):
+        base.topk(_codes(rng, 2, 16), 3)

@@ -126,11 +126,10 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
     hits = np.zeros((T, nq, pk_sorted.size), dtype=np.int64)
     counts = np.zeros((T, nq, nv, 2), dtype=np.int64) if nrad else None  # [irrelevant, relevant] per distance
 
+    inv = 1.0 / np.arange(1, (ndb if counting else kmax) + 1, dtype=np.float64)  # 1 / rank
     if counting:
         dblT = np.ascontiguousarray(dblw.T)
         rows = chunk_size or chunk_rows(ndb, _FULL_BYTES_PER_PAIR, memory_budget, n_threads)
-
-        inv = 1.0 / np.arange(1, ndb + 1, dtype=np.float64)  # 1 / rank
 
         def fn(s: int, e: int, sc: Scratch) -> None:
             r = e - s
@@ -158,7 +157,8 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
             for t, p in enumerate(preps):
                 d = p.distances(s, e, sc)
                 kernels.topk_from_distances(d, ndb, nv, kmax, idx, dist, sc.get("cand", (ndb,), np.int64))
-                kernels.head_stats(idx, qlw[s:e], dblw, head_ks, pk_sorted, ranked, ap_head[t, s:e], hits[t, s:e])
+                kernels.head_stats(idx, qlw[s:e], dblw, head_ks, pk_sorted, ranked, inv, ap_head[t, s:e],
+                                   hits[t, s:e])
 
     if kmax > 0 or need_all or nrad:
         run_chunks(nq, rows, n_threads, fn)
