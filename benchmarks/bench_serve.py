@@ -52,7 +52,7 @@ def start(index: Path, port: int, timeout: float = 600):
     import httpx
 
     cmimh = str(Path(sys.executable).parent / "cmimh")
-    cmd = [cmimh, "serve", str(index), "--port", str(port), "--threads", "2"]
+    cmd = [cmimh, "serve", str(index), "--port", str(port)]
     if not Path(cmimh).exists():
         cmd = [sys.executable, "-m", "pipeline.cli"] + cmd[1:]
     t0 = time.perf_counter()

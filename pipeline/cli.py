@@ -154,7 +154,8 @@ def cmd_search(a) -> None:
 def cmd_serve(a) -> None:
     from pipeline.stages import serve
 
-    serve.run([Path(p) for p in a.index], host=a.host, port=a.port, device=a.device, max_upload_mb=a.max_upload_mb)
+    serve.run([Path(p) for p in a.index], host=a.host, port=a.port, device=a.device, max_upload_mb=a.max_upload_mb,
+              threads=a.threads)
 
 
 def cmd_methods(a) -> None:
