@@ -42,6 +42,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
+class _Skip(Exception):
+    pass
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,10 +174,8 @@ def big_index(src: Path, n: int, dest: Path, seed: int = 0) -> Path:
     with h5py.File(src / "index.h5", "r") as f:
         width = f["db_image"].shape[1]
         bits = int(f.attrs["bits"])
-        extra = {name: f[name][()] for name in ("image_pca",) if name in f}
         vocab = f["tag_vocab"][()] if "tag_vocab" in f else None
         pca = {k: f["image_pca"][k][()] for k in f["image_pca"]} if "image_pca" in f else None
-    del extra
     rng = np.random.default_rng(seed)
     pad = 8 * width - bits
     with h5py.File(dest / "index.h5", "w") as f:
@@ -205,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--big", type=int, default=0, help="also serve an index of this many random codes")
     ap.add_argument("--big-queries", type=int, default=100)
+    ap.add_argument("--only-big", action="store_true", help="skip the load test (with --big)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     import httpx
@@ -224,8 +227,10 @@ def main(argv: list[str] | None = None) -> None:
     del ix
 
     port = free_port()
-    proc, url, up = start(index, port)
+    proc, url, up = start(index, port) if not a.only_big else (None, None, None)
     try:
+        if proc is None:
+            raise _Skip
         print(f"cmimh serve up in {up:.1f} s (indexes and encoders loaded once); server RSS {rss(proc.pid)[0]:.0f} MiB")
         with httpx.Client(base_url=url, timeout=120) as c:
             for t in texts[:20]:
@@ -239,22 +244,26 @@ def main(argv: list[str] | None = None) -> None:
               f"p90 {pct(lat, 90):.1f} ms, p99 {pct(lat, 99):.1f} ms; throughput {len(lat) / wall:.1f} queries/s "
               f"({wall:.1f} s); server's own time p50 {np.median(ms):.1f} ms (clients' CPU {time.process_time() - c0:.1f} s)")
         print(f"  ratio p50 under load / alone: {pct(lat, 50) / pct(one, 50):.1f}x; server RSS {rss(proc.pid)[0]:.0f} MiB")
+    except _Skip:
+        pass
     finally:
-        stop(proc)
+        if proc is not None:
+            stop(proc)
 
-    t0 = time.perf_counter()
-    cmimh = str(Path(sys.executable).parent / "cmimh")
-    p = subprocess.run([cmimh, "search", str(index), "--text", texts[0], "-k", str(a.k)], capture_output=True,
-                       text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-    once = time.perf_counter() - t0
-    print(f"anchor: `cmimh search --text` as one process per query: {once:.2f} s "
-          f"({once * 1000 / max(pct(one, 50), 1e-9):.0f}x the served p50); {p.stderr.strip().splitlines()[-1]}")
+    if not a.only_big:
+        t0 = time.perf_counter()
+        cmimh = str(Path(sys.executable).parent / "cmimh")
+        p = subprocess.run([cmimh, "search", str(index), "--text", texts[0], "-k", str(a.k)], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        once = time.perf_counter() - t0
+        print(f"anchor: `cmimh search --text` as one process per query: {once:.2f} s "
+              f"({once * 1000 / max(pct(one, 50), 1e-9):.0f}x the served p50); {p.stderr.strip().splitlines()[-1]}")
 
-    b = breakdown(index, texts, a.k)
-    share = b["enc1"] / (b["enc1"] + b["rank1"])
-    print(f"where a query's time goes (in-process, 1 thread, {b['items']} items): text encoder {b['enc1']:.2f} ms, "
-          f"ranking {b['rank1']:.3f} ms: the encoder is {share:.1%} of it ({b['enc1'] / b['rank1']:.0f}x the ranking); "
-          f"8 texts in one encoder batch {b['enc8']:.2f} ms ({b['enc8'] / 8:.2f} ms a text)")
+        b = breakdown(index, texts, a.k)
+        share = b["enc1"] / (b["enc1"] + b["rank1"])
+        print(f"where a query's time goes (in-process, 1 thread, {b['items']} items): text encoder {b['enc1']:.2f} ms, "
+              f"ranking {b['rank1']:.3f} ms: the encoder is {share:.1%} of it ({b['enc1'] / b['rank1']:.0f}x the ranking); "
+              f"8 texts in one encoder batch {b['enc8']:.2f} ms ({b['enc8'] / 8:.2f} ms a text)")
 
     if a.big:
         work = Path(tempfile.mkdtemp(prefix="bench_serve_"))

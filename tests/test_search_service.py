@@ -230,6 +230,8 @@ def test_page_in_a_headless_browser(server, tmp_path):
             page.click("#go")
             page.wait_for_function("document.getElementById('status').textContent.startsWith('4 hits')")
             assert page.locator("#grid figure").count() == 4
+            page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && "
+                                   "i.naturalWidth > 0)")
             page.screenshot(path=str(shots / "serve_image_query.png"), full_page=True)
             # a bad query shows the service's one line
             page.set_input_files("#img", [])

@@ -472,7 +472,7 @@ function show(j){
   const g = $('grid'); g.innerHTML = '';
   for(const h of j.hits){
     const f = document.createElement('figure');
-    const pic = h.image ? '<img loading="lazy" src="' + esc(h.image) + '" alt="' + esc(h.caption || h.id) + '">'
+    const pic = h.image ? '<img src="' + esc(h.image) + '" alt="' + esc(h.caption || h.id) + '">'
                         : '<div class="noimg">' + esc(h.target === 'text' ? 'text item' : 'no image') + '</div>';
     f.innerHTML = pic + '<figcaption><div class="meta">#' + h.rank + ' · id ' + esc(h.id) +
       ' · <span class="d">distance ' + h.distance + '</span></div>' + esc(h.caption || '') + '</figcaption>';
