@@ -33,7 +33,7 @@ def main() -> None:
     caption = {p.id: p.caption for p in m.pairs}
     rng = np.random.default_rng(0)
     rows = rng.choice(len(index.ids), size=min(a.n, len(index.ids)), replace=False)
-    texts = [caption[str(index.ids[r])] for r in rows]
+    texts = [caption[index.item_id(r)] for r in rows]
     # one CLI-equivalent query, timed (encoder load included, as a user would see it)
     t = time.perf_counter()
     search(index, text=texts[0], k=a.k)

@@ -120,13 +120,14 @@ def cmd_train(a) -> None:
 def cmd_encode(a) -> None:
     from pipeline.stages import encode
 
-    encode.run(_s(a, "encode", a.method), Path(a.model), Path(a.features), Path(a.output), index_dir=_path(a.index))
+    encode.run(_s(a, "encode", a.method), Path(a.model), Path(a.features), Path(a.output), index_dir=_path(a.index),
+               manifest=_path(a.manifest))
 
 
 def cmd_evaluate(a) -> None:
     from pipeline.stages import evaluate
 
-    evaluate.run(Path(a.codes), Path(a.output), k=a.k, n_threads=a.threads or 1)
+    evaluate.run(Path(a.codes), Path(a.output), k=a.k, n_threads=a.threads or os.cpu_count() or 1)
 
 
 def cmd_report(a) -> None:
@@ -160,7 +161,15 @@ def cmd_tune(a) -> None:
 def cmd_search(a) -> None:
     from pipeline.stages import search
 
-    search.run(Path(a.index), text=a.text, image=a.image, k=a.k, target=a.target, backend=a.backend)
+    search.run(Path(a.index), text=a.text, image=a.image, queries=_path(a.queries), k=a.k, target=a.target,
+               backend=a.backend)
+
+
+def cmd_serve(a) -> None:
+    from pipeline.stages import serve
+
+    serve.run([Path(p) for p in a.index], host=a.host, port=a.port, device=a.device, max_upload_mb=a.max_upload_mb,
+              threads=a.threads)
 
 
 def cmd_methods(a) -> None:
@@ -174,8 +183,13 @@ def cmd_methods(a) -> None:
     print(method_help())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from pipeline.report.studies import PAPER_STUDIES
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand. ``command``: the subcommand about to run, when known; the
+    study names (which import every method, ~1 s) are then looked up only for ``study`` and help."""
+    if command in (None, "study") or command.startswith("-"):
+        from pipeline.report.studies import PAPER_STUDIES
+    else:
+        PAPER_STUDIES = None  # noqa: N806 - not this command's
 
     p = argparse.ArgumentParser(prog="cmimh", description=__doc__.split("\n")[0])
     p.add_argument("-v", "--verbose", action="store_true")
@@ -235,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--features", required=True)
     q.add_argument("--method", default="cmimh", help="the run's method name (a -val<k> run encodes its validation fold)")
     q.add_argument("--index", help="also write a searchable index folder here")
+    q.add_argument("--manifest", help="with --index: the data set's manifest.jsonl, so that the index holds each "
+                                      "item's caption and image (what `cmimh serve` shows)")
     q.add_argument("-o", "--output", required=True, help="codes.h5")
     q.set_defaults(fn=cmd_encode)
 
@@ -277,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = q.add_mutually_exclusive_group(required=True)
     g.add_argument("--text")
     g.add_argument("--image")
+    g.add_argument("--queries", help="a batch: a file of queries, one text a line, or JSON lines {\"text\": ...} / "
+                                     "{\"image\": PATH}; one JSON line of hits per query")
     q.add_argument("-k", type=int, default=10)
     q.add_argument("--backend", choices=["exact", "faiss", "faiss-hash"], default="exact",
                    help="exact NumPy ranking (default); faiss IndexBinaryFlat (exact, same results); "
@@ -285,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search database images or texts (default: the other modality)")
     _common(q)
     q.set_defaults(fn=cmd_search)
+
+    q = sub.add_parser("serve", help="serve indexes over HTTP: a JSON search API and a search page")
+    q.add_argument("index", nargs="+", help="index folders (results/{dataset}/{method}/{bits}/index)")
+    q.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    q.add_argument("--port", type=int, default=8000)
+    q.add_argument("--device", default="cpu", help="where the query encoders run (default cpu)")
+    q.add_argument("--max-upload-mb", type=float, default=8.0, help="largest image upload (default 8 MB)")
+    _common(q)
+    q.set_defaults(fn=cmd_serve)
 
     q = sub.add_parser("methods", help="list the methods, their settings and the method-name variants")
     _common(q)
@@ -355,7 +382,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. Exit status 0, 2 for a user error (one line ``cmimh: error: ...`` on
     stderr), 1 for an unexpected error (one line; its traceback goes to the ``--log`` file, or to
     the console with ``-v``), 130 when interrupted."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((x for x in argv if not x.startswith("-")), None)
+    args = build_parser(command if command and "-h" not in argv and "--help" not in argv else None).parse_args(argv)
     args.log = getattr(args, "log", None)
     try:
         cm = _logging(args)
@@ -407,7 +436,7 @@ def _run(args) -> int:
         if getattr(args, "threads", None):
             from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-            if args.command in ("train", "encode", "extract", "search"):
+            if args.command in ("train", "encode", "extract", "search", "serve"):
                 import torch
 
                 torch.set_num_threads(max(1, args.threads))

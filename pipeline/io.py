@@ -331,16 +331,34 @@ def without_timings(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in TIMING_KEYS}
 
 
+def _torch_version() -> str:
+    """``torch.__version__`` without importing torch when no one has: read from torch/version.py
+    (a stage like evaluate needs no torch, and the import takes seconds)."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return str(torch.__version__)
+    import importlib.util
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return "not installed"
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+        return re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M).group(1)
+    except (OSError, AttributeError):
+        import torch  # an unusual layout: ask torch itself
+
+        return str(torch.__version__)
+
+
 def provenance(config: dict | None = None, **extra: Any) -> dict:
     """A provenance record: code version, interpreter, key library versions, config, extras."""
-    import torch  # local: keep ``import pipeline.io`` light
-
     rec = {
         "code_version": code_version(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "numpy": np.__version__,
-        "torch": str(torch.__version__),
+        "torch": _torch_version(),
     }
     if config is not None:
         rec["config"] = config

@@ -1,4 +1,5 @@
-"""Exact Hamming ranking: distances, stable top-k under heavy ties, chunking and threads."""
+"""Exact Hamming ranking: distances, stable top-k under heavy ties, chunking and threads, and the
+sample-guessed threshold repaired when the sample misleads."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from pipeline.errors import PipelineError
 from pipeline.eval import hamming
-from pipeline.eval.hamming import hamming_distances, popcount, topk
+from pipeline.eval.hamming import hamming_distances, topk
 
 
 def _codes(rng, n, bits):
@@ -40,11 +41,6 @@ def test_distances_match_bit_count(bits):
     np.testing.assert_array_equal(hamming_distances(q, db), _slow_distances(q, db, bits))
 
 
-def test_popcount_lookup_fallback_agrees():
-    x = np.random.default_rng(0).integers(0, 2**63, 1000, dtype=np.uint64)
-    np.testing.assert_array_equal(hamming._popcount_lut(x), np.array([bin(int(v)).count("1") for v in x]))
-
-
 @pytest.mark.parametrize("k, chunk, threads", [(1, 7, 1), (37, 64, 1), (500, None, 1), (1999, 13, 2),
                                                (2000, 41, 1), (5000, None, 2)])
 def test_topk_matches_stable_argsort_heavy_ties(k, chunk, threads):
@@ -57,14 +53,24 @@ def test_topk_matches_stable_argsort_heavy_ties(k, chunk, threads):
     np.testing.assert_array_equal(dist, np.take_along_axis(d, ref, axis=1))
 
 
-def test_topk_large_db_sample_threshold_and_repair(monkeypatch):
-    """Databases above the sample size use the sampled threshold; force misses to test repair."""
+def test_topk_large_db_sample_threshold_and_repair():
+    """Databases above the sample size use the sampled threshold; a sample that sees only the
+    close items (every other row is the query itself) guesses too small a radius, repaired."""
     rng = np.random.default_rng(5)
     q, db = _codes(rng, 20, 16), _codes(rng, 9000, 16)
     ref = np.argsort(_slow_distances(q, db, 16), axis=1, kind="stable")[:, :300]
     np.testing.assert_array_equal(topk(q, db, 300)[0], ref)
-    monkeypatch.setattr(hamming, "_thresholds", lambda d, kk, nv: np.zeros(d.shape[0], dtype=np.int64))
     np.testing.assert_array_equal(topk(q, db, 300, chunk_size=6)[0], ref)
+    one = q[:1]
+    trap = np.repeat(one, 9000, axis=0)
+    trap[1::2] ^= np.uint8(0xFF)  # odd rows at distance 16, even rows (the sample, stride 2) at 0
+    trap[1::6, 0] ^= np.uint8(0x0F)  # some odd rows at distance 12
+    d = _slow_distances(one, trap, 16)
+    for k in (4000, 5000, 6000, 9000):
+        idx, dist = topk(one, trap, k)
+        want = np.argsort(d, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(idx, want)
+        np.testing.assert_array_equal(dist, np.take_along_axis(d, want, axis=1))
 
 
 def test_topk_rejects_bad_input():
@@ -75,6 +81,25 @@ def test_topk_rejects_bad_input():
         topk(_codes(rng, 2, 8), _codes(rng, 3, 16), 1)
 
 
-def test_popcount_matches_numpy():
-    x = np.arange(256, dtype=np.uint8)
-    np.testing.assert_array_equal(popcount(x), hamming._POP8)
+def test_database_prepared_once_answers_like_topk(tmp_path):
+    """A service's Database: memory-mapped read-only codes (no copy at 64 bits), reused buffers
+    between calls, single queries and batches on threads: all equal to topk."""
+    rng = np.random.default_rng(9)
+    db = _codes(rng, 5000, 64)
+    path = tmp_path / "codes.bin"
+    db.tofile(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r", shape=db.shape)
+    base = hamming.Database(mm)
+    assert np.shares_memory(base.dbT, mm)
+    q = _codes(rng, 40, 64)
+    q[:4] = db[[0, 10, 10, 4999]]
+    want = topk(q, db, 25)
+    for i in range(5):
+        got = base.topk(q[i:i + 1], 25)
+        np.testing.assert_array_equal(got[0], want[0][i:i + 1])
+    for threads, chunk in ((1, None), (2, 3), (2, None)):
+        got = base.topk(q, 25, chunk, n_threads=threads)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    with pytest.raises(PipelineError, match="differ in shape"):
+        base.topk(_codes(rng, 2, 16), 3)

@@ -174,10 +174,10 @@ def random_ties():
 def test_fast_map_matches_reference(random_ties, k):
     q, db, ql, dbl = random_ties
     ref = _reference_map_at_k(q, db, ql, dbl, k)
-    for chunk, full in [(7, False), (64, True), (None, False), (None, True)]:
-        m = rank_metrics(q, db, ql, dbl, map_ks=[k], chunk_size=chunk, force_full=full)
+    for chunk, pr in [(7, None), (64, 8), (None, None), (None, 8)]:  # the PR bound forces counting
+        m = rank_metrics(q, db, ql, dbl, map_ks=[k], chunk_size=chunk, pr_bits=pr)
         got = float(next(iter(m["ap"].values())).mean())
-        assert got == pytest.approx(ref, abs=1e-10), (chunk, full)
+        assert got == pytest.approx(ref, abs=1e-10), (chunk, pr)
 
 
 def test_fast_pk_and_pr_match_reference(random_ties):
@@ -210,18 +210,20 @@ def test_label_shape_errors():
         map_at_k(Q, DB, QL[:1], DBL, 3)
 
 
-def test_uint64_keys_path(random_ties, monkeypatch):
-    """Huge databases or long codes need 64-bit sort keys; force that path on small data."""
+def test_two_byte_keys_path(random_ties):
+    """Codes of 128 bits or more need two-byte keys (2 x distance + relevant > 255)."""
+    rng = np.random.default_rng(11)
+    q, db = P(rng.integers(0, 2, (30, 136))), P(rng.integers(0, 2, (700, 136)))
+    q[:3] = db[:3]
+    ql = (rng.random((30, 6)) < 0.3).astype(np.uint8)
+    dbl = (rng.random((700, 6)) < 0.3).astype(np.uint8)
+    for k in (10, None):
+        ref = _reference_map_at_k(q, db, ql, dbl, k)
+        assert map_at_k(q, db, ql, dbl, k, chunk_size=7) == pytest.approx(ref, abs=1e-10)
     from pipeline.eval import hamming
 
-    q, db, ql, dbl = random_ties
-    ref = _reference_map_at_k(q[:60], db, ql[:60], dbl, None)
-    monkeypatch.setattr(hamming, "_KEY32_BITS", 0)
-    assert hamming.key_dtype(5) == np.uint64
-    assert map_at_k(q[:60], db, ql[:60], dbl, None, chunk_size=7) == pytest.approx(ref, abs=1e-10)
-    idx, _ = hamming.topk(q[:60], db, 5000)
-    d = hamming.hamming_distances(q[:60], db)
-    np.testing.assert_array_equal(idx, np.argsort(d, axis=1, kind="stable"))
+    idx, _ = hamming.topk(q, db, 700)
+    np.testing.assert_array_equal(idx, np.argsort(hamming.hamming_distances(q, db), axis=1, kind="stable"))
 
 
 def test_paired_recall_one_by_hand():
@@ -264,3 +266,51 @@ def test_cosine_map_matches_a_per_query_loop():
                     s += hits / pos
             total += s / hits if hits else 0.0
         assert cosine_map_at_k(q, db, ql, dbl, k, chunk=7) == pytest.approx(total / len(q), abs=1e-12), k
+
+
+# ----------------------------------------------------------------------------- against today's implementation
+
+def _assert_same(a, b, path=""):
+    """Every number of ``a`` equals ``b``'s to 1e-9 (same keys, lists, ints)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), path
+        for k in a:
+            _assert_same(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, abs=1e-9), path
+    else:
+        assert a == b, path
+
+
+@pytest.mark.parametrize("bits, nq, ndb, classes, p", [(8, 70, 1500, 6, 0.3), (16, 40, 6000, 24, 0.1),
+                                                       (64, 25, 900, 3, 0.5), (130, 20, 400, 70, 0.05)])
+def test_every_metric_equals_todays_implementation(bits, nq, ndb, classes, p):
+    """The counting core against the sort-based evaluation it replaced (tests/legacy_eval.py), on
+    random codes with many ties (8 and 16 bits: hundreds of items per distance), every metric of
+    the four tasks, RecallOne@K, the chance level and the continuous (cosine) reference."""
+    import legacy_eval
+
+    from pipeline.eval.codes import Codes
+    from pipeline.eval.metrics import chance_level, continuous_metrics, evaluate_all
+
+    rng = np.random.default_rng(bits)
+    code = lambda n: P(rng.integers(0, 2, (n, bits)))  # noqa: E731
+    qi, qt, di, dt = code(nq), code(nq), code(ndb), code(ndb)
+    qi[:3] = di[:3]  # duplicates: distance 0
+    ql = (rng.random((nq, classes)) < p).astype(np.uint8)
+    dbl = (rng.random((ndb, classes)) < p).astype(np.uint8)
+    ql[0] = 0  # a query with no label: AP 0
+    real = {"query_image": rng.normal(size=(nq, 5)), "query_text": rng.normal(size=(nq, 5)),
+            "db_image": rng.normal(size=(ndb, 5)), "db_text": rng.normal(size=(ndb, 5))}
+    real["db_text"][7] = real["db_text"][2] * 3  # a cosine tie
+    c = Codes(query_image=qi, query_text=qt, db_image=di, db_text=dt, query_labels=ql, db_labels=dbl, bits=bits,
+              real=real)
+    for k in (1000, 50, 3):
+        _assert_same(legacy_eval.evaluate_all(c, k=k), evaluate_all(c, k=k, chunk_size=7, n_threads=2))
+    _assert_same(legacy_eval.evaluate_all(c), evaluate_all(c))
+    _assert_same(legacy_eval.chance_level(c, 100), chance_level(c, 100))
+    _assert_same(legacy_eval.continuous_metrics(c, 20), continuous_metrics(c, 20))

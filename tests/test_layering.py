@@ -13,7 +13,7 @@ PACKAGE = REPO / "pipeline"
 FOUNDATION = {"pipeline", "pipeline.config", "pipeline.io", "pipeline.settings", "pipeline.torchkit"}
 COMPONENTS = ("methods", "data", "features", "eval", "report", "search")
 #: The components a component may use (a DAG: no cycles between packages).
-COMPONENT_USES = {"features": {"data"}, "report": {"eval", "methods"}, "search": {"eval", "features", "methods"}}
+COMPONENT_USES = {"features": {"data"}, "report": {"eval", "methods"}, "search": {"data", "eval", "features", "methods"}}
 
 
 def layer(module: str) -> tuple[int, str]:

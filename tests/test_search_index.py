@@ -24,8 +24,8 @@ def train_cmimh(x, y, bits, settings, seed, device, progress=False):
     return model, model.fit(x, y, seed=seed, device=device, progress=progress)
 
 
-def encode_stage(model_path, features_path, out, settings, device, index_dir=None):
-    encode.run({"device": "cpu", **settings}, model_path, features_path, out, index_dir=index_dir)
+def encode_stage(model_path, features_path, out, settings, device, index_dir=None, manifest=None):
+    encode.run({"device": "cpu", **settings}, model_path, features_path, out, index_dir=index_dir, manifest=manifest)
 
 CPU = torch.device("cpu")
 TINY = {"hidden": 32, "critic_hidden": 16, "critic_dim": 16, "disc_hidden": 16, "epochs": 2, "batch_size": 10}
@@ -44,7 +44,7 @@ def run(tiny_demo, tmp_path_factory):
     f = read_features(d / "features.h5")
     model, _ = train_cmimh(f.image[f.train], f.text[f.train], 12, TINY, 0, CPU, progress=False)
     save_model(d / "model.pt", model, {"bits": 12})
-    encode_stage(d / "model.pt", d / "features.h5", d / "codes.h5", s, CPU, index_dir=d / "index")
+    encode_stage(d / "model.pt", d / "features.h5", d / "codes.h5", s, CPU, index_dir=d / "index", manifest=tiny_demo)
     return d, f, model
 
 
@@ -70,7 +70,7 @@ def test_index_search_ranks_by_hamming_with_index_ties(run, tiny_demo):
     q = np.packbits(model.encode_image(f.image[f.database[:1]]), axis=1)
     dist = hamming_distances(q, index.db_text)[0].astype(int)
     order = np.lexsort((np.arange(len(dist)), dist))[:5]
-    assert [h["id"] for h in hits] == [str(index.ids[j]) for j in order]
+    assert [h["id"] for h in hits] == [index.item_id(j) for j in order]
     assert [h["distance"] for h in hits] == list(dist[order])
 
 
@@ -173,3 +173,71 @@ def test_a_folder_or_a_huge_image_as_the_query_is_one_line(run, tmp_path, monkey
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4,096 pixels: over twice the limit
     with pytest.raises(PipelineError, match=r"unreadable image: .*big\.png \(DecompressionBombError"):
         search(index, image=str(tmp_path / "big.png"), k=3)
+
+
+def test_index_holds_what_a_hit_needs_to_be_shown(run, tiny_demo):
+    """Each hit carries the item's caption and image file (from the data set's manifest)."""
+    from pipeline.data.manifest import read_manifest
+
+    d, f, _ = run
+    m = read_manifest(tiny_demo)
+    by_id = {p.id: p for p in m.pairs}
+    index = load_index(d / "index")
+    assert isinstance(index.db_image, np.memmap)  # codes mapped from index.h5, not copied
+    assert json.loads((d / "index" / "index.json").read_text())["media"]["root"] == str(tiny_demo.parent.resolve())
+    for h in search(index, text="a red ball and a star", k=5):
+        assert h["caption"] == by_id[h["id"]].caption
+        assert Path(h["image"]) == (tiny_demo.parent / by_id[h["id"]].image).resolve()
+        assert Path(h["image"]).is_file()
+
+
+def test_index_refuses_a_manifest_that_did_not_make_its_features(run, tiny_demo, tmp_path):
+    import shutil
+
+    d, f, model = run
+    other = tmp_path / "data"
+    shutil.copytree(tiny_demo.parent, other)
+    (other / "manifest.jsonl").write_text((other / "manifest.jsonl").read_text().replace("ball", "bell"))
+    with pytest.raises(PipelineError, match="not the manifest the features were made from"):
+        encode_stage(d / "model.pt", d / "features.h5", tmp_path / "codes.h5", {"dataset": "t", "seed": 0}, CPU,
+                     index_dir=tmp_path / "index", manifest=other / "manifest.jsonl")
+    assert not (tmp_path / "index").exists()
+
+
+def test_batch_search_equals_single_searches(run, tiny_demo):
+    from pipeline.search.index import search_batch
+
+    d, f, _ = run
+    index = load_index(d / "index")
+    texts = ["a red ball and a star", "blue square", "a green triangle next to a ball", "star"]
+    assert search_batch(index, texts=texts, k=7) == [search(index, text=t, k=7) for t in texts]
+    imgs = [tiny_demo.parent / "images" / f"{f.ids[f.database[i]]}.jpg" for i in (0, 3, 5)]
+    assert search_batch(index, images=imgs, k=4, target="image") == \
+        [search(index, image=str(p), k=4, target="image") for p in imgs]
+    with pytest.raises(PipelineError, match="at most"):
+        search_batch(index, texts=["ball"] * 1001, k=1)
+
+
+def test_cli_batch_queries_file_equals_single_searches(run, tiny_demo, tmp_path):
+    d, f, _ = run
+    img = tiny_demo.parent / "images" / f"{f.ids[f.database[2]]}.jpg"
+    qf = tmp_path / "queries.txt"
+    qf.write_text("a red ball and a star\n\n" + json.dumps({"text": "blue square"}) + "\n" +
+                  json.dumps({"image": str(img)}) + "\n")
+    cmimh = str(Path(sys.executable).parent / "cmimh")
+    p = subprocess.run([cmimh, "search", str(d / "index"), "--queries", str(qf), "-k", "5"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+    lines = [json.loads(x) for x in p.stdout.splitlines()]
+    assert [x["query"] for x in lines] == [1, 2, 3] and lines[2]["image"] == str(img)
+    index = load_index(d / "index")
+    assert lines[0]["hits"] == search(index, text="a red ball and a star", k=5)
+    assert lines[1]["hits"] == search(index, text="blue square", k=5)
+    assert lines[2]["hits"] == search(index, image=str(img), k=5)
+    single = subprocess.run([cmimh, "search", str(d / "index"), "--text", "blue square", "-k", "5"],
+                            capture_output=True, text=True)
+    assert [json.loads(x) for x in single.stdout.splitlines()] == lines[1]["hits"]
+    bad = tmp_path / "bad.txt"
+    bad.write_text('{"txt": "x"}\n')
+    p = subprocess.run([cmimh, "search", str(d / "index"), "--queries", str(bad)], capture_output=True, text=True)
+    assert p.returncode == 2 and "bad.txt:1" in p.stderr and "Traceback" not in p.stderr

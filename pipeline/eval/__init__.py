@@ -1,8 +1,9 @@
 """Retrieval and evaluation: the ``codes.h5`` contract, exact Hamming ranking and metrics.
 
-``codes`` (read/write packed codes), ``hamming`` (deterministic top-k ranking), ``metrics``
-(mAP@k, P@K, PR, RecallOne@K, :func:`evaluate_all`), ``evaluate`` (the ``cmimh evaluate``
-stage) and ``plots`` (curves; imports matplotlib, so not imported here).
+``codes`` (read/write packed codes), ``hamming`` (deterministic top-k ranking, and
+:class:`~pipeline.eval.hamming.Database`, codes prepared once for a service), ``kernels`` (the
+compiled counting kernels both use), ``metrics`` (mAP@k, P@K, PR, RecallOne@K,
+:func:`evaluate_all`) and ``tasks`` (the four tasks).
 """
 
 from pipeline.eval.codes import Codes, pack_bits, read_codes, unpack_bits, write_codes

@@ -17,10 +17,14 @@ every number here is deterministic. Definitions (the paper's protocol, made exac
   at least one relevant item in the database.
 * RecallOne@K (paired data): fraction of queries whose own pair ranks within the top K.
 
-Everything is computed chunk by chunk over queries from one ranking per task: the exact top-k
-path (:func:`pipeline.eval.hamming.select_topk`) when only the head of the ranking matters,
-else a full per-query sort of keys ``distance | index | relevant``, which yields mAP@all, every
-mAP@k, P@K and the PR counts in one pass.
+How (:mod:`pipeline.eval.kernels`): a distance takes only bits + 1 values, so per query the
+counts of irrelevant and relevant items at each distance give the PR curve outright, and their
+prefix sums say where each distance's bucket starts in the ranking; one counting pass in database
+order (the tie rule) then places every item's relevance at its rank, which gives mAP@all, every
+mAP@k and P@K exactly, in O(n_db) per query with no comparison sort. When only the head of the
+ranking matters (mAP@k, P@K for small k), the exact top-k selection is enough. Queries go in
+cache-sized chunks, on threads; the relevance of a chunk is computed once for all the tasks that
+share its labels (:func:`rank_metrics_tasks`).
 """
 
 from __future__ import annotations
@@ -30,37 +34,24 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.eval import kernels
+from pipeline.eval.hamming import DEFAULT_MEMORY_BUDGET, Prepared, Scratch, chunk_rows, run_chunks
+from pipeline.eval.kernels import label_words64
 from pipeline.eval.tasks import TASKS
-from pipeline.eval.hamming import (
-    _CHUNK_ELEMS,
-    _TOPK_BYTES_PER_PAIR,
-    _XOR_ELEMS,
-    DEFAULT_MEMORY_BUDGET,
-    Prepared,
-    Scratch,
-    chunk_rows,
-    key_dtype,
-    run_chunks,
-    select_topk,
-    to_words,
-)
 
 #: Default P@K grid (before clipping to the database size).
 DEFAULT_PK: tuple[int, ...] = (1, 5, 10, 20, 50) + tuple(range(100, 5001, 100))
-#: Bytes per (query, item) pair held by a full-ranking chunk (distance, relevance, key, bit).
-_FULL_BYTES_PER_PAIR = 16
-#: Pairs per full-ranking chunk: ~4M keeps the chunk's keys in L3 (measured 20% faster than 8M).
-_FULL_CHUNK_ELEMS = 1 << 22
+#: Scratch bytes per (query, item) pair of a counting chunk: relevance and key.
+_FULL_BYTES_PER_PAIR = 2
+#: The head of the ranking (top-k path) is enough while max(k) is below this fraction of ndb.
+_HEAD_FRACTION = 0.25
 
 
 # ----------------------------------------------------------------------------- helpers
 
 def label_words(labels: np.ndarray) -> np.ndarray:
-    """Multi-hot labels (n, c) packed into words: relevance is then ``(a & b) != 0``."""
-    lab = np.asarray(labels)
-    if lab.ndim != 2:
-        raise PipelineError(f"labels must be a 2-D (n, classes) array, got shape {lab.shape}")
-    return to_words(np.packbits(lab.astype(bool), axis=1))
+    """Multi-hot labels (n, c) packed into 64-bit words: relevance is ``(a & b) != 0``, word-wise."""
+    return label_words64(labels)
 
 
 def pk_grid(ndb: int, kmax: int = 5000) -> list[int]:
@@ -69,66 +60,6 @@ def pk_grid(ndb: int, kmax: int = 5000) -> list[int]:
     if ndb < kmax and (not ks or ks[-1] != ndb):
         ks.append(ndb)
     return ks
-
-
-def _relevance_block(qlw: np.ndarray, dblT: np.ndarray, out: np.ndarray, scratch: Scratch) -> None:
-    """``out[i, j] = labels of query i and item j intersect``, in cache-sized row blocks."""
-    r, n = out.shape
-    nw = dblT.shape[0]
-    sub = max(1, min(r, _XOR_ELEMS // max(n, 1)))
-    x = scratch.get("land", (sub, n), dblT.dtype)
-    for s in range(0, r, sub):
-        e = min(r, s + sub)
-        xs, o = x[: e - s], out[s:e]
-        for w in range(nw):
-            np.bitwise_and(qlw[s:e, w, None], dblT[w][None, :], out=xs)
-            if w == 0:
-                np.not_equal(xs, 0, out=o)
-            else:
-                o |= xs != 0
-
-
-def _gather_relevance(qlw: np.ndarray, dblw: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """Relevance (r, K) of ranked database rows ``idx`` (r, K) for queries with words ``qlw``."""
-    rel = None
-    for w in range(dblw.shape[1]):
-        hit = (dblw[:, w][idx] & qlw[:, w, None]) != 0
-        rel = hit if rel is None else rel | hit
-    return rel
-
-
-def _relevant_positions(rel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat positions of relevant entries of a ranked (r, W) bool matrix, and row start/end."""
-    r, W = rel.shape
-    flat = np.flatnonzero(rel)  # sorted: by row, then by rank
-    ends = np.searchsorted(flat, np.arange(1, r + 1, dtype=np.int64) * W)
-    starts = np.concatenate((np.zeros(1, dtype=ends.dtype), ends[:-1]))
-    return flat, starts, ends
-
-
-def _ap_and_hits(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, r: int, W: int,
-                 ap_ks: Sequence[int], pk: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """AP@k per query for each k in ``ap_ks`` and relevant counts in the top K for K in ``pk``.
-
-    Works on the relevant positions only: the i-th relevant item (1-based) at rank p adds i/p.
-    Per-row sums come from one cumulative sum and ``searchsorted`` bounds (positions are sorted).
-    """
-    counts = ends - starts
-    base = np.arange(r, dtype=np.int64) * W
-    prec = np.arange(1, flat.size + 1, dtype=np.float64)
-    prec -= np.repeat(starts, counts)  # rank among the relevant items of the row
-    rank = flat - np.repeat(base, counts)
-    rank += 1  # 1-based rank in the list
-    prec /= rank
-    del rank
-    cs = np.concatenate((np.zeros(1), np.cumsum(prec)))
-    aps: dict[int, np.ndarray] = {}
-    for k in ap_ks:
-        endk = ends if k >= W else np.searchsorted(flat, base + k)
-        n = endk - starts
-        aps[k] = np.where(n > 0, (cs[endk] - cs[starts]) / np.maximum(n, 1), 0.0)
-    hits = np.searchsorted(flat, (base[:, None] + pk[None, :]).ravel()).reshape(r, pk.size) - starts[:, None]
-    return aps, hits
 
 
 def _check_labels(p: Prepared, q_labels: np.ndarray, db_labels: np.ndarray) -> None:
@@ -146,97 +77,103 @@ def _check_labels(p: Prepared, q_labels: np.ndarray, db_labels: np.ndarray) -> N
 def rank_metrics(q_packed: np.ndarray, db_packed: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
                  *, map_ks: Iterable[int | None] = (), pk: Iterable[int] = (), pr_bits: int | None = None,
                  chunk_size: int | None = None, n_threads: int = 1,
-                 memory_budget: int = DEFAULT_MEMORY_BUDGET, force_full: bool = False) -> dict:
+                 memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict:
     """Per-query metrics from one ranking pass.
 
     Returns ``{"ap": {k: (nq,) array}, "pk": (K' list), "hits": (nq, nK), "pr": {...} | None}``
     with k' = min(k, ndb) (``None`` -> ndb) as dict keys, hits = relevant items in the top K'.
     """
-    p = Prepared(q_packed, db_packed)
-    _check_labels(p, q_labels, db_labels)
-    nq, ndb = p.nq, p.ndb
-    qlw, dblw = label_words(q_labels), label_words(db_labels)
+    return rank_metrics_tasks([(q_packed, db_packed)], q_labels, db_labels, map_ks=map_ks, pk=pk, pr_bits=pr_bits,
+                              chunk_size=chunk_size, n_threads=n_threads, memory_budget=memory_budget)[0]
+
+
+def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels: np.ndarray,
+                       db_labels: np.ndarray, *, map_ks: Iterable[int | None] = (), pk: Iterable[int] = (),
+                       pr_bits: int | None = None, chunk_size: int | None = None, n_threads: int = 1,
+                       memory_budget: int = DEFAULT_MEMORY_BUDGET) -> list[dict]:
+    """:func:`rank_metrics` for several (query codes, database codes) pairs with the same labels
+    (the four tasks of one ``codes.h5``): one pass over query chunks, the chunk's relevance
+    computed once for all pairs. Returns one result per pair, in order."""
+    if not tasks:
+        return []
+    preps = [Prepared(q, db) for q, db in tasks]
+    p0 = preps[0]
+    for p in preps[1:]:
+        if (p.nq, p.ndb, p.width) != (p0.nq, p0.ndb, p0.width):
+            raise PipelineError("the tasks' codes differ in rows or width")
+    _check_labels(p0, q_labels, db_labels)
+    nq, ndb, nv = p0.nq, p0.ndb, p0.n_values
+    qlw, dblw = label_words64(q_labels), label_words64(db_labels)
     map_ks = list(map_ks)
     ap_ks = sorted({ndb if k is None else min(int(k), ndb) for k in map_ks})
     if any(k < 1 for k in ap_ks):
         raise PipelineError(f"k must be >= 1, got {map_ks}")
-    if pr_bits is not None and not 0 <= int(pr_bits) <= p.n_values - 1:
-        raise PipelineError(f"PR radius bound {pr_bits} outside 0..{p.n_values - 1} for {p.width}-byte codes")
-    pk_arr = np.array([min(int(K), ndb) for K in pk], dtype=np.int64)
-    if pk_arr.size and pk_arr.min() < 1:
+    if pr_bits is not None and not 0 <= int(pr_bits) <= nv - 1:
+        raise PipelineError(f"PR radius bound {pr_bits} outside 0..{nv - 1} for {p0.width}-byte codes")
+    pk_list = [min(int(K), ndb) for K in pk]
+    if pk_list and min(pk_list) < 1:
         raise PipelineError("P@K needs K >= 1")
-    need = max(ap_ks + pk_arr.tolist() + [1])
-    full_path = force_full or pr_bits is not None or 4 * need > ndb
-    aps = {k: np.zeros(nq) for k in ap_ks}
-    hits = np.zeros((nq, pk_arr.size), dtype=np.int64)
+    pk_sorted = np.array(sorted(set(pk_list)), dtype=np.int64)
+    pk_col = np.searchsorted(pk_sorted, np.array(pk_list, dtype=np.int64))  # back to the caller's order
+    need_all = ndb in ap_ks  # AP@ndb is AP@all: from the whole ranking
+    head_ks = np.array([k for k in ap_ks if k < ndb or not need_all], dtype=np.int64)
+    kmax = int(max(head_ks.tolist() + pk_sorted.tolist() + [0]))
     nrad = (int(pr_bits) + 1) if pr_bits is not None else 0
-    retrieved = np.zeros((nq, nrad), dtype=np.int64)
-    rel_retrieved = np.zeros((nq, nrad), dtype=np.int64)
-    rel_total = np.zeros(nq, dtype=np.int64)
+    counting = need_all or nrad > 0 or kmax > _HEAD_FRACTION * ndb
+    T = len(preps)
+    ap_all = np.zeros((T, nq))
+    ap_head = np.zeros((T, nq, head_ks.size))
+    hits = np.zeros((T, nq, pk_sorted.size), dtype=np.int64)
+    counts = np.zeros((T, nq, nv, 2), dtype=np.int64) if nrad else None  # [irrelevant, relevant] per distance
 
-    if full_path:
+    inv = 1.0 / np.arange(1, (ndb if counting else kmax) + 1, dtype=np.float64)  # 1 / rank
+    if counting:
         dblT = np.ascontiguousarray(dblw.T)
-        jbits = max(1, int(ndb - 1).bit_length())
-        shift = jbits + 1  # key = distance << shift | index << 1 | relevant
-        dbits = int(p.n_values - 1).bit_length()
-        kdt = key_dtype(shift + dbits)
-        jcol = np.arange(ndb, dtype=kdt) << kdt.type(1)
-        bounds = np.arange(1, nrad + 1, dtype=kdt) << kdt.type(shift)  # keys of distance > r start here
-        rows = chunk_size or chunk_rows(ndb, _FULL_BYTES_PER_PAIR, memory_budget, n_threads,
-                                        cap=max(1, _FULL_CHUNK_ELEMS // ndb))
-        ones_to = np.arange(1, ndb + 1, dtype=np.float64)
-        ap_arr = np.array(ap_ks, dtype=np.int64)
-        ap_row = np.zeros((nq, len(ap_ks)))
+        rows = chunk_size or chunk_rows(ndb, _FULL_BYTES_PER_PAIR, memory_budget, n_threads)
 
         def fn(s: int, e: int, sc: Scratch) -> None:
             r = e - s
-            d = p.distances(s, e, sc)[:, :ndb]
-            rel = sc.get("rel", (r, ndb), np.bool_)
-            _relevance_block(qlw[s:e], dblT, rel, sc)
-            keys = sc.get("keys", (r, ndb), kdt)
-            np.left_shift(d, shift, out=keys, dtype=kdt)
-            np.bitwise_or(keys, jcol[None, :], out=keys)
-            np.bitwise_or(keys, rel.view(np.uint8), out=keys)
-            keys.sort(axis=1)  # (distance, index) order; the relevance bit rides along
-            relsorted = sc.get("relsorted", (r, ndb), np.uint8)
-            np.bitwise_and(keys, 1, out=relsorted, casting="unsafe")
-            relsorted = relsorted.view(np.bool_)
-            for i in range(r):  # per row: the temporaries stay in cache (faster than chunk-wide)
-                f = np.flatnonzero(relsorted[i])  # 0-based ranks of the relevant items
-                hits[s + i] = np.searchsorted(f, pk_arr)
-                if nrad:
-                    c = np.searchsorted(keys[i], bounds)
-                    retrieved[s + i] = c
-                    rel_retrieved[s + i] = np.searchsorted(f, c)
-                    rel_total[s + i] = f.size
-                if f.size:
-                    prec = f.astype(np.float64)
-                    prec += 1.0
-                    np.divide(ones_to[: f.size], prec, out=prec)  # i-th relevant at rank p: i/p
-                    np.cumsum(prec, out=prec)
-                    m = np.searchsorted(f, ap_arr)  # relevant items within each top-k
-                    ap_row[s + i] = np.where(m > 0, prec[np.maximum(m - 1, 0)] / np.maximum(m, 1), 0.0)
+            rel = sc.get("rel", (r, ndb), np.uint8)
+            kernels.relevance(qlw[s:e], dblT, rel)
+            ranked = sc.get("ranked", (ndb,), np.uint8)
+            w = sc.get("w", (ndb,), np.float64)
+            keys = sc.get("keys", (r, ndb), p0.key_dtype)
+            for t, p in enumerate(preps):
+                kernels.keys(p.qw[s:e], p.dbT, rel, keys)
+                H = sc.zeros("H", (r, 2 * nv), np.int64)
+                kernels.key_counts(keys, H)
+                kernels.ranked_stats(keys, H, need_all, head_ks, pk_sorted, ranked, inv, w, ap_all[t, s:e],
+                                     ap_head[t, s:e], hits[t, s:e])
+                if counts is not None:
+                    counts[t, s:e] = H.reshape(r, nv, 2)
     else:
-        rows = chunk_size or chunk_rows(ndb, _TOPK_BYTES_PER_PAIR, memory_budget, n_threads,
-                                        cap=min(_CHUNK_ELEMS // ndb, (1 << 16) // p.n_values))
+        rows = chunk_size or chunk_rows(ndb, p0.dist_dtype.itemsize, memory_budget, n_threads)
 
         def fn(s: int, e: int, sc: Scratch) -> None:
-            full = p.distances(s, e, sc)
-            idx, _ = select_topk(full, ndb, need, p.n_values, sc)
-            rel = _gather_relevance(qlw[s:e], dblw, idx)
-            flat, starts, ends = _relevant_positions(rel)
-            a, h = _ap_and_hits(flat, starts, ends, e - s, need, ap_ks, pk_arr)
-            for k in ap_ks:
-                aps[k][s:e] = a[k]
-            hits[s:e] = h
+            r = e - s
+            idx = sc.get("idx", (r, kmax), np.int64)
+            dist = sc.get("dist", (r, kmax), np.uint16)
+            ranked = sc.get("ranked", (kmax,), np.uint8)
+            for t, p in enumerate(preps):
+                d = p.distances(s, e, sc)
+                kernels.topk_from_distances(d, ndb, nv, kmax, idx, dist, sc.get("cand", (ndb,), np.int64))
+                kernels.head_stats(idx, qlw[s:e], dblw, head_ks, pk_sorted, ranked, inv, ap_head[t, s:e],
+                                   hits[t, s:e])
 
-    run_chunks(nq, rows, n_threads, fn)
-    if full_path:
-        for j, k in enumerate(ap_ks):
-            aps[k] = ap_row[:, j]
-    out: dict = {"ap": aps, "pk": pk_arr.tolist(), "hits": hits, "pr": None}
-    if nrad:
-        out["pr"] = _pr_from_counts(retrieved, rel_retrieved, rel_total)
+    if kmax > 0 or need_all or nrad:
+        run_chunks(nq, rows, n_threads, fn)
+    out = []
+    for t in range(T):
+        aps = {int(k): ap_head[t, :, j] for j, k in enumerate(head_ks)}
+        if need_all:
+            aps[ndb] = ap_all[t]
+        pr = None
+        if counts is not None:
+            c = counts[t, :, :nrad]
+            retrieved = np.cumsum(c.sum(axis=2), axis=1)
+            rel_retrieved = np.cumsum(c[:, :, 1], axis=1)
+            pr = _pr_from_counts(retrieved, rel_retrieved, counts[t, :, :, 1].sum(axis=1))
+        out.append({"ap": {k: aps[k] for k in ap_ks}, "pk": pk_list, "hits": hits[t][:, pk_col], "pr": pr})
     return out
 
 
@@ -286,7 +223,7 @@ def pr_curve(q_packed: np.ndarray, db_packed: np.ndarray, q_labels: np.ndarray, 
 
 
 def recall_one_at_k(q_packed: np.ndarray, db_packed: np.ndarray, pair_index: np.ndarray,
-                    ks: Sequence[int], *, chunk_size: int | None = None) -> np.ndarray:
+                    ks: Sequence[int], *, chunk_size: int | None = None, n_threads: int = 1) -> np.ndarray:
     """RecallOne@K: fraction of queries whose own pair (db row ``pair_index[i]``) is in the top K.
 
     Queries with ``pair_index == -1`` (pair not in the database) are excluded. The pair's rank is
@@ -302,18 +239,12 @@ def recall_one_at_k(q_packed: np.ndarray, db_packed: np.ndarray, pair_index: np.
     if not valid.any():
         raise PipelineError("no query has its pair in the database")
     rank = np.full(p.nq, -1, dtype=np.int64)
-    cols = np.arange(p.ndb)
-    rows = chunk_size or max(1, (1 << 22) // max(p.ndb, 1))
+    rows = chunk_size or chunk_rows(p.ndb, p.dist_dtype.itemsize, DEFAULT_MEMORY_BUDGET, n_threads)
 
     def fn(s: int, e: int, sc: Scratch) -> None:
-        d = p.distances(s, e, sc)[:, : p.ndb]
-        pi = np.where(valid[s:e], pair[s:e], 0)
-        dp = d[np.arange(e - s), pi][:, None]
-        before = np.count_nonzero(d < dp, axis=1)
-        before += np.count_nonzero((d == dp) & (cols[None, :] < pi[:, None]), axis=1)
-        rank[s:e] = before
+        kernels.pair_ranks(p.distances(s, e, sc)[:, : p.ndb], pair[s:e], rank[s:e])
 
-    run_chunks(p.nq, rows, 1, fn)
+    run_chunks(p.nq, rows, n_threads, fn)
     r = rank[valid]
     return np.array([float((r < int(K)).mean()) for K in ks])
 
@@ -322,9 +253,9 @@ def recall_one_at_k(q_packed: np.ndarray, db_packed: np.ndarray, pair_index: np.
 
 def evaluate_all(codes, k: int = 1000, *, pk: Sequence[int] | None = None, chunk_size: int | None = None,
                  n_threads: int = 1, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict:
-    """mAP@k, mAP@all, mAP@50, P@100, P@K and PR curves for i2t, t2i, i2i and t2t.
+    """mAP@k, mAP@all, mAP@50, P@100, P@K and PR curves for i2t, t2i, i2i and t2t, and RecallOne@K.
 
-    One full ranking pass per task yields every number. ``codes`` is a
+    One counting pass over the queries yields every number of the four tasks. ``codes`` is a
     :class:`~pipeline.eval.codes.Codes`. Values are plain floats in [0, 1].
     """
     k = int(k)
@@ -336,11 +267,12 @@ def evaluate_all(codes, k: int = 1000, *, pk: Sequence[int] | None = None, chunk
     res: dict = {f"map@{k}": {}, "map@all": {}, "map@50": {}, "pre@100": {},
                  "n_query": codes.n_query, "n_db": ndb, "bits": int(codes.bits),
                  "curves": {"p_at_k": {"k": [int(x) for x in grid]}, "pr": {}}}
-    for t in TASKS:
+    ms = rank_metrics_tasks([(getattr(codes, t.query), getattr(codes, t.database)) for t in TASKS],
+                            codes.query_labels, codes.db_labels, map_ks=[k, None, 50], pk=ks_pk,
+                            pr_bits=int(codes.bits), chunk_size=chunk_size, n_threads=n_threads,
+                            memory_budget=memory_budget)
+    for t, m in zip(TASKS, ms, strict=True):
         task = t.name
-        m = rank_metrics(getattr(codes, t.query), getattr(codes, t.database), codes.query_labels, codes.db_labels,
-                         map_ks=[k, None, 50], pk=ks_pk, pr_bits=int(codes.bits), chunk_size=chunk_size,
-                         n_threads=n_threads, memory_budget=memory_budget)
         ap = m["ap"]
         res[f"map@{k}"][task] = float(ap[min(k, ndb)].mean())
         res["map@all"][task] = float(ap[ndb].mean())
@@ -350,7 +282,7 @@ def evaluate_all(codes, k: int = 1000, *, pk: Sequence[int] | None = None, chunk
         res["pre@100"][task] = float(by_k[100])
         res["curves"]["p_at_k"][task] = [float(by_k[x]) for x in grid]
         res["curves"]["pr"][task] = m["pr"]
-    res["recall_one@k"] = paired_recall_one(codes, chunk_size=chunk_size)
+    res["recall_one@k"] = paired_recall_one(codes, chunk_size=chunk_size, n_threads=n_threads)
     return res
 
 
@@ -358,7 +290,7 @@ RECALL_ONE_KS = (1, 5, 10, 20, 50, 100)
 
 
 def paired_recall_one(codes, ks: Sequence[int] = RECALL_ONE_KS, max_queries: int = 5000,
-                      chunk_size: int | None = None) -> dict:
+                      chunk_size: int | None = None, n_threads: int = 1) -> dict:
     """RecallOne@K for the cross-modal tasks with database items as queries.
 
     Query and database sets are disjoint, so a query's own pair is never in the database; the
@@ -369,7 +301,8 @@ def paired_recall_one(codes, ks: Sequence[int] = RECALL_ONE_KS, max_queries: int
     ks = [int(x) for x in ks if x <= codes.n_db] or [codes.n_db]
     out: dict = {"k": ks, "n_query": nq, "protocol": "database items as queries; own pair = same row"}
     for task, q, db in (("i2t", codes.db_image, codes.db_text), ("t2i", codes.db_text, codes.db_image)):
-        out[task] = [float(v) for v in recall_one_at_k(q[:nq], db, np.arange(nq), ks, chunk_size=chunk_size)]
+        out[task] = [float(v) for v in recall_one_at_k(q[:nq], db, np.arange(nq), ks, chunk_size=chunk_size,
+                                                       n_threads=n_threads)]
     return out
 
 
@@ -383,15 +316,17 @@ def chance_level(codes, k: int = 1000, seed: int = CHANCE_SEED, n_threads: int =
     """mAP@k of uniformly random codes (same bits, queries, database and labels), per task.
 
     The floor a trained model must beat: with random codes the ranking is random, so mAP@k is
-    about the relevant fraction of the database.
+    about the relevant fraction of the database. The four tasks' random codes are drawn in task
+    order from one generator, then ranked in one pass (the labels' relevance shared).
     """
     rng = np.random.default_rng(seed)
-    out = {}
-    for task in (t.name for t in TASKS):
+    pairs = []
+    for _ in TASKS:
         q = np.packbits(rng.integers(0, 2, (codes.n_query, codes.bits), dtype=np.uint8).astype(bool), axis=1)
         db = np.packbits(rng.integers(0, 2, (codes.n_db, codes.bits), dtype=np.uint8).astype(bool), axis=1)
-        out[task] = map_at_k(q, db, codes.query_labels, codes.db_labels, k, n_threads=n_threads)
-    return {f"map@{k}": out}
+        pairs.append((q, db))
+    ms = rank_metrics_tasks(pairs, codes.query_labels, codes.db_labels, map_ks=[k], n_threads=n_threads)
+    return {f"map@{k}": {t.name: float(next(iter(m["ap"].values())).mean()) for t, m in zip(TASKS, ms, strict=True)}}
 
 
 def label_summary(codes) -> dict:
@@ -408,6 +343,30 @@ def label_summary(codes) -> dict:
             "n_query": codes.n_query, "n_db": codes.n_db}
 
 
+def _gather_relevance(qlw: np.ndarray, dblw: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Relevance (r, K) of ranked database rows ``idx`` (r, K) for queries with label words ``qlw``."""
+    rel = None
+    for w in range(dblw.shape[1]):
+        hit = (dblw[:, w][idx] & qlw[:, w, None]) != 0
+        rel = hit if rel is None else rel | hit
+    return rel
+
+
+def _stable_head(v: np.ndarray, kk: int) -> np.ndarray:
+    """Per row of ``v`` (r, n), the columns of the kk smallest values ordered by (value, column):
+    ``argsort(v, kind="stable")[:, :kk]`` without sorting whole rows (partition, then sort the few
+    candidates, every item tied with the kk-th included)."""
+    r, n = v.shape
+    if kk >= n:
+        return np.argsort(v, axis=1, kind="stable")
+    kth = np.partition(v, kk - 1, axis=1)[:, kk - 1]
+    rows, cols = np.nonzero(v <= kth[:, None])  # row-major: columns ascending within a row
+    order = np.lexsort((cols, v[rows, cols], rows))
+    counts = np.bincount(rows, minlength=r)
+    starts = np.cumsum(counts) - counts
+    return cols[order][starts[:, None] + np.arange(kk)[None, :]]
+
+
 def cosine_map_at_k(q: np.ndarray, db: np.ndarray, q_labels: np.ndarray, db_labels: np.ndarray,
                     k: int = 1000, chunk: int = 256) -> float:
     """mAP@k of ranking by cosine similarity of real-valued embeddings (ties by database index),
@@ -420,7 +379,7 @@ def cosine_map_at_k(q: np.ndarray, db: np.ndarray, q_labels: np.ndarray, db_labe
     total = 0.0
     for s in range(0, len(qn), chunk):
         sim = qn[s:s + chunk] @ dn.T
-        order = np.argsort(-sim, axis=1, kind="stable")[:, :kk]
+        order = _stable_head(-sim, kk)
         rel = _gather_relevance(qlw[s:s + chunk], dblw, order)
         hits = np.cumsum(rel, axis=1)
         prec = hits / np.arange(1, kk + 1)[None, :]

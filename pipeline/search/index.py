@@ -1,11 +1,17 @@
 """A searchable index per data set, method and code length (``results/.../{bits}/index/``).
 
 The folder holds ``index.h5`` (packed database codes of both modalities, item ids, labels, the
-image PCA, the tag vocabulary), ``model.pt`` (the trained encoders) and ``index.json`` (format,
-code length, and which feature extractors made the features: taken from the features file's
-provenance, never from the config, so a query is encoded exactly as the database was). Features
-imported from elsewhere have unknown extractors: such an index answers no raw text or image query,
-and says so in one line. Ranking is by Hamming distance, ties by database index, as in evaluation.
+image PCA, the tag vocabulary, and what a hit needs to be shown: each item's caption and image path,
+relative to the prepared data set's folder), ``model.pt`` (the trained encoders) and ``index.json``
+(format, code length, the data set's folder (``media``), and which feature extractors made the
+features: taken from the features file's provenance, never from the config, so a query is encoded
+exactly as the database was). Features imported from elsewhere have unknown extractors: such an
+index answers no raw text or image query, and says so in one line; it has no captions or images
+either. Ranking is by Hamming distance, ties by database index, as in evaluation.
+
+Loading reads the codes once, memory-mapped from ``index.h5`` when stored contiguously (the
+default), and prepares them for ranking once (:class:`pipeline.eval.hamming.Database`), so a
+service answers each query with one pass over the codes and no copy.
 """
 
 from __future__ import annotations
@@ -23,11 +29,14 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import pack_bits
-from pipeline.eval.hamming import topk
+from pipeline.eval.hamming import Database
 from pipeline.io import (atomic_directory, h5_file, open_h5, read_arrays, read_strings, sha256_file, to_jsonable, write_arrays,
                          write_strings)
 
 INDEX_FORMAT = "cmimh-index/2"
+#: Most texts (or images) in one batch query; longest text query, characters.
+MAX_BATCH = 1000
+MAX_TEXT_CHARS = 2000
 
 
 def recorded_extractors(features) -> dict:
@@ -54,10 +63,36 @@ def recorded_extractors(features) -> dict:
     return out
 
 
+def _media(features, db_rows: np.ndarray, manifest) -> tuple[dict | None, list[str] | None, list[str] | None]:
+    """(``index.json``'s media record, captions, image paths) of the database rows, from the prepared
+    data set's manifest, which must be the one the features were made from (its checksum is in
+    their provenance); (None, None, None) without a manifest."""
+    if manifest is None:
+        return None, None, None
+    from pipeline.data.manifest import read_manifest
+    from pipeline.features.store import provenance_of
+
+    manifest = Path(manifest)
+    want = provenance_of(features.attrs).get("manifest_sha256")
+    if want and sha256_file(manifest) != want:
+        raise PipelineError(f"{manifest}: not the manifest the features were made from (its sha256 differs from "
+                            "the features' provenance); rerun extraction or give the right --manifest")
+    m = read_manifest(manifest)
+    by_id = {p.id: p for p in m.pairs}
+    ids = [str(i) for i in features.ids[db_rows]]
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise PipelineError(f"{manifest}: {len(missing)} database ids are not in the manifest (first: {missing[0]})")
+    media = {"root": str(m.root.resolve()), "manifest_sha256": sha256_file(manifest)}
+    return media, [by_id[i].caption for i in ids], [by_id[i].image for i in ids]
+
+
 def build_index(index_dir: Path, *, model_path: Path, features, db_rows: np.ndarray, db_image: np.ndarray,
-                db_text: np.ndarray, settings: dict) -> None:
+                db_text: np.ndarray, settings: dict, manifest: Path | None = None) -> None:
     """Write the index folder atomically (a temporary folder renamed into place): the database
-    rows ``db_rows`` of ``features`` with their codes."""
+    rows ``db_rows`` of ``features`` with their codes, and, with the data set's ``manifest``, each
+    item's caption and image path."""
+    media, captions, images = _media(features, db_rows, manifest)
     with atomic_directory(index_dir) as tmp:
         db = db_rows
         with h5_file(tmp / "index.h5") as f:
@@ -70,9 +105,12 @@ def build_index(index_dir: Path, *, model_path: Path, features, db_rows: np.ndar
                 write_strings(f, "tag_vocab", features.tag_vocab)
             if features.pca is not None:
                 write_arrays(f, "image_pca", features.pca)
+            if captions is not None:
+                write_strings(f, "captions", captions)
+                write_strings(f, "image_paths", images)
         shutil.copyfile(model_path, tmp / "model.pt")
         meta = {"format": INDEX_FORMAT, "bits": int(db_image.shape[1]), "dataset": settings.get("dataset"),
-                "extractors": recorded_extractors(features)}
+                "method": settings.get("method"), "extractors": recorded_extractors(features), "media": media}
         (tmp / "index.json").write_text(json.dumps(to_jsonable(meta), indent=2, sort_keys=True) + "\n")
 
 
@@ -91,6 +129,99 @@ class Index:
     model: Any  # a fitted pipeline.methods.base.Hasher
     device: torch.device
     encoders: dict = field(default_factory=dict)  # query feature extractors, loaded once on first use
+    captions: "Strings | list[str] | None" = None
+    image_paths: "Strings | list[str] | None" = None  # relative to media_root
+    media_root: Path | None = None
+    meta: dict = field(default_factory=dict)
+    ranking: dict = field(default_factory=dict)  # target -> Database, prepared once
+
+    def database(self, target: str) -> Database:
+        """The ranking structure of the database codes of ``target`` ("image" or "text"), made once."""
+        if target not in self.ranking:
+            self.ranking[target] = Database(self.db_image if target == "image" else self.db_text)
+        return self.ranking[target]
+
+    def item_id(self, row: int) -> str:
+        v = self.ids[row]
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    def image_file(self, row: int) -> Path | None:
+        """The image file of database row ``row`` (None when the index records no images)."""
+        if self.image_paths is None or self.media_root is None:
+            return None
+        return self.media_root / self.image_paths[row]
+
+    def row_of(self, item_id: str) -> int | None:
+        """Database row of an item id (None when unknown): a binary search in the ids sorted once
+        (no dictionary of millions of strings)."""
+        if "_order" not in self.ranking:
+            self.ranking["_order"] = np.argsort(self.ids, kind="stable")
+        order = self.ranking["_order"]
+        key = np.array(item_id.encode() if self.ids.dtype.kind == "S" else item_id, dtype=self.ids.dtype)
+        if self.ids.dtype.kind == "S" and len(item_id.encode()) > self.ids.dtype.itemsize:
+            return None
+        i = int(np.searchsorted(self.ids[order], key)) if len(order) else 0
+        if i < len(order) and self.ids[order[i]] == key:
+            return int(order[i])
+        return None
+
+
+class Strings:
+    """A string column of ``index.h5`` read on demand (captions, image paths of millions of items
+    stay on disk; a query reads its k hits' rows)."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        self._f: h5py.File | None = None
+        self._n: int | None = None
+
+    def _ds(self):
+        if self._f is None:
+            self._f = h5py.File(self.path, "r")
+        return self._f[self.key]
+
+    def __len__(self) -> int:
+        if self._n is None:
+            self._n = int(self._ds().shape[0])
+        return self._n
+
+    def take(self, rows) -> list[str]:
+        """The strings of ``rows`` (any order, repeats allowed), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size == 0:
+            return []
+        uniq, inv = np.unique(rows, return_inverse=True)
+        vals = self._ds()[uniq]  # h5py reads increasing rows in one call
+        vals = [v.decode() if isinstance(v, bytes) else str(v) for v in vals]
+        return [vals[i] for i in inv]
+
+    def __getitem__(self, row: int) -> str:
+        return self.take([row])[0]
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def _ids(ds) -> np.ndarray:
+    """Item ids as a fixed-width bytes array (UTF-8): 1 byte a character, ~9x less than a list of str."""
+    raw = ds[()]
+    if raw.dtype.kind == "O":
+        raw = np.array([v if isinstance(v, bytes) else str(v).encode() for v in raw])
+    elif raw.dtype.kind != "S":
+        raw = np.array([str(v).encode() for v in raw])
+    return raw.astype(f"S{max(1, raw.dtype.itemsize)}")
+
+
+def _codes(f: h5py.File, path: Path, key: str) -> np.ndarray:
+    """A dataset of packed codes, memory-mapped when stored contiguously and uncompressed (read
+    once, shared with every query), else read into memory."""
+    ds = f[key]
+    offset = ds.id.get_offset()
+    if ds.chunks is None and ds.compression is None and offset is not None and ds.dtype == np.uint8 and ds.size:
+        return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=ds.shape)
+    return ds[()]
 
 
 def _read_index_json(path: Path) -> dict:
@@ -121,15 +252,23 @@ def load_index(path: str | Path, device: torch.device | None = None) -> Index:
         for key in ("db_image", "db_text", "ids"):
             if key not in f:
                 raise PipelineError(f"{path / 'index.h5'}: missing dataset '{key}' (damaged index; rerun encode)")
-        db_image, db_text = f["db_image"][()], f["db_text"][()]
-        ids = np.array(read_strings(f, "ids"))
+        db_image, db_text = _codes(f, path / "index.h5", "db_image"), _codes(f, path / "index.h5", "db_text")
+        ids = _ids(f["ids"])
         bits = int(f.attrs.get("bits", 8 * db_image.shape[1]))
         pca = read_arrays(f, "image_pca")
         vocab = read_strings(f, "tag_vocab")
-    if not (len(ids) == len(db_image) == len(db_text)) or db_image.shape[1:] != db_text.shape[1:]:
+        shown = "captions" in f and "image_paths" in f
+        n_shown = (len(f["captions"]), len(f["image_paths"])) if shown else None
+    captions = Strings(path / "index.h5", "captions") if shown else None
+    images = Strings(path / "index.h5", "image_paths") if shown else None
+    if not (len(ids) == len(db_image) == len(db_text)) or db_image.shape[1:] != db_text.shape[1:] or (
+            shown and n_shown != (len(ids), len(ids))):
         raise PipelineError(f"{path / 'index.h5'}: codes and ids disagree in size (damaged index; rerun encode)")
     model, _ = load_model(path / "model.pt", device)
-    return Index(path, bits, db_image, db_text, ids, pca, vocab, meta["extractors"], model, device)
+    media = meta.get("media") or {}
+    root = Path(media["root"]) if media.get("root") else None
+    return Index(path, bits, db_image, db_text, ids, pca, vocab, meta["extractors"], model, device,
+                 captions=captions, image_paths=images, media_root=root, meta=meta)
 
 
 def _extractor(index: Index, modality: str) -> dict:
@@ -145,14 +284,19 @@ def _extractor(index: Index, modality: str) -> dict:
     return ex
 
 
-def check_query_text(text: str) -> str:
-    """A typed query: non-empty, valid UTF-8 (a shell can pass undecodable bytes); else one line."""
+def check_query_text(text: str, what: str = "--text") -> str:
+    """A typed query: non-empty, valid UTF-8 (a shell can pass undecodable bytes), not too long;
+    else one line."""
+    if not isinstance(text, str):
+        raise PipelineError(f"{what} must be a string")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise PipelineError("--text is not valid UTF-8 (check the terminal's encoding)") from None
+        raise PipelineError(f"{what} is not valid UTF-8 (check the terminal's encoding)") from None
     if not text.strip():
-        raise PipelineError("empty --text query")
+        raise PipelineError(f"empty {what} query")
+    if len(text) > MAX_TEXT_CHARS:
+        raise PipelineError(f"{what} is longer than {MAX_TEXT_CHARS} characters")
     return text
 
 
@@ -164,16 +308,22 @@ def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
     if ex["kind"] == "tags":  # the words of the query that are tags of the vocabulary
         if not index.tag_vocab:
             raise PipelineError(f"index {index.path} uses tag vectors but stores no tag vocabulary")
+        vocab = set(index.tag_vocab)
         tags = [[w for w in re.findall(r"[\w-]+", t.lower())] for t in texts]
-        if not any(w in set(index.tag_vocab) for w in tags[0]):
-            raise PipelineError("none of the query's words is a tag of this data set's vocabulary")
+        for t, words in zip(texts, tags):
+            if not any(w in vocab for w in words):
+                raise PipelineError(f"none of the query's words is a tag of this data set's vocabulary: {t[:60]!r}")
         return text_mod.tag_vectors(tags, index.tag_vocab)
     load_query_encoder(index, "text")
     return text_mod.encode_sentences(index.encoders["text"], texts, progress=False)
 
 
-def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
-    """AlexNet FC7 of the images with the index's recorded weights, projected by its PCA."""
+def image_query_features(index: Index, images: list) -> np.ndarray:
+    """AlexNet FC7 of the images with the index's recorded weights, projected by its PCA.
+
+    ``images``: paths, or raw file bytes (an upload)."""
+    import io
+
     from pipeline.features.pca import apply_pca
     from pipeline.features.image import imagenet_transform, to_rgb
     from PIL import Image
@@ -183,55 +333,109 @@ def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
     net = index.encoders["image"]
     tf = imagenet_transform(int(ex["input_size"]))
     xs = []
-    for p in paths:
-        if Path(p).is_dir():
+    for p in images:
+        upload = isinstance(p, (bytes, bytearray))
+        name = "the uploaded image" if upload else str(p)
+        if not upload and Path(p).is_dir():
             raise PipelineError(f"--image {p} is a directory, not an image file")
         try:
-            with Image.open(p) as im:
+            with Image.open(io.BytesIO(p) if upload else p) as im:
                 xs.append(tf(to_rgb(im)))  # the same decoding as extraction (16-bit, float images)
         except FileNotFoundError:
             raise PipelineError(f"image not found: {p}") from None
         except Exception as e:  # noqa: BLE001 - PIL raises many types (DecompressionBombError, struct errors)
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")[:200]
-            raise PipelineError(f"unreadable image: {p} ({why})") from None
+            raise PipelineError(f"unreadable image: {name} ({why})") from None
     with torch.inference_mode():
         fc7 = net.to(index.device)(torch.stack(xs).to(index.device)).float().cpu().numpy()
     return apply_pca(fc7, index.pca)
 
 
-def search(index: Index, *, text: str | None = None, image: str | Path | None = None, k: int = 10,
-           target: str | None = None, backend: str = "exact") -> list[dict]:
-    """Top-k database items for one text or image query: ``[{rank, id, distance}]``.
+BACKENDS = ("exact", "faiss", "faiss-hash")
 
-    ``backend``: "exact" (:func:`topk`), "faiss" (faiss-cpu exact flat index, same results) or
+
+def _check(k: int, backend: str, target: str | None) -> None:
+    if not isinstance(k, int) or k < 1:
+        raise PipelineError(f"-k must be >= 1, not {k}")
+    if backend not in BACKENDS:
+        raise PipelineError(f"unknown search backend {backend!r} (use exact, faiss or faiss-hash)")
+    if target not in (None, "image", "text"):
+        raise PipelineError(f"unknown target {target!r} (use image or text)")
+
+
+def rank_codes(index: Index, codes01: np.ndarray, k: int, target: str, backend: str = "exact",
+               n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k database rows of ``target`` for (n, bits) 0/1 query codes: (indices, distances)."""
+    q = pack_bits(codes01)
+    if backend == "exact":
+        return index.database(target).topk(q, k, n_threads=n_threads)
+    from pipeline.search.faiss_backend import FaissBinaryIndex
+
+    kind = "flat" if backend == "faiss" else "hash"
+    key = f"faiss-{target}-{kind}"
+    if key not in index.encoders:
+        index.encoders[key] = FaissBinaryIndex(index.db_image if target == "image" else index.db_text, kind)
+    return index.encoders[key].search(q, k)
+
+
+def hits(index: Index, idx: np.ndarray, dist: np.ndarray, target: str) -> list[dict]:
+    """One query's ranked rows as ``[{rank, id, distance, target, caption, image}]`` (caption and
+    image file path None where the index records none)."""
+    keep = [(r, int(j), int(d)) for r, (j, d) in enumerate(zip(idx, dist)) if j >= 0]
+    rows = [j for _, j, _ in keep]
+    caps = _take(index.captions, rows)
+    imgs = _take(index.image_paths, rows)
+    root = index.media_root
+    return [{"rank": r + 1, "id": index.item_id(j), "distance": d, "target": target,
+             "caption": None if caps is None else caps[n],
+             "image": None if imgs is None or root is None else str(root / imgs[n])}
+            for n, (r, j, d) in enumerate(keep)]
+
+
+def _take(col, rows: list[int]) -> list[str] | None:
+    if col is None:
+        return None
+    return col.take(rows) if isinstance(col, Strings) else [col[j] for j in rows]
+
+
+def search_batch(index: Index, *, texts: list[str] | None = None, images: list | None = None, k: int = 10,
+                 target: str | None = None, backend: str = "exact", n_threads: int = 1) -> list[list[dict]]:
+    """Top-k hits of each of many text (or image) queries, encoded in one batch and ranked together;
+    the same hits as one :func:`search` per query."""
+    _check(k, backend, target)
+    if (texts is None) == (images is None):
+        raise PipelineError("give texts or images")
+    items = texts if texts is not None else images
+    if not items:
+        raise PipelineError("no queries")
+    if len(items) > MAX_BATCH:
+        raise PipelineError(f"{len(items)} queries in one batch (at most {MAX_BATCH})")
+    if texts is not None:
+        checked = [check_query_text(t, f"query {i + 1}" if len(texts) > 1 else "--text") for i, t in enumerate(texts)]
+        codes = index.model.encode_text(text_query_features(index, checked))
+        target = target or "image"
+    else:
+        codes = index.model.encode_image(image_query_features(index, list(images)))
+        target = target or "text"
+    idx, dist = rank_codes(index, codes, k, target, backend, n_threads)
+    return [hits(index, idx[i], dist[i], target) for i in range(len(items))]
+
+
+def search(index: Index, *, text: str | None = None, image: str | Path | bytes | None = None, k: int = 10,
+           target: str | None = None, backend: str = "exact") -> list[dict]:
+    """Top-k database items for one text or image query: ``[{rank, id, distance, target, caption, image}]``.
+
+    ``backend``: "exact" (counting top-k), "faiss" (faiss-cpu exact flat index, same results) or
     "faiss-hash" (faiss-cpu hash index, approximate; may return fewer than k). The faiss index
     is built on first use and cached in ``index.encoders``.
     """
-    if k < 1:
-        raise PipelineError(f"-k must be >= 1, not {k}")
-    if backend not in ("exact", "faiss", "faiss-hash"):
-        raise PipelineError(f"unknown search backend {backend!r} (use exact, faiss or faiss-hash)")
     if text is not None:
-        code = index.model.encode_text(text_query_features(index, [check_query_text(text)]))
-        target = target or "image"
-    elif image is not None:
-        code = index.model.encode_image(image_query_features(index, [Path(image)]))
-        target = target or "text"
-    else:
-        raise PipelineError("give --text or --image")
-    db = index.db_image if target == "image" else index.db_text
-    if backend == "exact":
-        idx, dist = topk(pack_bits(code), db, k)
-    else:
-        from pipeline.search.faiss_backend import FaissBinaryIndex
-
-        kind = "flat" if backend == "faiss" else "hash"
-        key = f"faiss-{target}-{kind}"
-        if key not in index.encoders:
-            index.encoders[key] = FaissBinaryIndex(db, kind)
-        idx, dist = index.encoders[key].search(pack_bits(code), k)
-    return [{"rank": r + 1, "id": str(index.ids[j]), "distance": int(d), "target": target}
-            for r, (j, d) in enumerate(zip(idx[0], dist[0])) if j >= 0]
+        return search_batch(index, texts=[text], k=k, target=target, backend=backend)[0]
+    if image is not None:
+        return search_batch(index, images=[image if isinstance(image, (bytes, bytearray)) else Path(image)], k=k,
+                            target=target, backend=backend)[0]
+    _check(k, backend, target)
+    raise PipelineError("give --text or --image")
 
 
 def load_query_encoder(index: Index, modality: str) -> None:

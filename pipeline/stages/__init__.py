@@ -1,5 +1,5 @@
 """The pipeline's stages, one module each (``prepare``, ``extract``, ``train``, ``encode``,
-``evaluate``, ``report``, ``study``, ``tune``, ``search``), each with one entry point, ``run``;
+``evaluate``, ``report``, ``study``, ``tune``, ``search``, ``serve``), each with one entry point, ``run``;
 and the one settings resolver, :func:`resolve`, that the Snakemake rules (their params) and the
 ``cmimh`` command (a stage run by hand with ``--config``) both use.
 

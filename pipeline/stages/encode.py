@@ -15,8 +15,10 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def run(settings: dict, model_path: Path, features_path: Path, out: Path, index_dir: Path | None = None) -> None:
-    """Write ``codes.h5`` (and the index when ``index_dir`` is given)."""
+def run(settings: dict, model_path: Path, features_path: Path, out: Path, index_dir: Path | None = None,
+        manifest: Path | None = None) -> None:
+    """Write ``codes.h5`` (and the index when ``index_dir`` is given; with the data set's
+    ``manifest``, the index also holds each item's caption and image path, for showing hits)."""
     from pipeline.errors import PipelineError
     from pipeline.eval.codes import write_codes
     from pipeline.features.store import read_features
@@ -54,4 +56,4 @@ def run(settings: dict, model_path: Path, features_path: Path, out: Path, index_
         from pipeline.search.index import build_index
 
         build_index(index_dir, model_path=model_path, features=f, db_rows=db, db_image=codes["db_image"],
-                    db_text=codes["db_text"], settings=settings)
+                    db_text=codes["db_text"], settings=settings, manifest=manifest)

@@ -6,11 +6,14 @@ rule encode:
     input:
         model=rules.train.output.model,
         features=f"{RESULTS}/{{dataset}}/features.h5",
+        # captions and image paths for the index (what `cmimh serve` shows); none for imported features
+        manifest=lambda w: [] if w.dataset in FEATURE_DATASETS else f"{DATA}/{w.dataset}/manifest.jsonl",
     output:
         codes=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/codes.h5",
         index=directory(f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/index"),
     params:
         settings=settings("encode"),
+        manifest=lambda w, input: f" --manifest {input.manifest}" if input.manifest else "",
     log:
         "logs/{dataset}/{method}/{bits}/encode.log",
     benchmark:
@@ -21,4 +24,5 @@ rule encode:
         runtime=60,
     shell:
         "{CMIMH} encode --config {CONFIG} --dataset {wildcards.dataset} --threads {threads} --model {input.model}"
-        " --method {wildcards.method} --features {input.features} --index {output.index} -o {output.codes} --log {log}"
+        " --method {wildcards.method} --features {input.features} --index {output.index}{params.manifest}"
+        " -o {output.codes} --log {log}"

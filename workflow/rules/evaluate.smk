@@ -18,4 +18,4 @@ rule evaluate:
         mem_mb=4000,
         runtime=60,
     shell:
-        "{CMIMH} evaluate {input.codes} --k {params.k} -o {output.metrics} --log {log}"
+        "{CMIMH} evaluate {input.codes} --k {params.k} --threads {threads} -o {output.metrics} --log {log}"

@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""Benchmark: the `evaluate` stage as users run it, whole process, on an MS-COCO-sized codes.h5.
+
+    python benchmarks/bench_evaluate.py                 # 5,000 x 117,000, 64 bits, 80 classes
+    python benchmarks/bench_evaluate.py --skip-today    # without today's (slow) stage
+    python benchmarks/bench_evaluate.py --nq 500 --ndb 20000   # a quick run
+
+Every figure comes from one run of this script, with its anchor:
+
+* ours: ``cmimh evaluate codes.h5 -o metrics.json --threads T`` in a subprocess (every metric:
+  mAP@1000, mAP@all, mAP@50, Pre@100, the P@K curve, PR by radius for the four tasks, RecallOne@K,
+  plus the chance level), after one warm-up run on a tiny file so that the numba kernels are
+  compiled and cached (the first run on a machine compiles them; that time is printed too);
+* anchor 1, today's stage: the same command from the commit before the counting core
+  (``git archive`` of ``--today-rev`` into a temporary folder), same file, same threads; its
+  metrics.json must equal ours to 1e-9 (checked and printed);
+* anchor 2, a peer-style loop: per query, Hamming distances from +/-1 codes, a full
+  ``np.argsort`` (stable, so its numbers are ours), then mAP@all, mAP@1000, mAP@50, P@K and PR;
+  timed on ``--peer-queries`` queries of one task and extrapolated linearly to the four tasks.
+
+Wall time, CPU time (user + system of the subprocess, from ``wait4``) and peak RSS are printed for
+each, with the load average before and after (the machine is shared: CPU time is the steadier
+figure). Random codes (uniform bits: many ties, ~1,800 items per distance value) and random labels
+with MS-COCO-like class frequencies (the most common class in ~45% of items).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from pipeline.eval.codes import write_codes  # noqa: E402
+
+
+def make_codes(path: Path, nq: int, ndb: int, bits: int, classes: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    p = np.minimum(0.45, 0.5 / (np.arange(classes) + 1.0) ** 0.75)  # class frequencies, decreasing
+    ql = (rng.random((nq, classes)) < p).astype(np.uint8)
+    dl = (rng.random((ndb, classes)) < p).astype(np.uint8)
+    code = lambda n: rng.integers(0, 2, (n, bits), dtype=np.uint8)  # noqa: E731
+    write_codes(path, query_image=code(nq), query_text=code(nq), db_image=code(ndb), db_text=code(ndb),
+                query_labels=ql, db_labels=dl, bits=bits)
+
+
+def run_stage(pythonpath: Path, codes: Path, out: Path, threads: int) -> dict:
+    """One `cmimh evaluate` process: wall, CPU (user + sys) and peak RSS from wait4."""
+    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    cmd = [sys.executable, "-m", "pipeline.cli", "evaluate", str(codes), "-o", str(out), "--threads", str(threads)]
+    t0 = time.perf_counter()
+    # cwd = the code's folder: `python -m` puts the working directory first on sys.path
+    proc = subprocess.Popen(cmd, env=env, cwd=str(pythonpath), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    err = proc.stderr.read().decode()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-500:]}")
+    m = json.loads(out.read_text())
+    rev = m.get("provenance", {}).get("code_version", "?")
+    return {"rev": rev, "wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mib": ru.ru_maxrss / 1024, "metrics": m}
+
+
+def same(a, b, path: str = "", tol: float = 1e-9) -> list[str]:
+    """Paths where the two metrics.json differ (timings and provenance aside)."""
+    bad = []
+    if isinstance(a, dict):
+        for k in a:
+            if k in ("seconds", "provenance"):
+                continue
+            if not isinstance(b, dict) or k not in b:
+                bad.append(f"{path}/{k} missing")
+            else:
+                bad += same(a[k], b[k], f"{path}/{k}", tol)
+    elif isinstance(a, list):
+        if not isinstance(b, list) or len(a) != len(b):
+            return [f"{path} length"]
+        for i, (x, y) in enumerate(zip(a, b)):
+            bad += same(x, y, f"{path}[{i}]", tol)
+    elif isinstance(a, float):
+        if not isinstance(b, (int, float)) or abs(a - b) > tol:
+            bad.append(f"{path}: {a} vs {b}")
+    elif a != b:
+        bad.append(f"{path}: {a!r} vs {b!r}")
+    return bad
+
+
+def peer_loop(codes_path: Path, n: int, pk: list[int]) -> tuple[float, float]:
+    """A peer-style per-query loop (one task), all metrics: (wall, CPU) seconds for ``n`` queries."""
+    from pipeline.eval.codes import read_codes
+
+    c = read_codes(codes_path)
+    bits = c.bits
+    qb = np.unpackbits(c.query_image[:n], axis=1)[:, :bits].astype(np.float32) * 2 - 1
+    rb = np.unpackbits(c.db_text, axis=1)[:, :bits].astype(np.float32) * 2 - 1
+    ql, rl = c.query_labels[:n].astype(np.float32), c.db_labels.astype(np.float32)
+    pk_arr = np.array(pk)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(n):
+        gnd = (ql[i] @ rl.T > 0)
+        hamm = 0.5 * (bits - qb[i] @ rb.T)
+        ind = np.argsort(hamm, kind="stable")
+        g = gnd[ind]
+        f = np.flatnonzero(g) + 1.0
+        prec = np.arange(1, f.size + 1) / f
+        _ = prec.mean() if f.size else 0.0  # mAP@all
+        for k in (1000, 50):
+            m = np.searchsorted(f, k, side="right")
+            _ = prec[:m].mean() if m else 0.0
+        _ = np.cumsum(g)[pk_arr - 1] / pk_arr  # P@K
+        hs = hamm[ind]
+        for r in range(bits + 1):  # PR by radius
+            cnt = np.searchsorted(hs, r, side="right")
+            _ = (g[:cnt].sum() / cnt if cnt else 0.0, g[:cnt].sum() / max(g.sum(), 1))
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--nq", type=int, default=5000)
+    ap.add_argument("--ndb", type=int, default=117000)
+    ap.add_argument("--bits", type=int, default=64)
+    ap.add_argument("--classes", type=int, default=80)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--today-rev", default="9e0aef7", help="the commit of today's stage (before the counting core)")
+    ap.add_argument("--skip-today", action="store_true")
+    ap.add_argument("--peer-queries", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", help="keep the codes and metrics files in this folder")
+    a = ap.parse_args(argv)
+
+    load0 = os.getloadavg()
+    work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_evaluate_"))
+    work.mkdir(parents=True, exist_ok=True)
+    codes = work / "codes.h5"
+    make_codes(codes, a.nq, a.ndb, a.bits, a.classes, a.seed)
+    tiny = work / "tiny.h5"
+    make_codes(tiny, 20, 300, a.bits, a.classes, a.seed + 1)
+    print(f"codes.h5: {a.nq} queries x {a.ndb} database items x {a.bits} bits, {a.classes} classes; "
+          f"threads={a.threads}, cpus={os.cpu_count()}, numpy {np.__version__}")
+    print(f"load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} (on {os.cpu_count()} cores)")
+
+    cold = run_stage(REPO, tiny, work / "tiny.json", a.threads)  # compiles the kernels if the cache is cold
+    warm = run_stage(REPO, tiny, work / "tiny.json", a.threads)
+    print(f"warm-up on a tiny file: {cold['wall']:.2f} s (compiles the kernels on a machine's first run), "
+          f"then {warm['wall']:.2f} s wall / {warm['cpu']:.2f} s CPU (process start, imports, cached kernels)")
+
+    ours = run_stage(REPO, codes, work / "metrics_ours.json", a.threads)
+    sec = ours["metrics"]["seconds"]
+    print(f"ours ({ours['rev']}) `cmimh evaluate` (whole process): {ours['wall']:.2f} s wall, {ours['cpu']:.2f} s CPU, "
+          f"peak RSS {ours['rss_mib']:.0f} MiB  [in-process: metrics {sec['metrics']:.2f} s, chance {sec['chance']:.2f} s]")
+
+    if not a.skip_today:
+        old = work / "today"
+        shutil.rmtree(old, ignore_errors=True)
+        old.mkdir()
+        arch = subprocess.run(["git", "-C", str(REPO), "archive", a.today_rev, "pipeline"], capture_output=True,
+                              check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(old)], input=arch, check=True)
+        today = run_stage(old, codes, work / "metrics_today.json", a.threads)
+        tsec = today["metrics"]["seconds"]
+        diff = same(today["metrics"], ours["metrics"])
+        print(f"today's stage ({a.today_rev}: ran {today['rev']}), same command: {today['wall']:.2f} s wall, {today['cpu']:.2f} s CPU, "
+              f"peak RSS {today['rss_mib']:.0f} MiB  [in-process: metrics {tsec['metrics']:.2f} s, "
+              f"chance {tsec['chance']:.2f} s]")
+        print(f"  ratio today / ours: {today['wall'] / ours['wall']:.1f}x wall, {today['cpu'] / ours['cpu']:.1f}x CPU")
+        print(f"  metrics.json equal to 1e-9: {'yes, every number' if not diff else 'NO: ' + '; '.join(diff[:5])}")
+
+    from pipeline.eval.metrics import pk_grid
+
+    n = min(a.peer_queries, a.nq)
+    pw, pc = peer_loop(codes, n, pk_grid(a.ndb))
+    scale = 4 * a.nq / n
+    print(f"peer-style per-query argsort loop, all metrics, 4 tasks: {pw * scale:.1f} s wall, {pc * scale:.1f} s CPU "
+          f"(timed on {n} queries of one task, x{scale:.0f}); ratio peer / ours: {pw * scale / ours['wall']:.0f}x wall, "
+          f"{pc * scale / ours['cpu']:.0f}x CPU")
+    load1 = os.getloadavg()
+    print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    if not a.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
