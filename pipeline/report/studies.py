@@ -614,8 +614,8 @@ class Comparison(Study):
                 "initialisations and mini-batch orders on the same split and features). The continuous rows rank by "
                 "cosine similarity of the method's projections before binarisation (no hashing).")
 
-    def markdown(self, s, metrics, runs, k, results=None):
-        text = super().markdown(s, metrics, runs, k, results)
+    def markdown(self, s, metrics, runs, k, results=None, key=None):
+        text = super().markdown(s, metrics, runs, k, results, key=key)
         chosen = []
         for meth in s["comparison_methods"]:
             f = Path(results) / "tune" / f"{meth}.json" if results is not None else None
