@@ -294,3 +294,18 @@ def test_an_image_replaced_by_another_valid_one_is_detected(demo16, reference, t
     fc7, ok, attrs, _ = read(out)
     assert np.flatnonzero(ok == 0).tolist() == [6] and json.loads(attrs["bad_image_ids"]) == [m.pairs[6].id]
     assert f"changed image for id {m.pairs[6].id}" in caplog.text
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with an EXIF orientation tag is read upright (as viewers show it)."""
+    from PIL import Image
+
+    from pipeline.features.image import open_rgb
+
+    wide = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    wide.save(tmp_path / "sideways.jpg", exif=exif.tobytes())
+    assert open_rgb(tmp_path / "sideways.jpg").size == (20, 40)
+    wide.save(tmp_path / "plain.jpg")
+    assert open_rgb(tmp_path / "plain.jpg").size == (40, 20)

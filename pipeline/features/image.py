@@ -52,6 +52,15 @@ def fc7_network(weights: str, seed: int):
     return alexnet.network(weights, seed)
 
 
+def open_rgb(fp):
+    """An image file (a path or a file object) as RGB, turned upright by its EXIF orientation (phone
+    and camera photos are often stored sideways with an orientation tag); the caller closes nothing."""
+    from PIL import ImageOps
+
+    with Image.open(fp) as im:
+        return ImageOps.exif_transpose(im).convert("RGB")
+
+
 def _ref(p) -> ImageRef:
     return p if isinstance(p, ImageRef) else ImageRef(Path(p))
 
@@ -81,8 +90,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, i: int):
         try:
             data = self.refs[i].read()
-            with Image.open(io.BytesIO(data)) as im:
-                x = self.transform(im.convert("RGB"))
+            x = self.transform(open_rgb(io.BytesIO(data)))
         except Exception as e:  # noqa: BLE001 - see the class docstring
             return None, False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
         want = self.sha256[i]

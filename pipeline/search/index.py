@@ -170,16 +170,16 @@ def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
 
 def image_query_features(index: Index, paths: list[Path]) -> np.ndarray:
     """The recorded image extractor's features of the images, projected by the index's PCA."""
+    from pipeline.features.image import open_rgb
     from pipeline.features.pca import apply_pca
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
 
     load_query_encoder(index, "image")
     ex = index.encoders["image"]
     xs = []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                xs.append(ex.preprocess(im.convert("RGB")))
+            xs.append(ex.preprocess(open_rgb(p)))
         except FileNotFoundError:
             raise PipelineError(f"image not found: {p}") from None
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
