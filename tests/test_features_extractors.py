@@ -41,8 +41,19 @@ def built():
             for m, s, _ in TORCHVISION}
 
 
+@pytest.fixture(scope="module")
+def reference():
+    """torchvision's own networks from the same seed: what each extractor must compute (built once)."""
+    out = {}
+    for m, size, _ in TORCHVISION:
+        with base.seeded(3):
+            out[m] = getattr(torchvision.models, m)(weights=None, **({"image_size": size} if m == "vit_b_16" else {}))
+        out[m].eval()
+    return out
+
+
 @pytest.mark.parametrize("model, size, dim", TORCHVISION)
-def test_torchvision_extractors_shape_preprocessing_and_determinism(built, model, size, dim):
+def test_torchvision_extractors_shape_preprocessing_and_determinism(built, reference, model, size, dim):
     ex = built[model]
     assert ex.name == model and ex.dim == dim and ex.input_size == size
     assert ex.weights.name == "random" and ex.weights.source == "seed=3" and ex.weights.sha256 is None
@@ -52,40 +63,44 @@ def test_torchvision_extractors_shape_preprocessing_and_determinism(built, model
     assert grey.abs().max() < 0.05
     out = ex.encode(batch(ex))
     assert out.shape == (2, dim) and out.dtype == np.float32 and np.isfinite(out).all()
-    again = extractors.image_extractor({"model": model, "weights": "random", "seed": 3, "input_size": size})
-    np.testing.assert_array_equal(again.encode(batch(ex)), out)  # the same seed, the same weights and rows
-    assert not np.array_equal(ex.encode(batch(ex, 1)), ex.encode(torch.flip(batch(ex, 1), dims=[3])))
+    np.testing.assert_array_equal(ex.encode(batch(ex)), out)  # deterministic in eval mode (no dropout)
+    # the seed decides the weights: every parameter is torchvision's initialisation from that seed
+    ours = dict(ex.net.named_parameters())
+    theirs = {k: v for k, v in reference[model].named_parameters()}
+    for name, p in ours.items():
+        assert any(q.shape == p.shape and torch.equal(q, p) for q in theirs.values()), name
 
 
-def test_vgg19_is_fc7_after_relu(built):
-    ex = built["vgg19"]
-    x = batch(ex)
-    with base.seeded(3):
-        vgg = torchvision.models.vgg19(weights=None).eval()
-    with torch.no_grad():
-        h = torch.flatten(vgg.avgpool(vgg.features(x)), 1)
-        c = vgg.classifier
-        expected = c[4](c[3](c[1](c[0](h))))  # FC6, ReLU, (dropout: eval), FC7, ReLU
-    got = ex.encode(x)
-    assert (got >= 0).all()
-    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+def test_alexnet_and_vgg19_are_fc7_after_relu(built, reference):
+    for model, fc7 in (("alexnet", lambda c, h: c[5](c[4](c[2](c[1](h))))),  # (dropout), FC6, ReLU, (dropout), FC7, ReLU
+                       ("vgg19", lambda c, h: c[4](c[3](c[1](c[0](h)))))):   # FC6, ReLU, (dropout), FC7, ReLU
+        ex, net = built[model], reference[model]
+        x = batch(ex)
+        with torch.no_grad():
+            expected = fc7(net.classifier, torch.flatten(net.avgpool(net.features(x)), 1))
+        got = ex.encode(x)
+        assert (got >= 0).all()
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_resnet50_is_the_pooled_layer4_and_vit_the_class_token(built):
-    r = built["resnet50"]
+def test_resnet50_is_the_pooled_layer4_and_vit_the_class_token(built, reference):
+    r, net = built["resnet50"], reference["resnet50"]
     x = batch(r)
-    with base.seeded(3):
-        net = torchvision.models.resnet50(weights=None).eval()
     with torch.no_grad():
         feats = torch.nn.Sequential(*list(net.children())[:-1])(x).flatten(1)
     np.testing.assert_allclose(r.encode(x), feats.numpy(), rtol=1e-5, atol=1e-5)
-    v = built["vit_b_16"]
+    v, vit = built["vit_b_16"], reference["vit_b_16"]
     x = batch(v)
-    with base.seeded(3):
-        vit = torchvision.models.vit_b_16(weights=None, image_size=32).eval()
     with torch.no_grad():
         tokens = vit.encoder(torch.cat([vit.class_token.expand(2, -1, -1), vit._process_input(x)], dim=1))
     np.testing.assert_allclose(v.encode(x), tokens[:, 0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_same_seed_same_network_other_seed_differs():
+    a = extractors.image_extractor({"model": "alexnet", "weights": "random", "seed": 3, "input_size": 64})
+    b = extractors.image_extractor({"model": "alexnet", "weights": "random", "seed": 4, "input_size": 64})
+    x = batch(a)
+    assert not np.allclose(a.encode(x), b.encode(x))
 
 
 def test_a_fine_tuned_checkpoint_with_another_head_loads_and_is_recorded(tmp_path):
