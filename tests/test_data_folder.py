@@ -68,7 +68,8 @@ def test_bad_images_error_counts_them_all_in_one_line(tmp_path, caplog):
         prep(root, tmp_path / "out")
     msg = str(e.value)
     assert "\n" not in msg and "3 bad item(s) (2 unreadable image, 1 duplicate key)" in msg
-    assert "first unreadable image: key 'img0002'" in msg and "on_bad_image: drop" in msg
+    assert f"first: unreadable image for key 'img0002': {(root / 'img0002.jpg').resolve()} (" in msg
+    assert "on_bad_image: drop" in msg and "BytesIO" not in msg
     assert "img0003.jpg" in caplog.text and "duplicate key 'img0005'" in caplog.text
     assert not (tmp_path / "out" / "manifest.jsonl").exists()
 

@@ -159,6 +159,15 @@ def decode_text(data: bytes, where: str) -> str:
         raise PipelineError(f"{where}: not valid UTF-8 (byte {e.start}); save the caption as UTF-8") from None
 
 
+def clean_reason(e: BaseException) -> str:
+    """An exception as one short line, without PIL's ``<_io.BytesIO object at 0x...>``."""
+    import re
+
+    msg = (str(e).strip().splitlines() or [""])[0][:200]
+    msg = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", msg)
+    return f"{type(e).__name__}: {msg}".rstrip(": ")
+
+
 def check_image(data: bytes) -> str | None:
     """None when ``data`` decodes as an image, else why not (one line). JPEGs decode at 1/8 scale
     (``draft``): several times faster, yet every byte is read, so a truncated file is caught."""
@@ -169,8 +178,7 @@ def check_image(data: bytes) -> str | None:
             im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
     except Exception as e:  # noqa: BLE001 - any decoding failure marks the image bad
-        msg = (str(e).strip().splitlines() or [""])[0][:200]
-        return f"{type(e).__name__}: {msg}".rstrip(": ")
+        return clean_reason(e)
     return None
 
 
@@ -215,10 +223,12 @@ class Tally:
     def __init__(self) -> None:
         self.counts: Counter = Counter()
         self.first: dict[str, list[str]] = {}
+        self.first_message: dict[str, str] = {}
 
     def add(self, kind: str, key: str, message: str) -> None:
         self.counts[kind] += 1
         self.first.setdefault(kind, [])
+        self.first_message.setdefault(kind, message)
         if len(self.first[kind]) < KEEP_IDS:
             self.first[kind].append(key)
         (log.warning if self.counts[kind] <= self.WARN else log.debug)("%s", message)
@@ -264,8 +274,8 @@ def prepare_items(out_dir: str | Path, items: Iterable[Item], s: CollectionSetti
     if any(bad.values()) and s.on_bad_image == "error":
         kind = next(k for k, v in bad.items() if v)
         parts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in bad.items() if v)
-        raise PipelineError(f"{source} {s.path}: {sum(bad.values())} bad item(s) ({parts}); first {kind.replace('_', ' ')}: "
-                            f"key {tally.first[kind][0]!r} (every one is in the log; fix them, or set "
+        raise PipelineError(f"{source} {s.path}: {sum(bad.values())} bad item(s) ({parts}); first: "
+                            f"{tally.first_message[kind]} (every one is in the log; fix them, or set "
                             "image_features.on_bad_image: drop to drop those pairs)")
     if not kept:
         raise PipelineError(f"{source} {s.path}: no usable pair among {found} item(s) "

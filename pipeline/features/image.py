@@ -92,7 +92,9 @@ class ImageFiles(Dataset):
             data = self.refs[i].read()
             x = self.transform(open_rgb(io.BytesIO(data)))
         except Exception as e:  # noqa: BLE001 - see the class docstring
-            return None, False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            from pipeline.data.collection import clean_reason
+
+            return None, False, clean_reason(e)
         want = self.sha256[i]
         if want and (got := hashlib.sha256(data).hexdigest()) != want:
             return None, False, (f"{CHANGED}: its sha256 {got[:12]}... is not the manifest's {want[:12]}...; "
