@@ -1,8 +1,10 @@
 """Retrieval and evaluation: the ``codes.h5`` contract, exact Hamming ranking and metrics.
 
 ``codes`` (read/write packed codes), ``hamming`` (deterministic top-k ranking), ``metrics``
-(mAP@k, P@K, PR, RecallOne@K, :func:`evaluate_all`), ``evaluate`` (the ``cmimh evaluate``
-stage) and ``plots`` (curves; imports matplotlib, so not imported here).
+(mAP@k, P@K, PR, RecallOne@K, :func:`evaluate_all`: relevance by labels), ``paired`` (R@K,
+median rank and mAP of the own pair on the held-out queries: the evaluation of a collection
+without labels, and a second view of one with), ``tasks`` (the retrieval tasks and the headline
+metric of a run).
 """
 
 from pipeline.eval.codes import Codes, pack_bits, read_codes, unpack_bits, write_codes
