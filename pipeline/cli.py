@@ -77,9 +77,9 @@ def cmd_extract(a) -> None:
     if not a.manifest:
         raise PipelineError(f"extract {a.part}: --manifest is required")
     if a.part == "assemble":
-        if not (a.fc7 and a.text):
-            raise PipelineError("extract assemble: --fc7 and --text are required")
-        extract.run_assemble(Path(a.manifest), Path(a.fc7), Path(a.text), _s(a, "extract"), out)
+        if not (a.image and a.text):
+            raise PipelineError("extract assemble: --image and --text are required")
+        extract.run_assemble(Path(a.manifest), Path(a.image), Path(a.text), _s(a, "extract"), out)
         return
     from pipeline.torchkit import resolve_device
 
@@ -202,14 +202,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     q = sub.add_parser("extract", help="image/text features -> features.h5")
     q.add_argument("part", choices=["image", "merge", "text", "assemble"],
-                   help="image: FC7 (all, or one --shard of --shards); merge: shard files -> fc7.h5; "
+                   help="image: image features (all, or one --shard of --shards); merge: shard files -> image.h5; "
                         "text; assemble: PCA, splits -> features.h5 (your own features: cmimh import)")
     _settings_args(q); _common(q)
     q.add_argument("--manifest", help="data/{dataset}/manifest.jsonl (image, text, assemble; merge: to check ids)")
     q.add_argument("--shard", type=int, help="image: extract shard I (0-based) of --shards N, a contiguous row range")
     q.add_argument("--shards", type=int, help="image: the number of shards")
     q.add_argument("--parts", nargs="+", help="merge: the shard files")
-    q.add_argument("--fc7", help="assemble: the image part's output")
+    q.add_argument("--image", "--fc7", dest="image", help="assemble: the image part's output (image.h5)")
     q.add_argument("--text", help="assemble: the text part's output")
     q.add_argument("-o", "--output", required=True)
     q.set_defaults(fn=cmd_extract)

@@ -95,6 +95,13 @@ def check_structure(config: dict, check_files: bool = True) -> None:
         if check_files and not Path(ds["path"]).is_file():
             raise PipelineError(f"config: dataset {name!r}: features file not found: {ds['path']}")
     else:
+        if ds["source"] in ("folder", "table", "webdataset"):
+            if "path" not in ds:
+                raise PipelineError(f"config: dataset {name!r}: source {ds['source']!r} needs path: "
+                                    + {"folder": "FOLDER", "table": "TABLE_FILE",
+                                       "webdataset": "SHARDS ({00000..00099}.tar)"}[ds["source"]])
+            if check_files and ds["source"] != "webdataset" and not Path(ds["path"]).exists():
+                raise PipelineError(f"config: dataset {name!r}: {ds['source']} not found: {ds['path']}")
         for key in ("n_query", "n_train"):
             if key not in ds:
                 raise PipelineError(f"config: dataset {name!r}: missing {key}")

@@ -38,3 +38,33 @@ def make_features_h5(path: Path, n: int = 60, dx: int = 12, dy: int = 9, c: int 
             f["database"] = np.arange(10, n)
             f["train"] = np.arange(10, 40)
     return path
+
+
+def write_collection(root: Path, n: int = 30, *, labels: bool = True, tags: bool = True, seed: int = 7,
+                     size: int = 32, nested: bool = True, ext: str = "jpg") -> list[dict]:
+    """A folder of your own in img2dataset's "files" layout, from the demo's generator: KEY.jpg +
+    KEY.txt (+ KEY.json with labels and tags); nested in two sub-folders. Returns the items
+    (key, path, caption, tags, labels) in key order."""
+    import json
+
+    from pipeline.data.demo import CLASSES, generate_item
+
+    items = []
+    for i in range(n):
+        img, caption, tg, lab = generate_item(seed, i, size)
+        sub = root / (f"part{i % 2}" if nested else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        key = f"{'part%d/' % (i % 2) if nested else ''}img{i:04d}"
+        path = sub / f"img{i:04d}.{ext}"
+        img.save(path, format="PNG" if ext.lower() == "png" else "JPEG", quality=90)
+        (sub / f"img{i:04d}.txt").write_text(caption, encoding="utf-8")
+        meta = {}
+        if labels:
+            meta["labels"] = [CLASSES[c] for c in lab]
+        if tags:
+            meta["tags"] = tg
+        if meta:
+            (sub / f"img{i:04d}.json").write_text(json.dumps(meta), encoding="utf-8")
+        items.append({"key": key, "path": path, "caption": caption, "tags": tg,
+                      "labels": [CLASSES[c] for c in lab]})
+    return sorted(items, key=lambda d: d["key"])

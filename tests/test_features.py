@@ -80,8 +80,8 @@ def test_extract_image_records_weights_and_is_deterministic(tiny_demo, tmp_path)
     for out in (out1, out2):
         extract.run_image(tiny_demo, settings(), out, CPU, progress=False)
     with h5py.File(out1) as f, h5py.File(out2) as g:
-        assert f["fc7"].shape == (40, 4096) and f["ok"][()].all()
-        np.testing.assert_array_equal(f["fc7"][()], g["fc7"][()])
+        assert f["image"].shape == (40, 4096) and f["ok"][()].all()
+        np.testing.assert_array_equal(f["image"][()], g["image"][()])
         assert f.attrs["weights"] == "random" and f.attrs["weights_source"] == "seed=0"
 
 

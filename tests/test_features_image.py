@@ -15,7 +15,7 @@ import torch
 
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
-from pipeline.features import image, work
+from pipeline.features import extractors, image, work
 from pipeline.stages import extract
 
 from conftest import REPO
@@ -38,14 +38,16 @@ def settings(**over):
 @pytest.fixture(autouse=True)
 def cached_network(monkeypatch):
     """Build each random AlexNet once (0.5 s apiece); extraction never modifies it."""
-    real = image.fc7_network
+    real = extractors.image_extractor
 
-    def cached(weights, seed):
-        if (weights, seed) not in _NETS:
-            _NETS[weights, seed] = real(weights, seed)
-        return _NETS[weights, seed]
+    def cached(record, device=None):
+        key = json.dumps(record, sort_keys=True)
+        if key not in _NETS:
+            _NETS[key] = real(record)
+        return _NETS[key]
 
-    monkeypatch.setattr(image, "fc7_network", cached)
+    monkeypatch.setattr(extractors, "image_extractor", cached)
+    monkeypatch.setattr(image, "image_extractor", cached)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,7 @@ def reference(demo16, tmp_path_factory):
     extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=commits.append)
     assert commits == [4, 8, 12, 16]
     with h5py.File(out) as f:
-        return {"fc7": f["fc7"][()], "ok": f["ok"][()], "ids": [v.decode() for v in f["ids"][()]]}
+        return {"fc7": f["image"][()], "ok": f["ok"][()], "ids": [v.decode() for v in f["ids"][()]]}
 
 
 def copy_demo(demo16, tmp_path):
@@ -80,7 +82,7 @@ def stop_after(rows):
 
 def read(out):
     with h5py.File(out) as f:
-        return f["fc7"][()], f["ok"][()], dict(f.attrs), sorted(f)
+        return f["image"][()], f["ok"][()], dict(f.attrs), sorted(f)
 
 
 def test_interrupted_run_resumes_to_identical_output(demo16, reference, tmp_path):
@@ -96,7 +98,7 @@ def test_interrupted_run_resumes_to_identical_output(demo16, reference, tmp_path
     assert commits == [12, 16]  # resumed after the two committed chunks: nothing redone, nothing skipped
     fc7, ok, attrs, keys = read(out)
     assert np.array_equal(fc7, reference["fc7"]) and np.array_equal(ok, reference["ok"])
-    assert keys == ["fc7", "ids", "ok"] and "fingerprint" not in attrs  # bookkeeping removed
+    assert keys == ["ids", "image", "ok"] and "fingerprint" not in attrs  # bookkeeping removed
     assert not wf.exists()
 
 
@@ -144,7 +146,7 @@ def test_changed_inputs_restart_instead_of_resuming(demo16, tmp_path, caplog, ch
     assert commits[0] == 4, commits  # from the start
     assert "starting afresh" in caplog.text
     with h5py.File(out) as f:
-        assert [v.decode() for v in f["ids"][()]] == ids and len(f["fc7"]) == len(ids)
+        assert [v.decode() for v in f["ids"][()]] == ids and len(f["image"]) == len(ids)
 
 
 def test_unreadable_work_file_restarts(demo16, reference, tmp_path, caplog):
@@ -349,3 +351,18 @@ def test_a_full_disk_is_one_line_and_keeps_the_rows_for_a_resume(demo16, referen
     extract.run_image(demo16, settings(), out, CPU, progress=False, on_chunk=commits.append)
     assert commits == [12, 16]
     assert np.array_equal(read(out)[0], reference["fc7"])
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored sideways with an EXIF orientation tag is read upright (as viewers show it)."""
+    from PIL import Image
+
+    from pipeline.features.image import open_rgb
+
+    wide = Image.new("RGB", (40, 20), (200, 10, 10))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    wide.save(tmp_path / "sideways.jpg", exif=exif.tobytes())
+    assert open_rgb(tmp_path / "sideways.jpg").size == (20, 40)
+    wide.save(tmp_path / "plain.jpg")
+    assert open_rgb(tmp_path / "plain.jpg").size == (40, 20)

@@ -286,3 +286,33 @@ def test_comparison_cells_are_mean_and_std_over_the_seed_runs(tmp_path):
     assert "lsh" not in tuned.split("Tuned")[1].split("\n\n")[1]  # no tune grid: no tuned row
     assert "ccaitq: reg = 1" in text and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert S.mean_std([0.5, 0.54, 0.46]) == pytest.approx((0.5, 0.04))
+
+
+# ----------------------------------------------------------------------------- without labels
+def _paired(i2t, t2i=None) -> dict:
+    """A metrics.json of a collection without labels: the paired mAP only."""
+    return {"labelled": False, "pair_map": {"i2t": i2t, "t2i": i2t + 0.01 if t2i is None else t2i}}
+
+
+@pytest.mark.parametrize("study", ["mi_sweep", "ablation", "tc_study", "code_lengths", "critic_input"])
+def test_studies_of_a_collection_without_labels_use_the_paired_map(tmp_path, study):
+    s = _settings(mi_weights=[0, 1], code_lengths=[16, 32], critic_samples=[5], tc_bits=[16])
+    for r in S.study_runs(study, s):
+        _put(tmp_path, r.method, r.bits, _paired(0.1 + 0.01 * r.bits / 16))
+    text = write_study(study, s, tmp_path, tmp_path / "t.md", tmp_path / "t.png")
+    assert "paired mAP (mean reciprocal rank of the own pair) in %" in text
+    assert "Img→Txt" in text and "Txt→Img" in text and "Img→Img" not in text and "Txt→Txt" not in text
+    assert (tmp_path / "t.png").is_file()
+
+
+def test_tune_selects_on_the_paired_map_without_labels(tmp_path):
+    from pipeline.stages import tune
+
+    t = {"grid": {"cmimh": {"mi": [1, 2]}}, "val_queries": 20, "folds": 1, "bits": 8, "epochs": None,
+         "train_size": None, "eval_k": 1000, "seed": 0, "dataset": "demo"}
+    for r in S.STUDIES["tune"].runs(t):
+        _put(tmp_path, r.method, r.bits, _paired(0.3 if "mi2" in r.method else 0.2))
+    sel = tune.run(t, tmp_path, tmp_path / "tune", tmp_path / "tune.md")
+    assert sel["cmimh"]["chosen"]["point"] == "mi2"
+    rec = json.loads((tmp_path / "tune" / "cmimh.json").read_text())
+    assert "paired mAP" in rec["criterion"] and "Img→Img" not in (tmp_path / "tune.md").read_text()

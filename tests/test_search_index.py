@@ -241,3 +241,46 @@ def test_cli_batch_queries_file_equals_single_searches(run, tiny_demo, tmp_path)
     bad.write_text('{"txt": "x"}\n')
     p = subprocess.run([cmimh, "search", str(d / "index"), "--queries", str(bad)], capture_output=True, text=True)
     assert p.returncode == 2 and "bad.txt:1" in p.stderr and "Traceback" not in p.stderr
+
+
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8,
+                                              "head_width": 32},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+
+
+@pytest.mark.parametrize("image_model, text", [
+    ("clip", "clip"),
+    ("resnet50", {"kind": "bow", "vocab_size": 50, "min_count": 1}),
+], ids=["clip-clip", "resnet50-bow"])
+def test_a_query_is_encoded_exactly_as_the_database_was(tiny_demo, tmp_path, image_model, text):
+    """The index rebuilds the extractors from the records its features file keeps: a database image
+    or caption given as a query gets its own features row back (so its own codes)."""
+    from pipeline.data.manifest import read_manifest
+    from pipeline.search.index import image_query_features, text_query_features
+
+    cfg = tmp_path / "TinyCLIP.json"
+    cfg.write_text(json.dumps(TINY_CLIP))
+    if image_model == "clip":
+        img = {"model": f"clip:{cfg}", "weights": "random", "pca_dim": 6, "batch_size": 16}
+        text = {"kind": "clip", "model": f"clip:{cfg}", "weights": "random", "batch_size": 16}
+    else:
+        img = {"model": image_model, "weights": "random", "pca_dim": 6, "batch_size": 16, "input_size": 64}
+    s = {"dataset": "t", "seed": 0, "n_query": 8, "n_train": 20, "image_features": img, "text_features": text}
+    extract.run_image(tiny_demo, s, tmp_path / "image.h5", CPU, progress=False)
+    extract.run_text(tiny_demo, s, tmp_path / "text.h5", CPU, progress=False)
+    extract.run_assemble(tiny_demo, tmp_path / "image.h5", tmp_path / "text.h5", s, tmp_path / "features.h5")
+    f = read_features(tmp_path / "features.h5")
+    model, _ = train_cmimh(f.image[f.train], f.text[f.train], 8, TINY, 0, CPU, progress=False)
+    save_model(tmp_path / "model.pt", model, {"bits": 8})
+    encode_stage(tmp_path / "model.pt", tmp_path / "features.h5", tmp_path / "codes.h5", s, CPU,
+                 index_dir=tmp_path / "index")
+    index = load_index(tmp_path / "index")
+    m = read_manifest(tiny_demo)
+    row = int(f.database[0])
+    pair = m.pairs[[p.id for p in m.pairs].index(f.ids[row])]
+    q_img = image_query_features(index, [m.root / pair.image])
+    q_txt = text_query_features(index, [pair.caption])
+    np.testing.assert_allclose(q_img[0], f.image[row], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(q_txt[0], f.text[row], rtol=1e-4, atol=1e-5)
+    hits = search(index, image=str(m.root / pair.image), k=3)
+    assert len(hits) == 3

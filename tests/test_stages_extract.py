@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 from pipeline.cli import main
 from pipeline.data.manifest import read_manifest
 from pipeline.errors import PipelineError
-from pipeline.features import image, pca
+from pipeline.features import extractors, pca
 from pipeline.stages import extract
 from pipeline.io import write_strings
 
@@ -22,9 +22,16 @@ CPU = torch.device("cpu")
 @pytest.fixture
 def cached_network(monkeypatch):
     """Build the random AlexNet once for the five runs below; extraction never modifies it."""
-    net = image.fc7_network("random", 0)
-    monkeypatch.setattr(image, "fc7_network", lambda weights, seed: net if (weights, seed) == ("random", 0)
-                        else pytest.fail("unexpected weights"))
+    real = extractors.image_extractor
+    built = {}
+
+    def cached(record, device=None):
+        key = json.dumps(record, sort_keys=True)
+        if key not in built:
+            built[key] = real(record)
+        return built[key]
+
+    monkeypatch.setattr(extractors, "image_extractor", cached)
 
 
 def img_settings(**over):
@@ -44,7 +51,7 @@ def test_shards_merged_equal_the_unsharded_run(tiny_demo, tmp_path, cached_netwo
     assert main(["extract", "merge", "--no-progress", "--manifest", str(tiny_demo), "--parts",
                  *map(str, parts[::-1]), "-o", str(merged)]) == 0
     with h5py.File(whole) as a, h5py.File(merged) as b:
-        assert np.array_equal(a["fc7"][()], b["fc7"][()])
+        assert np.array_equal(a["image"][()], b["image"][()])
         assert np.array_equal(a["ok"][()], b["ok"][()]) and list(a["ids"][()]) == list(b["ids"][()])
         assert (b.attrs["shards"], b.attrs["row_start"], b.attrs["row_stop"], b.attrs["n_total"]) == (4, 0, 40, 40)
         assert b.attrs["weights"] == "random" and b.attrs["n_bad_images"] == 0 and "shard" not in b.attrs
@@ -53,7 +60,7 @@ def test_shards_merged_equal_the_unsharded_run(tiny_demo, tmp_path, cached_netwo
 def fake_shard(path, start, stop, n, ids, bad=(), **attrs):
     """A small shard file written by hand (zero features), to test the merge's checks cheaply."""
     with h5py.File(path, "w") as f:
-        f["fc7"] = np.full((stop - start, 4096), start, np.float32)
+        f["image"] = np.full((stop - start, 4096), start, np.float32)
         ok = np.ones(stop - start, np.uint8)
         ok[[ids.index(b) for b in bad]] = 0
         f["ok"] = ok
@@ -69,7 +76,7 @@ def test_merge_collects_dropped_ids_and_copies_rows(tmp_path):
     b = fake_shard(tmp_path / "b.h5", 3, 5, 5, ["x3", "x4"], bad=["x4"])
     extract.run_merge([b, a], tmp_path / "m.h5", progress=False, chunk_rows=2)
     with h5py.File(tmp_path / "m.h5") as f:
-        assert f["fc7"][:, 0].tolist() == [0, 0, 0, 3, 3]
+        assert f["image"][:, 0].tolist() == [0, 0, 0, 3, 3]
         assert f["ok"][()].tolist() == [1, 0, 1, 1, 0]
         assert json.loads(f.attrs["bad_image_ids"]) == ["x1", "x4"] and f.attrs["n_bad_images"] == 2
 

@@ -163,7 +163,7 @@ def test_end_to_end_tiny_demo(tmp_path):
     assert [h["rank"] for h in hits] == [1, 2, 3]
 
 
-def test_failing_stage_shows_its_error_line_and_changed_settings_rebuild_the_fc7(tmp_path):
+def test_failing_stage_shows_its_error_line_and_changed_settings_rebuild_the_image_features(tmp_path):
     """The issue's path: input_size 64 -> 96 with a truncated image fails at extract_image_shard with
     the stage's own line on the console; after restoring the image, the FC7 is extracted again at
     96 px (not the old 64-px file reused), and what the rules print is readable."""
@@ -186,8 +186,8 @@ def test_failing_stage_shows_its_error_line_and_changed_settings_rebuild_the_fc7
     assert commands and all(len(c) < 400 and "{" not in c for c in commands), commands
     image.write_bytes(good)
     smk(wd, "--cores", "2", "results/demo/features.h5")
-    with h5py.File(wd / "results/demo/intermediate/fc7.h5") as f:
-        assert json.loads(f.attrs["fc7_settings"])["input_size"] == 96
+    with h5py.File(wd / "results/demo/intermediate/image.h5") as f:
+        assert json.loads(f.attrs["image_settings"])["input_size"] == 96
     with h5py.File(wd / "results/demo/features.h5") as f:
         assert json.loads(f.attrs["provenance"])["image"]["input_size"] == 96
 

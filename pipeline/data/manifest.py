@@ -12,8 +12,11 @@ Each manifest line is::
     {"id": "000123", "image": "images/000123.jpg", "sha256": "...",
      "caption": "a red ball ...", "tags": ["red", "ball"], "labels": [0, 3], "split": null}
 
-``labels`` are indices into ``meta.json["classes"]``; ``split`` is ``"query"`` or ``"database"``
-where the data set fixes it (MS-COCO val/train), else null and the seeded protocol applies.
+``labels`` are indices into ``meta.json["classes"]`` (an empty list for a collection without
+labels: evaluation is then paired); ``split`` is ``"query"`` or ``"database"`` where the data set
+fixes it (MS-COCO val/train), else null and the seeded protocol applies. An image inside a tar
+shard (a webdataset) has ``image`` = the tar file and ``member``, ``offset``, ``size``: the member's
+name and the byte range of its data, read in place (never unpacked).
 ``manifest.jsonl`` is written atomically after everything else, so its presence means the folder
 is complete.
 """
@@ -42,10 +45,48 @@ class Pair:
     labels: list[int]
     split: str | None = None
     sha256: str | None = None
+    member: str | None = None   # a tar shard's member (``image`` is then the tar file) ...
+    offset: int | None = None   # ... and the byte range of its data
+    size: int | None = None
 
     def to_json(self) -> dict:
-        return {"id": self.id, "image": self.image, "sha256": self.sha256, "caption": self.caption,
-                "tags": list(self.tags), "labels": list(self.labels), "split": self.split}
+        d = {"id": self.id, "image": self.image, "sha256": self.sha256, "caption": self.caption,
+             "tags": list(self.tags), "labels": list(self.labels), "split": self.split}
+        if self.member is not None:
+            d.update({"member": self.member, "offset": int(self.offset), "size": int(self.size)})
+        return d
+
+    @property
+    def where(self) -> str:
+        """The image as a person names it: the file, or ``shard.tar:member``."""
+        return self.image if self.member is None else f"{self.image}:{self.member}"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where an image's bytes are: a whole file, or ``size`` bytes at ``offset`` of a tar shard."""
+
+    path: Path
+    offset: int | None = None
+    size: int | None = None
+    member: str | None = None
+
+    def __str__(self) -> str:
+        return str(self.path) if self.member is None else f"{self.path}:{self.member}"
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def read(self) -> bytes:
+        """The image's bytes (a missing file raises FileNotFoundError; a short tar, OSError)."""
+        if self.offset is None:
+            return self.path.read_bytes()
+        with open(self.path, "rb") as f:
+            f.seek(int(self.offset))
+            data = f.read(int(self.size))
+        if len(data) != int(self.size):
+            raise OSError(f"tar member {self.member} truncated ({len(data)} of {self.size} bytes)")
+        return data
 
 
 @dataclass
@@ -59,7 +100,18 @@ class Manifest:
     meta: dict = field(default_factory=dict)
 
     def image_path(self, i: int) -> Path:
+        """The image file (for an image inside a tar shard: the tar file; see :meth:`image_ref`)."""
         return self.root / self.pairs[i].image
+
+    def image_ref(self, i: int) -> ImageRef:
+        """Where pair ``i``'s image bytes are (a file, or a byte range of a tar shard)."""
+        p = self.pairs[i]
+        return ImageRef(self.root / p.image, p.offset, p.size, p.member)
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the data set has labels (classes); without, evaluation is paired."""
+        return bool(self.classes)
 
     def label_matrix(self) -> np.ndarray:
         """Multi-hot labels, n x c uint8."""
@@ -132,6 +184,12 @@ def _bad_fields(d) -> str | None:
         return f"'split' must be null, 'query' or 'database', not {d['split']!r}"
     if d.get("sha256") is not None and not isinstance(d["sha256"], str):
         return f"'sha256' must be a hex string, not {d['sha256']!r}"
+    if d.get("member") is not None:
+        if not isinstance(d["member"], str):
+            return f"'member' must be a tar member name, not {d['member']!r}"
+        for k in ("offset", "size"):
+            if isinstance(d.get(k), bool) or not isinstance(d.get(k), int) or d[k] < 0:
+                return f"'{k}' (of tar member {d['member']!r}) must be a byte count >= 0, not {d.get(k)!r}"
     return None
 
 
@@ -153,11 +211,10 @@ def read_manifest(path: str | Path) -> Manifest:
     except (UnicodeDecodeError, ValueError) as e:
         raise PipelineError(f"{meta_path}: not valid UTF-8 JSON ({str(e).splitlines()[0][:120]})") from None
     classes = meta.get("classes") if isinstance(meta, dict) else None
-    if not classes:
-        raise PipelineError(f"{meta_path}: no 'classes' list")
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         # a string would become its characters: labels against the wrong classes
-        raise PipelineError(f"{meta_path}: 'classes' must be a list of class names, not {classes!r}"[:240])
+        raise PipelineError(f"{meta_path}: 'classes' must be a list of class names (an empty list for a collection "
+                            f"without labels), not {classes!r}"[:240])
     vocab = meta.get("tag_vocab")
     if vocab is not None and (not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab)):
         raise PipelineError(f"{meta_path}: 'tag_vocab' must be a list of tags or null, not {vocab!r}"[:240])
@@ -181,7 +238,9 @@ def read_manifest(path: str | Path) -> Manifest:
                 raise PipelineError(f"{path}:{lineno}: bad manifest line ({problem})")
             pair = Pair(id=str(d["id"]), image=d["image"], caption=d.get("caption") or "",
                         tags=list(d.get("tags") or []), labels=[int(c) for c in d["labels"]],
-                        split=d.get("split"), sha256=d.get("sha256"))
+                        split=d.get("split"), sha256=d.get("sha256"), member=d.get("member"),
+                        offset=None if d.get("member") is None else int(d["offset"]),
+                        size=None if d.get("member") is None else int(d["size"]))
             if any(c < 0 or c >= len(classes) for c in pair.labels):
                 raise PipelineError(f"{path}:{lineno}: label index out of range 0..{len(classes) - 1}")
             if pair.id in first_line:

@@ -3,7 +3,9 @@
 ``codes`` (read/write packed codes), ``hamming`` (deterministic top-k ranking, and
 :class:`~pipeline.eval.hamming.Database`, codes prepared once for a service), ``kernels`` (the
 compiled counting kernels both use), ``metrics`` (mAP@k, P@K, PR, RecallOne@K,
-:func:`evaluate_all`) and ``tasks`` (the four tasks).
+:func:`evaluate_all`: relevance by labels), ``paired`` (R@K, median rank and mAP of the own pair
+on the held-out queries: the evaluation of a collection without labels, and a second view of one
+with), ``tasks`` (the retrieval tasks and the headline metric of a run).
 """
 
 from pipeline.eval.codes import Codes, pack_bits, read_codes, unpack_bits, write_codes

@@ -2,7 +2,8 @@
 
 Datasets ``query_image``, ``query_text``, ``db_image``, ``db_text``: rows of
 ``numpy.packbits(bits01, axis=1)`` (uint8, default big bit order, zero padding bits);
-``query_labels``, ``db_labels``: n x c uint8 multi-hot; optional ``query_ids``, ``db_ids``
+``query_labels``, ``db_labels``: n x c uint8 multi-hot (c = 0 for a collection without labels,
+evaluated paired: row i of the query images and row i of the query texts are one pair); optional ``query_ids``, ``db_ids``
 (variable-length strings); optional group ``real`` with the same four names: the method's
 continuous embeddings before binarisation (float32; a linear method's projections), from which
 evaluation reports the cost of hashing (cosine ranking in that space). Attribute ``bits`` is the code length; any other attributes are
@@ -78,6 +79,11 @@ class Codes:
     @property
     def n_db(self) -> int:
         return int(self.db_image.shape[0])
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the codes carry labels (classes); without, only the paired metrics apply."""
+        return int(self.query_labels.shape[1]) > 0
 
     @property
     def width(self) -> int:
@@ -207,8 +213,6 @@ def _validate(data: dict[str, np.ndarray], ids: dict[str, np.ndarray | None], bi
     cq, cd = data["query_labels"].shape[1], data["db_labels"].shape[1]
     if cq != cd:
         raise fail(f"query_labels has {cq} classes but db_labels has {cd}")
-    if cq == 0:
-        raise fail("labels have zero classes")
     if bits is None:
         bits = 8 * width
     else:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.eval.tasks import TASK_NAMES as TASKS
+from pipeline.eval.tasks import TASK_NAMES as TASKS, tasks_for
 
 
 #: Per-task tables of metrics.json besides the main mAP@k, each optional.
@@ -34,11 +34,12 @@ def metrics_problem(m, key: str) -> str | None:
     if key not in m:
         found = ", ".join(sorted(k for k in m if k.startswith("map@"))) or "none"
         return f"no {key} (evaluated with another --k? its mAP keys: {found})"
-    for name in (key, *[t for t in EXTRA_TABLES if t in m]):
+    for name in (key, *[t for t in EXTRA_TABLES if t in m and t != key]):
+        names = [t.name for t in tasks_for(name)]  # a paired key has the two cross-modal tasks
         table = m[name]
-        if not isinstance(table, dict) or any(t not in table for t in TASKS):
-            return f"{name} must hold a value for every task ({', '.join(TASKS)})"
-        bad = next((t for t in TASKS if not is_number(table[t], 0, 1)), None)
+        if not isinstance(table, dict) or any(t not in table for t in names):
+            return f"{name} must hold a value for every task ({', '.join(names)})"
+        bad = next((t for t in names if not is_number(table[t], 0, 1)), None)
         if bad:
             return f"{name}.{bad} = {table[bad]!r} is not a number between 0 and 1"
     chance = m.get("chance")

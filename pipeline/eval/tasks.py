@@ -23,3 +23,23 @@ TASKS: tuple[Task, ...] = (
 )
 TASK_NAMES: tuple[str, ...] = tuple(t.name for t in TASKS)
 CROSS_MODAL: tuple[Task, ...] = TASKS[:2]
+
+#: The headline number of a collection without labels: the paired mAP (mean reciprocal rank of
+#: the own pair) of the cross-modal tasks (:mod:`pipeline.eval.paired`).
+PAIRED_KEY = "pair_map"
+
+
+def tasks_for(key: str) -> tuple[Task, ...]:
+    """The tasks a metrics.json key has: the four of a label-based metric, the two cross-modal ones
+    of the paired metric."""
+    return CROSS_MODAL if key == PAIRED_KEY else TASKS
+
+
+def headline_key(metrics: dict, k: int) -> str:
+    """``map@k`` when the run was evaluated with labels, else the paired mAP's key."""
+    return f"map@{k}" if f"map@{k}" in metrics or PAIRED_KEY not in metrics else PAIRED_KEY
+
+
+def metric_label(key: str) -> str:
+    """How a headline key is named in tables and plots."""
+    return "paired mAP (mean reciprocal rank of the own pair)" if key == PAIRED_KEY else key.replace("map", "mAP")

@@ -1,4 +1,5 @@
-"""AlexNet FC7 image features (the paper's section IV-A), resumable, with explicitly resolved weights.
+"""Image features, resumable, with explicitly resolved weights: any extractor of
+:mod:`pipeline.features.extractors` (AlexNet FC7, the paper's section IV-A, by default).
 
 Weights are never fetched implicitly: ``imagenet`` uses torchvision's ImageNet checkpoint
 (from its cache, downloading only if allowed), a path loads a local checkpoint, ``random`` is
@@ -11,6 +12,9 @@ committed every ``chunk_batches`` batches with a count of complete rows and a fi
 what produced them (ids, image files, weights, input size, policy); a killed job's rerun carries
 on from the last complete chunk, and a rerun against different inputs starts afresh. When every
 row is done the work file is renamed onto the output, so a complete-looking output is complete.
+
+Images are read where they are: a file, or a byte range of a tar shard (a webdataset, never
+unpacked: :class:`pipeline.data.manifest.ImageRef`).
 """
 
 from __future__ import annotations
@@ -19,86 +23,46 @@ import hashlib
 import io
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
 
+from pipeline.data.manifest import ImageRef
 from pipeline.errors import PipelineError
+from pipeline.features.extractors import ImageExtractor, ResolvedWeights, alexnet, image_extractor
+from pipeline.features.extractors.base import IMAGENET_MEAN, IMAGENET_STD, imagenet_transform  # noqa: F401
 from pipeline.features.work import WorkFile, digest, fingerprint
-from pipeline.io import sha256_file, write_strings
+from pipeline.io import write_strings
 
 log = logging.getLogger(__name__)
 
-FC7_DIM = 4096
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+FC7_DIM = alexnet.DIM
 BAD_IMAGE_POLICIES = ("error", "drop")
 CHANGED = "the file changed after prepare"
+#: The dataset of an image features file (``image.h5``): n x dim float32 rows.
+DATASET = "image"
 
 
-@dataclass
-class ResolvedWeights:
-    """Which weights produced the features: recorded in the HDF5 attributes."""
-
-    name: str          # "imagenet", "random" or "checkpoint"
-    source: str        # torchvision weights enum, checkpoint path, or "seed=N"
-    sha256: str | None
+def fc7_network(weights: str, seed: int):
+    """AlexNet truncated after FC7's ReLU (4,096-d), in eval mode, and the resolved weights."""
+    return alexnet.network(weights, seed)
 
 
-def fc7_network(weights: str, seed: int) -> tuple[nn.Module, ResolvedWeights]:
-    """AlexNet truncated after FC7's ReLU (4,096-d), in eval mode, with the weights resolved."""
-    if weights == "random":
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        model = torchvision.models.alexnet(weights=None)
-        torch.random.set_rng_state(gen_state)
-        resolved = ResolvedWeights("random", f"seed={seed}", None)
-    elif weights == "imagenet":
-        enum = torchvision.models.AlexNet_Weights.IMAGENET1K_V1
-        try:
-            model = torchvision.models.alexnet(weights=enum)
-        except Exception as e:  # network or cache failure: say where the file must go
-            hub = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-            raise PipelineError(
-                f"ImageNet AlexNet weights unavailable ({type(e).__name__}); place {Path(enum.url).name} "
-                f"at {hub} or set image_features.weights to a checkpoint path") from None
-        ckpt = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
-        resolved = ResolvedWeights("imagenet", str(enum), sha256_file(ckpt) if ckpt.is_file() else None)
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise PipelineError(f"image_features.weights: no such checkpoint {path} "
-                                "(use 'imagenet', 'random' or a file path)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state:
-                state = state["state_dict"]
-            model = torchvision.models.alexnet(weights=None)
-            model.load_state_dict(state)
-        except Exception as e:
-            raise PipelineError(f"cannot load AlexNet checkpoint {path}: {type(e).__name__}: {e}".split("\n")[0]) from None
-        resolved = ResolvedWeights("checkpoint", str(path.resolve()), sha256_file(path))
-    head = list(model.classifier.children())[:6]  # Dropout, FC6, ReLU, Dropout, FC7, ReLU
-    net = nn.Sequential(model.features, model.avgpool, nn.Flatten(1), *head).eval()
-    return net, resolved
+def open_rgb(fp):
+    """An image file (a path or a file object) as RGB, turned upright by its EXIF orientation (phone
+    and camera photos are often stored sideways with an orientation tag); the caller closes nothing."""
+    from PIL import ImageOps
+
+    with Image.open(fp) as im:
+        return to_rgb(ImageOps.exif_transpose(im))  # 16-bit and float modes scaled, not clipped
 
 
-def imagenet_transform(input_size: int = 224) -> transforms.Compose:
-    """torchvision's ImageNet evaluation preprocessing (resize 256/224 of the crop, centre crop)."""
-    return transforms.Compose([
-        transforms.Resize(int(round(input_size * 256 / 224))),
-        transforms.CenterCrop(input_size),
-        transforms.ToTensor(),
-        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+def _ref(p) -> ImageRef:
+    return p if isinstance(p, ImageRef) else ImageRef(Path(p))
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -124,7 +88,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 class ImageFiles(Dataset):
-    """Images by path; a file that cannot be read or decoded yields ``ok=False`` and the reason.
+    """Images by reference (a file, or a byte range of a tar shard); a file that cannot be read or
+    decoded yields ``ok=False`` and the reason.
 
     Any exception of one file's decoding (PIL raises OSError, SyntaxError, ValueError,
     DecompressionBombError, struct errors ... depending on the format) marks that image bad
@@ -134,23 +99,24 @@ class ImageFiles(Dataset):
     give features of the wrong picture without a word.
     """
 
-    def __init__(self, paths: Sequence[Path], transform, sha256: Sequence[str | None] | None = None):
-        self.paths = list(paths)
+    def __init__(self, paths: Sequence, transform, sha256: Sequence[str | None] | None = None):
+        self.refs = [_ref(p) for p in paths]
         self.transform = transform
-        self.sha256 = list(sha256) if sha256 is not None else [None] * len(self.paths)
-        if len(self.sha256) != len(self.paths):
+        self.sha256 = list(sha256) if sha256 is not None else [None] * len(self.refs)
+        if len(self.sha256) != len(self.refs):
             raise ValueError("ImageFiles: one checksum per path")
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.refs)
 
     def __getitem__(self, i: int):
         try:
-            data = Path(self.paths[i]).read_bytes()
-            with Image.open(io.BytesIO(data)) as im:
-                x = self.transform(to_rgb(im))
+            data = self.refs[i].read()
+            x = self.transform(open_rgb(io.BytesIO(data)))
         except Exception as e:  # noqa: BLE001 - see the class docstring
-            return None, False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
+            from pipeline.data.collection import clean_reason
+
+            return None, False, clean_reason(e)
         want = self.sha256[i]
         if want and (got := hashlib.sha256(data).hexdigest()) != want:
             return None, False, (f"{CHANGED}: its sha256 {got[:12]}... is not the manifest's {want[:12]}...; "
@@ -166,22 +132,22 @@ def _collate(batch):
     return x, torch.tensor(ok, dtype=torch.bool), [b[2] for b in batch]
 
 
-def _missing_files(paths: Sequence[Path], ids: Sequence[str]) -> None:
+def _missing_files(refs: Sequence[ImageRef], ids: Sequence[str]) -> None:
     """Under ``error``, list missing files before hours of work, not at item 90,000."""
-    missing = [i for i, p in enumerate(paths) if not Path(p).is_file()]
+    missing = [i for i, r in enumerate(refs) if not r.exists()]
     if missing:
         i = missing[0]
-        raise PipelineError(f"{len(missing)} image file(s) missing, first id {ids[i]}: {paths[i]} "
+        raise PipelineError(f"{len(missing)} image file(s) missing, first id {ids[i]}: {refs[i]} "
                             "(fix them or set image_features.on_bad_image: drop)")
 
 
-def extract_fc7(paths: Sequence[Path], ids: Sequence[str], out_h5: Path, *, weights: str, seed: int,
-                device: torch.device, batch_size: int = 64, input_size: int = 224,
-                num_workers: int = 0, on_bad_image: str = "error", progress: bool = True,
-                attrs: dict | None = None, chunk_batches: int = 8, fingerprint_extra: dict | None = None,
-                on_chunk: Callable[[int], None] | None = None,
-                sha256: Sequence[str | None] | None = None) -> ResolvedWeights:
-    """FC7 features of every image into ``out_h5`` (``fc7`` n x 4096 float32, ``ok`` uint8, ``ids``).
+def extract_images(extractor: ImageExtractor, paths: Sequence, ids: Sequence[str], out_h5: Path, *,
+                   device: torch.device, batch_size: int = 64, num_workers: int = 0, on_bad_image: str = "error",
+                   progress: bool = True, attrs: dict | None = None, chunk_batches: int = 8,
+                   fingerprint_extra: dict | None = None, on_chunk: Callable[[int], None] | None = None,
+                   sha256: Sequence[str | None] | None = None) -> ResolvedWeights:
+    """``extractor``'s features of every image into ``out_h5`` (``image`` n x dim float32, ``ok``
+    uint8, ``ids``).
 
     Resumable (see the module docstring): a rerun after a kill continues from the last committed
     chunk of ``chunk_batches`` batches. A missing or corrupt image stops with its id and path
@@ -196,68 +162,75 @@ def extract_fc7(paths: Sequence[Path], ids: Sequence[str], out_h5: Path, *, weig
 
     if on_bad_image not in BAD_IMAGE_POLICIES:
         raise PipelineError(f"on_bad_image must be 'error' or 'drop', not {on_bad_image!r}")
-    if len(paths) != len(ids):
-        raise PipelineError(f"fc7: {len(paths)} image paths but {len(ids)} ids")
+    refs = [_ref(p) for p in paths]
+    if len(refs) != len(ids):
+        raise PipelineError(f"image features: {len(refs)} image paths but {len(ids)} ids")
     if batch_size < 1 or chunk_batches < 1 or num_workers < 0:
-        raise PipelineError(f"fc7: batch_size ({batch_size}) and chunk_batches ({chunk_batches}) must be >= 1, "
-                            f"num_workers ({num_workers}) >= 0")
-    n = len(paths)
-    net, resolved = fc7_network(weights, seed)
-    fp = fingerprint({"features": "alexnet-fc7-relu", "n": n, "ids": digest(ids),
-                      "weights": [resolved.name, resolved.source, resolved.sha256],
-                      "input_size": int(input_size), "on_bad_image": on_bad_image, **(fingerprint_extra or {})})
-    layout = {"fc7": ((n, FC7_DIM), "float32"), "ok": ((n,), "uint8")}
+        raise PipelineError(f"image features: batch_size ({batch_size}) and chunk_batches ({chunk_batches}) must be "
+                            f">= 1, num_workers ({num_workers}) >= 0")
+    n, dim = len(refs), extractor.dim
+    fp = fingerprint({**extractor.fingerprint(), "n": n, "ids": digest(ids), "on_bad_image": on_bad_image,
+                      **(fingerprint_extra or {})})
+    layout = {DATASET: ((n, dim), "float32"), "ok": ((n,), "uint8")}
     with WorkFile(out_h5, fp, layout, n, init=lambda f: write_strings(f, "ids", ids)) as wf:
         start = wf.rows_done
         if start:
-            log.info("fc7: resuming %s at row %d of %d", wf.path, start, n)
+            log.info("image features: resuming %s at row %d of %d", wf.path, start, n)
         if start < n:
             if on_bad_image == "error":
-                _missing_files(paths[start:], ids[start:])
-            _run_fc7(net, paths, ids, wf, start, sha256=sha256, device=device, batch_size=batch_size, input_size=input_size,
-                     num_workers=num_workers, on_bad_image=on_bad_image, chunk_batches=chunk_batches,
-                     on_chunk=on_chunk, bar=tqdm(total=n, initial=start, desc="fc7", unit="img",
-                                                 disable=not progress))
+                _missing_files(refs[start:], ids[start:])
+            _run(extractor, refs, ids, wf, start, sha256=sha256, device=device, batch_size=batch_size,
+                 num_workers=num_workers, on_bad_image=on_bad_image, chunk_batches=chunk_batches,
+                 on_chunk=on_chunk, bar=tqdm(total=n, initial=start, desc=extractor.name, unit="img",
+                                             disable=not progress))
         ok = wf.f["ok"][()]
         bad = [str(ids[i]) for i in np.flatnonzero(ok == 0)]
-        wf.f.attrs.update({"weights": resolved.name, "weights_source": resolved.source,
-                           "weights_sha256": resolved.sha256 or "", "input_size": int(input_size),
-                           "on_bad_image": on_bad_image, "n_bad_images": len(bad),
-                           "bad_image_ids": json.dumps(bad), **(attrs or {})})
+        resolved = extractor.weights
+        wf.f.attrs.update({"model": extractor.name, "dim": dim, "weights": resolved.name,
+                           "weights_source": resolved.source, "weights_sha256": resolved.sha256 or "",
+                           "input_size": int(extractor.input_size or 0), "on_bad_image": on_bad_image,
+                           "n_bad_images": len(bad), "bad_image_ids": json.dumps(bad), **(attrs or {})})
         wf.finish()
-    log.info("fc7: %d images, %d unreadable%s, weights=%s (%s)", n, len(bad),
+    log.info("image features (%s, %d-d): %d images, %d unreadable%s, weights=%s (%s)", extractor.name, dim, n, len(bad),
              f" (dropped: {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''})" if bad else "",
              resolved.name, resolved.source)
     return resolved
 
 
-def _run_fc7(net: nn.Module, paths: Sequence[Path], ids: Sequence[str], wf: WorkFile, start: int, *,
-             sha256: Sequence[str | None] | None, device: torch.device, batch_size: int, input_size: int, num_workers: int, on_bad_image: str,
-             chunk_batches: int, on_chunk: Callable[[int], None] | None, bar) -> None:
+def extract_fc7(paths: Sequence, ids: Sequence[str], out_h5: Path, *, weights: str, seed: int,
+                device: torch.device, input_size: int = 224, **kw) -> ResolvedWeights:
+    """AlexNet FC7 of every image into ``out_h5``: :func:`extract_images` with :mod:`.extractors.alexnet`."""
+    ex = image_extractor({"model": "alexnet", "weights": weights, "seed": seed, "input_size": input_size})
+    return extract_images(ex, paths, ids, out_h5, device=device, **kw)
+
+
+def _run(extractor: ImageExtractor, refs: Sequence[ImageRef], ids: Sequence[str], wf: WorkFile, start: int, *,
+         sha256: Sequence[str | None] | None, device: torch.device, batch_size: int, num_workers: int,
+         on_bad_image: str, chunk_batches: int, on_chunk: Callable[[int], None] | None, bar) -> None:
     """Rows ``start..n`` through the network into the work file, committing every ``chunk_batches``."""
     cuda = device.type == "cuda"
-    net.to(device)
-    files = ImageFiles(paths[start:], imagenet_transform(input_size), None if sha256 is None else sha256[start:])
+    extractor.to(device)
+    files = ImageFiles(refs[start:], extractor.preprocess, None if sha256 is None else sha256[start:])
     loader = DataLoader(files, batch_size=batch_size,
                         shuffle=False, num_workers=num_workers, collate_fn=_collate, pin_memory=cuda)
-    fc7, ok_ds = wf.f["fc7"], wf.f["ok"]
+    rows, ok_ds = wf.f[DATASET], wf.f["ok"]
     n, row, batches = wf.n, start, 0
-    with bar, torch.inference_mode():
+    with bar:
         for x, ok, reasons in loader:
             b = len(ok)
             bad = np.flatnonzero(~ok.numpy())
             for j in bad:
                 what = "changed" if reasons[j].startswith(CHANGED) else "unreadable"
-                msg = f"{what} image for id {ids[row + j]}: {paths[row + j]} ({reasons[j]})"
+                msg = f"{what} image for id {ids[row + j]}: {refs[row + j]} ({reasons[j]})"
                 if on_bad_image == "error":
                     raise PipelineError(msg)
                 log.warning("%s; pair dropped", msg)
             if x is not None:
-                out = net(x.to(device, non_blocking=cuda)).float().cpu().numpy()
+                out = extractor.encode(x)
                 out[bad] = 0.0
             else:
-                out = np.zeros((b, FC7_DIM), np.float32)
-            fc7[row:row + b] = out
+                out = np.zeros((b, extractor.dim), np.float32)
+            rows[row:row + b] = out
             ok_ds[row:row + b] = ok.numpy().astype(np.uint8)
             row += b
             batches += 1
@@ -267,4 +240,4 @@ def _run_fc7(net: nn.Module, paths: Sequence[Path], ids: Sequence[str], wf: Work
                 if on_chunk is not None:
                     on_chunk(row)
     if row != n:
-        raise PipelineError(f"fc7: the image loader stopped at row {row} of {n}")
+        raise PipelineError(f"image features: the image loader stopped at row {row} of {n}")

@@ -1,5 +1,5 @@
 """PCA of the image features, fitted on the training split in bounded memory, and chunked reads
-of HDF5 rows (``fc7.h5`` holds n x 4,096 floats: 3 GB for NUS-WIDE, never loaded whole)."""
+of HDF5 rows (``image.h5`` holds n x 4,096 FC7 floats: 3 GB for NUS-WIDE, never loaded whole)."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ def fingerprint(record: dict) -> str:
 
 
 def work_path(out: Path) -> Path:
-    """The hidden work file beside ``out`` (``.fc7.h5.partial``): never globbed as an output."""
+    """The hidden work file beside ``out`` (``.image.h5.partial``): never globbed as an output."""
     out = Path(out)
     return out.parent / f".{out.name}.partial"
 

@@ -146,3 +146,20 @@ def plot_train_log(csv_path: Path, out_png: Path, x: str = "epoch",
         ax.set_xlabel(x)
     save(fig, out_png, dpi=90)
     return terms
+
+
+def plot_paired_by_bits(results: dict[int, dict], out_png: str | os.PathLike) -> Path | None:
+    """Recall@K of the own pair (paired evaluation) per code length, I→T and T→I; None without data."""
+    series = [(f"{b} bits", results[b].get("paired")) for b in sorted(results, key=int)]
+    series = [(label, p) for label, p in series if p]
+    if not series:
+        return None
+    fig, axes = figure(2)
+    for ax, (task, title) in zip(axes, (("i2t", "Image → its text"), ("t2i", "Text → its image"))):
+        for label, p in series:
+            c = p[task]["curve"]
+            ax.plot(c["k"], c["recall"], marker=".", label=label)
+        ax.set(title=title, xlabel="K", ylabel="recall@K (own pair)", xscale="log", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=8)
+    return save(fig, out_png)

@@ -40,7 +40,7 @@ import numpy as np
 
 from pipeline.config import merge
 from pipeline.errors import PipelineError
-from pipeline.eval.tasks import CROSS_MODAL, TASKS
+from pipeline.eval.tasks import CROSS_MODAL, PAIRED_KEY, headline_key, metric_label, tasks_for
 from pipeline.methods import REGISTRY, fmt_number, parse_method
 from pipeline.report import figures
 from pipeline.report.tables import VARIANT_NAMES, ablation_table, metric_table, pct
@@ -189,12 +189,14 @@ class Study:
     def plot(self, runs: list[Run], m: dict[Run, dict], key: str, out_png: Path) -> None:
         raise NotImplementedError
 
-    def markdown(self, s: dict, metrics: dict[Run, dict], runs: list[Run], k: int, results: Path | None = None) -> str:
-        """The study's Markdown section: title, table (mAP@k in %), caption, the runs."""
+    def markdown(self, s: dict, metrics: dict[Run, dict], runs: list[Run], k: int, results: Path | None = None,
+                 key: str | None = None) -> str:
+        """The study's Markdown section: title, table (``key``: mAP@k, or the paired mAP of a
+        collection without labels; in %), caption, the runs."""
         bits = sorted({r.bits for r in runs})
         bits_txt = f"{bits[0]} bits" if len(bits) == 1 else "bits " + ", ".join(map(str, bits))
-        key = f"map@{k}"
-        lines = [f"## {self.title} ({s['dataset']}, {bits_txt}, mAP@{k} in %; {self.reference})", "",
+        key = key or f"map@{k}"
+        lines = [f"## {self.title} ({s['dataset']}, {bits_txt}, {metric_label(key)} in %; {self.reference})", "",
                  self.table(runs, metrics, key), "", self.caption(s, runs), ""]
         if s.get("epochs") is not None and any("epochs" in parse_method(r.method).variants for r in runs):
             lines += [f"CMIMH runs of this study train for {int(s['epochs'])} epochs (studies.epochs), "
@@ -220,11 +222,12 @@ class CodeLengths(Study):
         return "Each cell trains the row's method at the column's code length; every other setting as configured."
 
     def plot(self, runs, m, key, out_png):
-        fig, axes = figures.figure(len(TASKS), 3.6, 3.0)
+        tasks = tasks_for(key)
+        fig, axes = figures.figure(len(tasks), 3.6, 3.0)
         groups = list(dict.fromkeys(r.group for r in runs))
         bits = list(dict.fromkeys(r.bits for r in runs))
         idx = {(r.group, r.bits): r for r in runs}
-        for ax, t in zip(axes, TASKS):
+        for ax, t in zip(axes, tasks):
             figures.lines(ax, [str(b) for b in bits], {g: [100 * m[idx[(g, b)]][key][t.name] for b in bits]
                                                        for g in groups}, "bits", f"{key} (%)")
             ax.set_title(t.label)
@@ -243,7 +246,7 @@ class WeightSweep(Study):
 
     def table(self, runs, m, key):
         cols = [f"{self.term} = {fmt_number(r.value)}" for r in runs]
-        return _columns_table("Task", cols, [(t.label, [pct(m[r][key][t.name]) for r in runs]) for t in TASKS])
+        return _columns_table("Task", cols, [(t.label, [pct(m[r][key][t.name]) for r in runs]) for t in tasks_for(key)])
 
     def caption(self, s, runs):
         return (f"Each column trains CMIMH with the weight of {self.what} in eq. 14 set to the value shown; "
@@ -252,7 +255,7 @@ class WeightSweep(Study):
     def plot(self, runs, m, key, out_png):
         fig, axes = figures.figure(1, 5.0, 3.4)
         figures.lines(axes[0], [fmt_number(r.value) for r in runs],
-                      {t.label: [100 * m[r][key][t.name] for r in runs] for t in TASKS},
+                      {t.label: [100 * m[r][key][t.name] for r in runs] for t in tasks_for(key)},
                       f"weight w_{self.term} ({self.what.split('(')[0].strip()})", f"{key} (%)")
         axes[0].set_title(self.title)
         figures.save(fig, out_png)
@@ -274,7 +277,7 @@ class TrainSize(Study):
         lines = ["| L | Task | Method | " + " | ".join(_size(n) for n in sizes) + " |",
                  "|---:|---|---|" + "---:|" * len(sizes)]
         for b in dict.fromkeys(r.bits for r in runs):
-            for t in TASKS:
+            for t in tasks_for(key):
                 for g in dict.fromkeys(r.group for r in runs):
                     lines.append(f"| {b} | {t.label} | {g} | "
                                  + " | ".join(pct(m[idx[(b, g, n)]][key][t.name]) for n in sizes) + " |")
@@ -306,8 +309,8 @@ class Bars(Study):
 
     def plot(self, runs, m, key, out_png):
         fig, axes = figures.figure(1, 6.0, 3.4)
-        series = {self.bar_label(r): [100 * m[r][key][t.name] for t in TASKS] for r in runs}
-        figures.bars(axes[0], [t.label for t in TASKS], series, f"{key} (%)")
+        series = {self.bar_label(r): [100 * m[r][key][t.name] for t in tasks_for(key)] for r in runs}
+        figures.bars(axes[0], [t.label for t in tasks_for(key)], series, f"{key} (%)")
         axes[0].set_title(self.title)
         figures.save(fig, out_png)
 
@@ -326,7 +329,7 @@ class CriticInput(Bars):
 
     def table(self, runs, m, key):
         return _columns_table("Task", [self.bar_label(r) for r in runs],
-                              [(t.label, [pct(m[r][key][t.name]) for r in runs]) for t in TASKS])
+                              [(t.label, [pct(m[r][key][t.name]) for r in runs]) for t in tasks_for(key)])
 
     def caption(self, s, runs):
         return ("The JS critic reads the Bernoulli probabilities p (the paper's choice) or K pairs of binary "
@@ -363,7 +366,8 @@ class TCStudy(Study):
                 ("TC | Txt", [_num(d[r].get("tc_text"), 3) for r in runs]),
                 ("Corr MSE | Img", [_num(d[r].get("corr_mse_image"), 4) for r in runs]),
                 ("Corr MSE | Txt", [_num(d[r].get("corr_mse_text"), 4) for r in runs])]
-        rows += [(f"mAP@{key.split('@')[1]} | {t.label}", [pct(m[r][key][t.name]) for r in runs]) for t in TASKS]
+        short = key.replace("map", "mAP") if key != PAIRED_KEY else "paired mAP"
+        rows += [(f"{short} | {t.label}", [pct(m[r][key][t.name]) for r in runs]) for t in tasks_for(key)]
         out = ["| Quantity | | " + " | ".join(cols) + " |", "|---|---|" + "---:|" * len(cols)]
         out += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
         return "\n".join(out)
@@ -453,18 +457,19 @@ class Tune(Study):
         return [Run(self.point_method(method, p, f, t), int(t["bits"]), point_name(p), method)
                 for method, grid in t["grid"].items() for p in grid_points(method, grid) for f in range(int(t["folds"]))]
 
-    def select(self, t: dict, metrics: dict[Run, dict]) -> dict[str, dict]:
+    def select(self, t: dict, metrics: dict[Run, dict], key: str | None = None) -> dict[str, dict]:
         """``{method: {chosen, table}}``: each grid point's mean validation scores over the folds,
-        and the best (strict ``>`` scan in grid order: a tie keeps the earlier point)."""
+        and the best (strict ``>`` scan in grid order: a tie keeps the earlier point). ``key``:
+        mAP@k (default), or the paired mAP of a collection without labels."""
         k = int(t["eval_k"])
-        key = f"map@{k}"
+        key = key or f"map@{k}"
         out = {}
         for method, grid in t["grid"].items():
             rows = []
             for p in grid_points(method, grid):
                 fs = [metrics[r] for r in self.runs(t) if r.group == method and r.value == point_name(p)]
                 rows.append({"point": point_name(p), "variants": p,
-                             key: {tk: float(np.mean([f[key][tk] for f in fs])) for tk in (x.name for x in TASKS)},
+                             key: {tk: float(np.mean([f[key][tk] for f in fs])) for tk in (x.name for x in tasks_for(key))},
                              "score": float(np.mean([score(f[key]) for f in fs])),
                              "fold_scores": [float(score(f[key])) for f in fs]})
             best = rows[0]
@@ -484,20 +489,22 @@ class Tune(Study):
                 f"Score: {CRITERION}; {TIE_BREAK}." + (f" Validation runs train for {t['epochs']} epochs."
                                                         if t.get("epochs") else ""))
 
-    def markdown_tune(self, t: dict, selection: dict[str, dict]) -> str:
+    def markdown_tune(self, t: dict, selection: dict[str, dict], key: str | None = None) -> str:
         """``studies/tune.md``: each method's grid with its validation results, the chosen point marked."""
         k = int(t["eval_k"])
-        key = f"map@{k}"
-        lines = [f"## {self.title} ({t['dataset']}, {t['bits']} bits, validation mAP@{k} in %; {self.reference})", ""]
+        key = key or f"map@{k}"
+        tasks = tasks_for(key)
+        lines = [f"## {self.title} ({t['dataset']}, {t['bits']} bits, validation {metric_label(key)} in %; "
+                 f"{self.reference})", ""]
         for method, sel in selection.items():
             rows = sel["table"]
             keys = list(rows[0]["variants"])
             lines += [f"### {method}", "", "| # | " + " | ".join(keys) + " | "
-                      + " | ".join(x.label for x in TASKS) + " | score |", "|---:|" + "---:|" * (len(keys) + 5)]
+                      + " | ".join(x.label for x in tasks) + " | score |", "|---:|" + "---:|" * (len(keys) + len(tasks) + 1)]
             for i, row in enumerate(rows, 1):
                 mark = "**" if row["point"] == sel["chosen"]["point"] else ""
                 cells = [fmt_number(row["variants"][kk]) for kk in keys]
-                cells += [pct(row[key][x.name]) for x in TASKS] + [f"{mark}{pct(row['score'])}{mark}"]
+                cells += [pct(row[key][x.name]) for x in tasks] + [f"{mark}{pct(row['score'])}{mark}"]
                 lines.append(f"| {i}{' (chosen)' if mark else ''} | " + " | ".join(cells) + " |")
             ch = sel["chosen"]
             lines += ["", f"Chosen for {method}: {', '.join(f'{kk} = {fmt_number(v)}' for kk, v in ch['variants'].items())}"
@@ -562,7 +569,7 @@ class Comparison(Study):
             if r.group[0] != kind:
                 continue
             src = m[r] if part is None else (m[r].get(part) or {})
-            for t in TASKS:
+            for t in tasks_for(key):
                 v = (src.get(key) or {}).get(t.name)
                 if v is not None:
                     groups.setdefault((t.name, r.group[1]), {}).setdefault(r.bits, []).append(v)
@@ -573,7 +580,7 @@ class Comparison(Study):
         methods = list(dict.fromkeys(r.group[1] for r in runs if r.group[0] == kind))
         lines = ["| Task | Method | " + " | ".join(f"{b} bits" for b in bits) + " |", "|---|---|" + "---:|" * len(bits)]
         ref = self._cells(runs, m, key, "tuned", part="continuous") if kind == "tuned" else {}
-        for t in TASKS:
+        for t in tasks_for(key):
             for meth in methods:
                 by = cells.get((t.name, meth), {})
                 lines.append(f"| {t.label} | {meth} | " + " | ".join(pm(by.get(b, [])) for b in bits) + " |")
@@ -598,8 +605,8 @@ class Comparison(Study):
                 "initialisations and mini-batch orders on the same split and features). The continuous rows rank by "
                 "cosine similarity of the method's projections before binarisation (no hashing).")
 
-    def markdown(self, s, metrics, runs, k, results=None):
-        text = super().markdown(s, metrics, runs, k, results)
+    def markdown(self, s, metrics, runs, k, results=None, key=None):
+        text = super().markdown(s, metrics, runs, k, results, key=key)
         chosen = []
         for meth in s["comparison_methods"]:
             f = Path(results) / "tune" / f"{meth}.json" if results is not None else None
@@ -648,3 +655,16 @@ def study_runs(name: str, s: dict) -> list[Run]:
 def study_metrics_files(results: str | Path, name: str, s: dict) -> list[str]:
     """The metrics.json files of a study (Snakemake inputs), without duplicates, in run order."""
     return list(dict.fromkeys(str(metrics_path(Path(results), r)) for r in study_runs(name, s)))
+
+
+def study_key(results: Path, runs: list[Run], k: int) -> str:
+    """The headline metric of a study's runs: ``map@k`` when evaluated with labels, else the paired
+    mAP (a collection without labels); read from the first run's metrics.json."""
+    for r in runs:
+        p = metrics_path(Path(results), r)
+        if p.is_file():
+            try:
+                return headline_key(json.loads(p.read_text()), k)
+            except ValueError:
+                break
+    return f"map@{k}"

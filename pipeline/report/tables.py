@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from pipeline.errors import PipelineError
-from pipeline.eval.tasks import TASKS
+from pipeline.eval.tasks import TASKS, tasks_for
 
 
 def pct(v: float | None) -> str:
@@ -30,11 +30,12 @@ def load_metrics(results: Path, methods: list[str], bits: list[int], k: int = 10
 
 
 def metric_table(metrics: dict[str, dict[int, dict]], key: str, bits: list[int]) -> str:
-    """A Markdown table: one row per (task, method), one column per code length, values in %."""
+    """A Markdown table: one row per (task, method), one column per code length, values in %
+    (the tasks ``key`` has: four label-based ones, or the two paired ones)."""
     head = "| Task | Method | " + " | ".join(f"{b} bits" for b in bits) + " |"
     sep = "|---|---|" + "---:|" * len(bits)
     rows = [head, sep]
-    for t in TASKS:
+    for t in tasks_for(key):
         for m, by_bits in metrics.items():
             vals = []
             for b in bits:
@@ -51,10 +52,11 @@ VARIANT_NAMES = {"cmimh": "CMIMH (all terms)", "cmimh_no_rec": "without reconstr
 
 def ablation_table(metrics: dict[str, dict], key: str) -> str:
     """Table IV layout: one row per variant, one column per task (values in %), plus Corr MSE."""
-    rows = ["| Variant | " + " | ".join(t.label for t in TASKS) + " | Corr MSE (img/txt) |",
-            "|---|" + "---:|" * (len(TASKS) + 1)]
+    tasks = tasks_for(key)
+    rows = ["| Variant | " + " | ".join(t.label for t in tasks) + " | Corr MSE (img/txt) |",
+            "|---|" + "---:|" * (len(tasks) + 1)]
     for m, mt in metrics.items():
-        vals = [f"{100 * mt[key][t.name]:.2f}" for t in TASKS]
+        vals = [f"{100 * mt[key][t.name]:.2f}" for t in tasks]
         d = mt.get("diagnostics") or {}
         corr = ("–" if d.get("corr_mse_image") is None
                 else f"{d['corr_mse_image']:.4f} / {d['corr_mse_text']:.4f}")
@@ -80,3 +82,27 @@ def label_notes(metrics: dict[str, dict[int, dict]]) -> list[str]:
         out.append(f"**Warning:** {lab['db_unlabelled']} of {lab['n_db']} database items carry no label: they are "
                    "never relevant to any query.")
     return out + [""] if out else []
+
+
+PAIRED_COLUMNS = (("r@1", "R@1"), ("r@5", "R@5"), ("r@10", "R@10"), ("median_rank", "MedR"), ("map", "mAP"))
+
+
+def paired_table(metrics: dict[str, dict[int, dict]], bits: list[int]) -> str | None:
+    """The paired metrics (R@1/5/10 and mAP in %, median rank), one row per (method, bits), I→T
+    then T→I columns, as the Flickr30K / MS-COCO retrieval tables; None when no run has them."""
+    rows = []
+    for m, by_bits in metrics.items():
+        for b in bits:
+            p = by_bits.get(b, {}).get("paired")
+            if not p:
+                continue
+            cells = []
+            for t in ("i2t", "t2i"):
+                for key, _ in PAIRED_COLUMNS:
+                    v = p[t][key]
+                    cells.append(f"{v:.1f}" if key == "median_rank" else f"{100 * v:.2f}")
+            rows.append(f"| {m} | {b} | " + " | ".join(cells) + " |")
+    if not rows:
+        return None
+    head = " | ".join(f"{d} {label}" for d in ("I→T", "T→I") for _, label in PAIRED_COLUMNS)
+    return "\n".join([f"| Method | Bits | {head} |", "|---|---:|" + "---:|" * (2 * len(PAIRED_COLUMNS)), *rows])

@@ -17,7 +17,6 @@ service answers each query with one pass over the codes and no copy.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,10 +41,12 @@ MAX_TEXT_CHARS = 2000
 def recorded_extractors(features) -> dict:
     """``{"image": ..., "text": ...}``: the extractors that made ``features``, from its provenance.
 
-    image: the FC7 settings (model, weights, input size, seed for random weights) and the
-    checkpoint's sha256, usable only with the stored PCA; text: the sentence encoder (model,
-    pooling, max length) or tag vectors (with the stored vocabulary). None where unknown: an
-    imported file, or one written before extractors were recorded.
+    image: the image extractor's settings (model, weights, input size, seed for random weights)
+    and the checkpoint's sha256, usable only with the stored PCA; text: the text extractor's
+    (sentence encoder, CLIP text tower, or tag vectors / bag of words with the stored vocabulary).
+    Each is the record :func:`pipeline.features.extractors.image_extractor` / ``text_extractor``
+    rebuild the extractor from. None where unknown: an imported file, or one written before
+    extractors were recorded.
     """
     from pipeline.features.store import provenance_of
 
@@ -54,11 +55,12 @@ def recorded_extractors(features) -> dict:
     if prov.get("stage") != "extract":
         return out
     img, txt = prov.get("image") or {}, prov.get("text") or {}
-    if img.get("fc7_settings") and features.pca is not None:
-        out["image"] = {**json.loads(img["fc7_settings"]), "weights_sha256": img.get("weights_sha256") or None}
+    recorded = img.get("image_settings") or img.get("fc7_settings")  # fc7_settings: files of older versions
+    if recorded and features.pca is not None:
+        out["image"] = {**json.loads(recorded), "weights_sha256": img.get("weights_sha256") or None}
     if txt.get("text_settings"):
         t = json.loads(txt["text_settings"])
-        if t.get("kind") != "tags" or features.tag_vocab is not None:
+        if t.get("kind") not in ("tags", "bow") or features.tag_vocab is not None:
             out["text"] = t
     return out
 
@@ -301,37 +303,26 @@ def check_query_text(text: str, what: str = "--text") -> str:
 
 
 def text_query_features(index: Index, texts: list[str]) -> np.ndarray:
-    """Text features exactly as extraction made them (same encoder and pooling, or tag vector)."""
-    from pipeline.features import text as text_mod
-
+    """Text features exactly as extraction made them: the recorded text extractor's ``query``."""
     ex = _extractor(index, "text")
-    if ex["kind"] == "tags":  # the words of the query that are tags of the vocabulary
-        if not index.tag_vocab:
-            raise PipelineError(f"index {index.path} uses tag vectors but stores no tag vocabulary")
-        vocab = set(index.tag_vocab)
-        tags = [[w for w in re.findall(r"[\w-]+", t.lower())] for t in texts]
-        for t, words in zip(texts, tags):
-            if not any(w in vocab for w in words):
-                raise PipelineError(f"none of the query's words is a tag of this data set's vocabulary: {t[:60]!r}")
-        return text_mod.tag_vectors(tags, index.tag_vocab)
+    if ex["kind"] in ("tags", "bow") and not index.tag_vocab:
+        raise PipelineError(f"index {index.path} uses {'tag vectors' if ex['kind'] == 'tags' else 'a bag of words'} "
+                            "but stores no vocabulary")
     load_query_encoder(index, "text")
-    return text_mod.encode_sentences(index.encoders["text"], texts, progress=False)
+    return index.encoders["text"].query(texts)
 
 
 def image_query_features(index: Index, images: list) -> np.ndarray:
-    """AlexNet FC7 of the images with the index's recorded weights, projected by its PCA.
+    """The recorded image extractor's features of the images, projected by the index's PCA.
 
     ``images``: paths, or raw file bytes (an upload)."""
     import io
 
+    from pipeline.features.image import open_rgb
     from pipeline.features.pca import apply_pca
-    from pipeline.features.image import imagenet_transform, to_rgb
-    from PIL import Image
 
-    ex = _extractor(index, "image")
     load_query_encoder(index, "image")
-    net = index.encoders["image"]
-    tf = imagenet_transform(int(ex["input_size"]))
+    ex = index.encoders["image"]
     xs = []
     for p in images:
         upload = isinstance(p, (bytes, bytearray))
@@ -339,16 +330,13 @@ def image_query_features(index: Index, images: list) -> np.ndarray:
         if not upload and Path(p).is_dir():
             raise PipelineError(f"--image {p} is a directory, not an image file")
         try:
-            with Image.open(io.BytesIO(p) if upload else p) as im:
-                xs.append(tf(to_rgb(im)))  # the same decoding as extraction (16-bit, float images)
+            xs.append(ex.preprocess(open_rgb(io.BytesIO(p) if upload else p)))  # as extraction decodes
         except FileNotFoundError:
             raise PipelineError(f"image not found: {p}") from None
         except Exception as e:  # noqa: BLE001 - PIL raises many types (DecompressionBombError, struct errors)
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")[:200]
             raise PipelineError(f"unreadable image: {name} ({why})") from None
-    with torch.inference_mode():
-        fc7 = net.to(index.device)(torch.stack(xs).to(index.device)).float().cpu().numpy()
-    return apply_pca(fc7, index.pca)
+    return apply_pca(ex.encode(torch.stack(xs)), index.pca)
 
 
 BACKENDS = ("exact", "faiss", "faiss-hash")
@@ -439,19 +427,19 @@ def search(index: Index, *, text: str | None = None, image: str | Path | bytes |
 
 
 def load_query_encoder(index: Index, modality: str) -> None:
-    """Load the recorded text encoder or image extractor now (part of loading, not of the query)."""
+    """Build the recorded text or image extractor now (part of loading, not of the query): the same
+    object extraction used, from the same record (:mod:`pipeline.features.extractors`)."""
+    from pipeline.features import extractors
+
     ex = _extractor(index, modality)
-    if modality == "text" and ex["kind"] == "sentence" and "text" not in index.encoders:
-        from pipeline.features import text as text_mod
-
-        index.encoders["text"] = text_mod.load_text_encoder(ex["model"], index.device, ex["pooling"],
-                                                            int(ex["max_length"]))
-    elif modality == "image" and "image" not in index.encoders:
-        from pipeline.features.image import fc7_network
-
-        weights = str(ex["weights"])
-        if weights not in ("random", "imagenet") and ex.get("weights_sha256") and Path(weights).is_file() \
-                and sha256_file(weights) != ex["weights_sha256"]:
-            raise PipelineError(f"index {index.path}: the checkpoint {weights} changed since the features were "
-                                "extracted (its sha256 differs): image queries would not match the database")
-        index.encoders["image"] = fc7_network(weights, int(ex.get("seed", 0)))[0]
+    if modality in index.encoders:
+        return
+    if modality == "text":
+        index.encoders["text"] = extractors.text_extractor(ex, vocab=index.tag_vocab, device=index.device)
+        return
+    weights = str(ex["weights"])
+    if weights not in ("random", "imagenet") and ex.get("weights_sha256") and Path(weights).is_file() \
+            and sha256_file(weights) != ex["weights_sha256"]:
+        raise PipelineError(f"index {index.path}: the checkpoint {weights} changed since the features were "
+                            "extracted (its sha256 differs): image queries would not match the database")
+    index.encoders["image"] = extractors.image_extractor(ex, device=index.device)

@@ -18,7 +18,10 @@ from pipeline.errors import PipelineError
 
 #: The dataset keys the prepare stage reads (its adapter's settings).
 PREPARE_KEYS = ("source", "path", "n_pairs", "image_size", "images", "download_dir", "mirror", "min_tag_count",
-                "n_concepts", "download_images", "missing_image", "hash_images", "images_mode")
+                "n_concepts", "download_images", "missing_image", "hash_images", "images_mode", "columns", "format",
+                "list_separator")
+#: Your own collections: their prepare checks each image under ``image_features.on_bad_image``.
+OWN_SOURCES = ("folder", "table", "webdataset")
 IMPORT_KEYS = ("path", "n_query", "n_train", "import_keys", "allow_overlap")
 STAGES = ("prepare", "extract_image", "extract_text", "extract", "import_features", "train", "encode",
           "evaluate", "report", "study", "tune")
@@ -38,7 +41,11 @@ def resolve(config: dict, dataset: str | None, stage: str, method: str | None = 
     base: dict[str, Any] = {"dataset": name, "seed": int(v.get("seed", 0))}
     where = f"config: dataset {name!r}"
     if stage == "prepare":
-        return {**base, **{k: v[k] for k in PREPARE_KEYS if k in v}}
+        out = {**base, **{k: v[k] for k in PREPARE_KEYS if k in v}}
+        if v.get("source") in OWN_SOURCES:
+            out["on_bad_image"] = ImageFeatures.from_dict(v.get("image_features"),
+                                                          f"{where}: image_features").on_bad_image
+        return out
     if stage in ("extract_image", "extract_text", "extract"):
         image = ImageFeatures.from_dict(v.get("image_features"), f"{where}: image_features").to_dict()
         text = TextFeatures.from_dict(v.get("text_features"), f"{where}: text_features").to_dict()

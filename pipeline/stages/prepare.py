@@ -2,7 +2,8 @@
 raw form every adapter writes (``manifest.jsonl`` + images, :mod:`pipeline.data.manifest`).
 
 One adapter per source in :mod:`pipeline.data` (``demo``, ``mirflickr25k``, ``nuswide``,
-``mscoco``), each with ``prepare(out_dir, settings, progress=...)``.
+``mscoco``, and your own collections: ``folder``, ``table``, ``webdataset``, which share
+:mod:`pipeline.data.collection`), each with ``prepare(out_dir, settings, progress=...)``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
-ADAPTERS = ("demo", "mirflickr25k", "nuswide", "mscoco")
+ADAPTERS = ("demo", "mirflickr25k", "nuswide", "mscoco", "folder", "table", "webdataset")
 
 
 def run(settings: dict, out: Path, progress: bool = True) -> None:

@@ -17,9 +17,10 @@ def run(results: Path, dataset: str, bits: list[int], methods: list[str], out: P
     """Write ``report.md`` and its plots (``plots/`` beside it); ``include``: extra sections;
     ``html``: the same report as one self-contained HTML page (:func:`markdown_html`)."""
     from pipeline.io import check_output_path, code_version, write_error, write_text
-    from pipeline.report.figures import plot_curves_by_bits
+    from pipeline.eval.tasks import PAIRED_KEY
+    from pipeline.report.figures import plot_curves_by_bits, plot_paired_by_bits
     from pipeline.report.html import markdown_html
-    from pipeline.report.tables import label_notes, load_metrics, metric_table
+    from pipeline.report.tables import label_notes, load_metrics, metric_table, paired_table
 
     metrics = load_metrics(results, methods, bits, k)
     plots_dir = out.parent / "plots"
@@ -28,19 +29,38 @@ def run(results: Path, dataset: str, bits: list[int], methods: list[str], out: P
         plots_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise write_error(plots_dir, e) from None
-    lines = [f"# CMIMH report: {dataset}", "",
-             f"Code version {code_version()}. Relevant = shares at least one label. Values in %.", ""]
     key = f"map@{k}"
-    lines += [f"## mAP@{k} (the paper's Table III layout)", "", metric_table(metrics, key, bits), ""]
-    lines += label_notes(metrics)
-    chance = {b: next(iter(metrics.values()))[b].get("chance", {}).get(key) for b in bits}
-    if any(v for v in chance.values()):
-        lines += ["Chance level (random codes, same queries and database): "
-                  + ", ".join(f"{b} bits: " + ", ".join(f"{t} {100 * v:.2f}" for t, v in (chance[b] or {}).items())
-                              for b in bits), ""]
+    labelled = any(key in mb for by in metrics.values() for mb in by.values())
+    first = next(iter(metrics.values()))
+    n_paired = next((mb["paired"]["n"] for by in metrics.values() for mb in by.values() if mb.get("paired")), None)
+    relevance = ("Relevant = shares at least one label (the label-based tables); the paired table: each held-out "
+                 "image's relevant item is its own caption and vice versa." if labelled else
+                 "This collection has no labels, so evaluation is paired: each held-out image's only relevant item "
+                 "is its own caption, and each caption's its own image (the Flickr30K / MS-COCO retrieval protocol).")
+    lines = [f"# CMIMH report: {dataset}", "", f"Code version {code_version()}. {relevance} Values in %.", ""]
+    if labelled:
+        lines += [f"## mAP@{k} (the paper's Table III layout)", "", metric_table(metrics, key, bits), ""]
+        lines += label_notes(metrics)
+        chance = {b: first[b].get("chance", {}).get(key) for b in bits}
+        if any(v for v in chance.values()):
+            lines += ["Chance level (random codes, same queries and database): "
+                      + ", ".join(f"{b} bits: " + ", ".join(f"{t} {100 * v:.2f}" for t, v in (chance[b] or {}).items())
+                                  for b in bits), ""]
+    paired = paired_table(metrics, bits)
+    if paired:
+        lines += [f"## Paired retrieval ({n_paired} held-out pairs: each query ranks the held-out items of the other "
+                  "modality; R@K and mAP in %, MedR the median rank of the own pair)", "", paired, ""]
+        if not labelled:
+            lines += [f"### Paired mAP (mean reciprocal rank of the own pair) by code length", "",
+                      metric_table(metrics, PAIRED_KEY, bits), ""]
+        chance = {b: first[b].get("chance", {}).get(PAIRED_KEY) for b in bits}
+        if any(v for v in chance.values()):
+            lines += ["Chance level of the paired mAP (random codes, same held-out pairs): "
+                      + ", ".join(f"{b} bits: " + ", ".join(f"{t} {100 * v:.2f}" for t, v in (chance[b] or {}).items())
+                                  for b in bits), ""]
     for extra, title in (("map@all", "mAP over the whole database"), ("map@50", "mAP@50"),
                          ("pre@100", "Precision@100")):
-        if any(extra in mb for by in metrics.values() for mb in by.values()):
+        if labelled and any(extra in mb for by in metrics.values() for mb in by.values()):
             lines += [f"## {title}", "", metric_table(metrics, extra, bits), ""]
     r1_rows = []
     for m, by_bits in metrics.items():
@@ -77,9 +97,11 @@ def run(results: Path, dataset: str, bits: list[int], methods: list[str], out: P
                                 f"offset {e.start})") from None
     lines += ["## Plots", ""]
     for m, by_bits in metrics.items():
-        pngs = plot_curves_by_bits(by_bits, plots_dir, prefix=m)
+        pngs = plot_curves_by_bits(by_bits, plots_dir, prefix=m) if labelled else []
+        pngs.append(plot_paired_by_bits(by_bits, plots_dir / f"{m}_paired_recall.png"))
         for p in pngs:
-            lines.append(f"- [{p.stem}](plots/{p.name})")
+            if p is not None:
+                lines.append(f"- [{p.stem}](plots/{p.name})")
     lines.append("")
     text = "\n".join(lines)
     write_text(out, text)

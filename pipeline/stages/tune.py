@@ -16,18 +16,21 @@ log = logging.getLogger(__name__)
 def run(t: dict, results: Path, out_dir: Path, out_md: Path | None = None, out_png: Path | None = None) -> dict:
     """Select from the validation runs under ``results``; write one choice file per tuned method."""
     from pipeline.io import provenance, sha256_file, write_json, write_text
-    from pipeline.report.studies import CRITERION, STUDIES, TIE_BREAK, TUNE_FORMAT, load_study_metrics, metrics_path
+    from pipeline.report.studies import (CRITERION, STUDIES, TIE_BREAK, TUNE_FORMAT, load_study_metrics, metrics_path,
+                                         study_key)
 
     study = STUDIES["tune"]
     runs = study.runs(t)
-    metrics = load_study_metrics(Path(results), runs, f"map@{int(t['eval_k'])}")
-    selection = study.select(t, metrics)
+    key = study_key(Path(results), runs, int(t["eval_k"]))  # map@k, or the paired mAP without labels
+    metrics = load_study_metrics(Path(results), runs, key)
+    selection = study.select(t, metrics, key)
     validation = {k: t[k] for k in ("val_queries", "folds", "bits", "epochs", "train_size", "eval_k", "seed")}
     for method, sel in selection.items():
         inputs = [metrics_path(Path(results), r) for r in runs if r.group == method]
         write_json(Path(out_dir) / f"{method}.json", {
             "format": TUNE_FORMAT, "method": method, "dataset": t["dataset"], "chosen": sel["chosen"],
-            "criterion": CRITERION, "tie_break": TIE_BREAK, "grid": t["grid"][method], "validation": validation,
+            "criterion": CRITERION if key.startswith("map@") else CRITERION.replace("mAP@k", "paired mAP"),
+            "tie_break": TIE_BREAK, "grid": t["grid"][method], "validation": validation,
             "table": sel["table"],
             "provenance": provenance(None, stage="tune", inputs=[{"path": str(p), "sha256": sha256_file(p)}
                                                                  for p in inputs])})
@@ -35,7 +38,7 @@ def run(t: dict, results: Path, out_dir: Path, out_md: Path | None = None, out_p
     if out_png is not None:
         study.plot_tune(selection, Path(out_png))
     if out_md is not None:
-        write_text(out_md, study.markdown_tune(t, selection))
+        write_text(out_md, study.markdown_tune(t, selection, key))
     return selection
 
 

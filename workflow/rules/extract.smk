@@ -1,28 +1,30 @@
-# Stage 2: image features (AlexNet FC7 -> PCA) and text features into features.h5.
-# FC7 runs as `image_features.shards` jobs (GPU, resumable) merged into intermediate/fc7.h5; text
-# extraction is resumable too; assembly streams FC7 through the PCA (bounded memory).
-# Code: pipeline/stages/extract.py (one entry point per rule); components in pipeline/features/.
+# Stage 2: image features (image_features.model: AlexNet FC7 by default -> PCA) and text features into
+# features.h5. Image extraction runs as `image_features.shards` jobs (GPU, resumable) merged into
+# intermediate/image.h5; text extraction is resumable too; assembly streams the image features through
+# the PCA (bounded memory). Code: pipeline/stages/extract.py (one entry point per rule); components in
+# pipeline/features/ (the extractors: pipeline/features/extractors/).
 
 
-def fc7_shards(w):
-    """The FC7 shard files of a data set: `image_features.shards` contiguous row ranges (default 1)."""
+def image_shards(w):
+    """The image shard files of a data set: `image_features.shards` contiguous row ranges (default 1)."""
     n = resolve(config, w.dataset, "extract")["image_features"]["shards"]
-    return [f"{RESULTS}/{w.dataset}/intermediate/fc7/shard_{i}_of_{n}.h5" for i in range(n)]
+    return [f"{RESULTS}/{w.dataset}/intermediate/image/shard_{i}_of_{n}.h5" for i in range(n)]
 
 
 def text_gpus(w):
-    """A sentence encoder runs on torch (a GPU helps); tag vectors do not."""
-    return 1 if resolve(config, w.dataset, "extract_text")["text_features"]["kind"] == "sentence" else 0
+    """A sentence encoder or CLIP runs on torch (a GPU helps); tag vectors and words do not."""
+    kind = resolve(config, w.dataset, "extract_text")["text_features"]["kind"]
+    return 1 if kind in ("sentence", "clip") else 0
 
 
 rule extract_image_shard:
-    """AlexNet FC7 of one shard of the images; resumable: a killed job's rerun carries on."""
+    """Image features of one shard of the images; resumable: a killed job's rerun carries on."""
     input:
         manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
     output:
-        fc7=temp(f"{RESULTS}/{{dataset}}/intermediate/fc7/shard_{{shard}}_of_{{nshards}}.h5"),
+        image=temp(f"{RESULTS}/{{dataset}}/intermediate/image/shard_{{shard}}_of_{{nshards}}.h5"),
     params:
-        settings=settings("extract_image"),  # without pca_dim and shards: they do not change FC7
+        settings=settings("extract_image"),  # without pca_dim and shards: they do not change the rows
     wildcard_constraints:
         dataset=RAW_DATASETS,
         shard=r"\d+",
@@ -39,16 +41,16 @@ rule extract_image_shard:
     shell:
         "{CMIMH} extract image --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
         " --manifest {input.manifest} --shard {wildcards.shard} --shards {wildcards.nshards}"
-        " -o {output.fc7} --log {log}"
+        " -o {output.image} --log {log}"
 
 
 rule extract_image:
-    """The shards merged into one fc7.h5, chunk by chunk (one shard: a copy)."""
+    """The shards merged into one image.h5, chunk by chunk (one shard: a copy)."""
     input:
         manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
-        shards=fc7_shards,
+        shards=image_shards,
     output:
-        fc7=f"{RESULTS}/{{dataset}}/intermediate/fc7.h5",
+        image=f"{RESULTS}/{{dataset}}/intermediate/image.h5",
     params:
         # the shards' settings: a change reruns the merge, which asks for new shards (they are temp)
         settings=settings("extract_image"),
@@ -63,7 +65,7 @@ rule extract_image:
         mem_mb=2000,
         runtime=60,
     shell:
-        "{CMIMH} extract merge --manifest {input.manifest} --parts {input.shards} -o {output.fc7} --log {log}"
+        "{CMIMH} extract merge --manifest {input.manifest} --parts {input.shards} -o {output.image} --log {log}"
 
 
 rule extract_text:
@@ -92,7 +94,7 @@ rule extract_text:
 rule extract:
     input:
         manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
-        fc7=rules.extract_image.output.fc7,
+        image=rules.extract_image.output.image,
         text=rules.extract_text.output.text,
     output:
         features=f"{RESULTS}/{{dataset}}/features.h5",
@@ -110,7 +112,7 @@ rule extract:
         runtime=60,
     shell:
         "{CMIMH} extract assemble --config {CONFIG} --dataset {wildcards.dataset} --manifest {input.manifest}"
-        " --fc7 {input.fc7} --text {input.text} -o {output.features} --log {log}"
+        " --image {input.image} --text {input.text} -o {output.features} --log {log}"
 
 
 rule import_features:

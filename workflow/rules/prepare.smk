@@ -6,7 +6,16 @@ localrules:
     prepare,
 
 
+def prepare_inputs(w):
+    """A table of your own is the prepare job's input (an edited table reruns it); a folder or tar
+    shards are not files Snakemake can date: after adding images, `snakemake --forcerun prepare`."""
+    ds = config["datasets"][w.dataset]
+    return [ds["path"]] if ds.get("source") == "table" else []
+
+
 rule prepare:
+    input:
+        prepare_inputs,
     output:
         manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
     params:
