@@ -23,6 +23,7 @@ from pipeline.methods.cmfh import CMFH
 from pipeline.methods.cmimh import CMIMH
 from pipeline.methods.cvh import CVH
 from pipeline.methods.djsrh import DJSRH
+from pipeline.methods.fsh import FSH
 from pipeline.methods.lsh import LSH
 from pipeline.settings import Settings
 
@@ -34,6 +35,7 @@ REGISTRY: dict[str, type[Hasher]] = {
     "djsrh": DJSRH,
     "lsh": LSH,
     "acq": ACQ,
+    "fsh": FSH,
 }
 
 #: Variants every method takes: what a run trains on, not how the method works.
@@ -45,7 +47,7 @@ _NAME = re.compile(r"^(?P<base>[a-z][a-z0-9]*)(?:_no_(?P<off>[a-z]+))?(?P<varian
                    r"(?P<tuned>-tuned)?$")
 _VARIANT = re.compile(r"-([a-z]+)(\d+(?:\.\d+)?)")
 
-__all__ = ["ACQ", "CCAITQ", "CMFH", "CMIMH", "CVH", "DJSRH", "LSH", "REGISTRY", "Hasher", "MethodName", "load_model",
+__all__ = ["ACQ", "CCAITQ", "CMFH", "CMIMH", "CVH", "DJSRH", "FSH", "LSH", "REGISTRY", "Hasher", "MethodName", "load_model",
            "method_class", "parse_method", "save_model", "write_history"]
 
 
