@@ -25,6 +25,7 @@ from pipeline.methods.cvh import CVH
 from pipeline.methods.djsrh import DJSRH
 from pipeline.methods.fsh import FSH
 from pipeline.methods.lsh import LSH
+from pipeline.methods.pdh import PDH
 from pipeline.settings import Settings
 
 REGISTRY: dict[str, type[Hasher]] = {
@@ -34,6 +35,7 @@ REGISTRY: dict[str, type[Hasher]] = {
     "ccaitq": CCAITQ,
     "djsrh": DJSRH,
     "lsh": LSH,
+    "pdh": PDH,
     "acq": ACQ,
     "fsh": FSH,
 }
@@ -47,7 +49,7 @@ _NAME = re.compile(r"^(?P<base>[a-z][a-z0-9]*)(?:_no_(?P<off>[a-z]+))?(?P<varian
                    r"(?P<tuned>-tuned)?$")
 _VARIANT = re.compile(r"-([a-z]+)(\d+(?:\.\d+)?)")
 
-__all__ = ["ACQ", "CCAITQ", "CMFH", "CMIMH", "CVH", "DJSRH", "FSH", "LSH", "REGISTRY", "Hasher", "MethodName", "load_model",
+__all__ = ["ACQ", "CCAITQ", "CMFH", "CMIMH", "CVH", "DJSRH", "FSH", "LSH", "PDH", "REGISTRY", "Hasher", "MethodName", "load_model",
            "method_class", "parse_method", "save_model", "write_history"]
 
 
