@@ -274,8 +274,9 @@ class PDH(LinearHash):
         wx, wy = fix_signs(wx, wy)
         a1 = knn_graph(xc @ top_components(cov["cxx"], c.knn_dim), c.knn)
         a2 = knn_graph(yc @ top_components(cov["cyy"], c.knn_dim), c.knn)
-        x1, x2 = xc / sx, yc / sy
-        sol, hist = solve_pdh(x1, x2, wx * sx, wy * sy, a1, a2, c, progress=progress)
+        xc /= sx                                     # in place: one float64 copy of each view
+        yc /= sy
+        sol, hist = solve_pdh(xc, yc, wx * sx, wy * sy, a1, a2, c, progress=progress)
         self.mean_x_, self.mean_y_ = cov["mean_x"], cov["mean_y"]
         self.w_x_, self.w_y_ = sol["W_1"] / sx, sol["W_2"] / sy
         self.codes = sol["B"]
