@@ -95,7 +95,8 @@ def test_every_registered_method_round_trips_through_model_pt(tmp_path):
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=(40, 5)).astype(np.float32)
     tiny = {"cmimh": {"hidden": 8, "critic_hidden": 8, "critic_dim": 4, "disc_hidden": 8, "batch_size": 10,
-                      "epochs": 1}, "djsrh": {"epochs": 1, "batch_size": 10, "txt_hidden": 8}}
+                      "epochs": 1}, "djsrh": {"epochs": 1, "batch_size": 10, "txt_hidden": 8},
+            "fsh": {"anchors": 8, "knn": 3}}
     for name, cls in methods.REGISTRY.items():
         model = cls(4, tiny.get(name))
         model.fit(x, y, seed=0)

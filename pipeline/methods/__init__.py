@@ -17,12 +17,15 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.methods.base import Hasher, load_model, save_model, write_history
+from pipeline.methods.acq import ACQ
 from pipeline.methods.ccaitq import CCAITQ
 from pipeline.methods.cmfh import CMFH
 from pipeline.methods.cmimh import CMIMH
 from pipeline.methods.cvh import CVH
 from pipeline.methods.djsrh import DJSRH
+from pipeline.methods.fsh import FSH
 from pipeline.methods.lsh import LSH
+from pipeline.methods.pdh import PDH
 from pipeline.settings import Settings
 
 REGISTRY: dict[str, type[Hasher]] = {
@@ -32,6 +35,9 @@ REGISTRY: dict[str, type[Hasher]] = {
     "ccaitq": CCAITQ,
     "djsrh": DJSRH,
     "lsh": LSH,
+    "pdh": PDH,
+    "acq": ACQ,
+    "fsh": FSH,
 }
 
 #: Variants every method takes: what a run trains on, not how the method works.
@@ -43,7 +49,7 @@ _NAME = re.compile(r"^(?P<base>[a-z][a-z0-9]*)(?:_no_(?P<off>[a-z]+))?(?P<varian
                    r"(?P<tuned>-tuned)?$")
 _VARIANT = re.compile(r"-([a-z]+)(\d+(?:\.\d+)?)")
 
-__all__ = ["CCAITQ", "CMFH", "CMIMH", "CVH", "DJSRH", "LSH", "REGISTRY", "Hasher", "MethodName", "load_model",
+__all__ = ["ACQ", "CCAITQ", "CMFH", "CMIMH", "CVH", "DJSRH", "FSH", "LSH", "PDH", "REGISTRY", "Hasher", "MethodName", "load_model",
            "method_class", "parse_method", "save_model", "write_history"]
 
 
