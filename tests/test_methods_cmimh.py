@@ -98,6 +98,81 @@ def test_training_leaves_global_rng_alone():
     assert torch.equal(torch.rand(3), want)
 
 
+def test_callback_sees_every_epoch_and_changes_nothing():
+    x, y = _data()
+    seen = []
+
+    def cb(epoch, net):
+        seen.append((epoch, net.training))
+        return {"val": float(epoch) * 2}
+
+    m1, h1 = _train(x, y, seed=3)
+    model = CMIMH(8, SMALL)
+    h2 = model.fit(x, y, seed=3, callback=cb)
+    assert [e for e, _ in seen] == [1, 2, 3]
+    assert [r["val"] for r in h2] == [2.0, 4.0, 6.0]
+    assert np.array_equal(m1.encode_image(x), model.encode_image(x))
+    assert np.array_equal(m1.encode_text(y), model.encode_text(y))
+    assert [r["loss"] for r in h1] == [r["loss"] for r in h2]
+
+
+def test_cosine_schedule_decays_every_group_to_zero():
+    import pipeline.methods.cmimh as cm
+
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(3)]
+    opt = torch.optim.Adam([{"params": params[:1], "lr": 1e-3}, {"params": params[1:2], "lr": 4e-3}])
+    opt_d = torch.optim.Adam([{"params": params[2:], "lr": 2e-3}])
+    c = cm.Config.from_dict({"lr_schedule": "cosine"}, "x")
+    set_lr = cm._lr_schedule(c, 10, [opt, opt_d])
+    set_lr(0)
+    assert [g["lr"] for g in opt.param_groups + opt_d.param_groups] == pytest.approx([1e-3, 4e-3, 2e-3])
+    set_lr(5)
+    assert [g["lr"] for g in opt.param_groups + opt_d.param_groups] == pytest.approx([5e-4, 2e-3, 1e-3])
+    set_lr(10)
+    assert [g["lr"] for g in opt.param_groups + opt_d.param_groups] == pytest.approx([0, 0, 0], abs=1e-12)
+    constant = cm._lr_schedule(cm.Config(), 10, [opt])
+    opt.param_groups[0]["lr"] = 1e-3
+    constant(7)
+    assert opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_cosine_schedule_and_kl_warmup_change_training_and_defaults_do_not():
+    x, y = _data()
+    base, _ = _train(x, y, seed=4)
+    same, _ = _train(x, y, {"lr_schedule": "constant", "kl_warmup": 0, "rec_norm": "sum", "dropout": 0.0}, seed=4)
+    assert np.array_equal(base.probs_image(x), same.probs_image(x))
+    for extra in ({"lr_schedule": "cosine"}, {"kl_warmup": 5}, {"rec_norm": "mean"}, {"dropout": 0.3}):
+        other, hist = _train(x, y, extra, seed=4)
+        assert not np.allclose(base.probs_image(x), other.probs_image(x)), extra
+        assert np.isfinite(hist[-1]["loss"])
+
+
+def test_kl_warmup_scales_the_kl_weight_in_the_loss(monkeypatch):
+    import pipeline.methods.cmimh as cm
+
+    x, y = _data()
+    seen = []
+    real = cm._step
+
+    def spy(*a, **kw):
+        seen.append(kw.get("kl_scale", 1.0))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(cm, "_step", spy)
+    _train(x, y, {"kl_warmup": 4})  # 3 steps per epoch, 9 steps
+    assert seen == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1, 1, 1, 1])
+    # the loss is rec - mi + kl_scale * w_kl * kl + ...: at scale 0 the KL term drops out
+    torch.manual_seed(0)
+    net = cm.make_networks(10, 7, 8, SMALL)
+    opt, opt_d = cm._optimizers(net, cm.Config.from_dict(SMALL, "x"))
+    xb, yb = torch.from_numpy(x[:20]), torch.from_numpy(y[:20])
+    c = cm.Config.from_dict(dict(SMALL, weights={"tc": 0, "mi": 0, "rec": 0, "bal": 0, "kl": 2.0}), "x")
+    net = cm.make_networks(10, 7, 8, c)
+    opt, opt_d = cm._optimizers(net, c)
+    v = real(net, xb, yb, c, torch.Generator().manual_seed(0), opt, opt_d, 1, 1, kl_scale=0.25)
+    assert v["loss"] == pytest.approx(0.25 * 2.0 * v["kl"], rel=1e-5)
+
+
 def test_critic_on_samples_runs():
     x, y = _data()
     _, hist = _train(x, y, {"critic_input": "samples", "critic_samples": 3, "optimizer": "adam",

@@ -22,6 +22,16 @@ def test_reconstruction_sums_over_features_and_averages_over_batch():
     assert L.reconstruction(x, x_hat).item() == pytest.approx(7.0)
 
 
+def test_reconstruction_mean_divides_by_the_feature_dimension():
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    x_hat = torch.tensor([[0.0, 2.0], [1.0, 1.0]])
+    # the rec_norm: mean departure: the per-feature squared error, mean over the batch: 7 / 2
+    assert L.reconstruction(x, x_hat, "mean").item() == pytest.approx(3.5)
+    assert L.reconstruction(x, x_hat, "sum").item() == pytest.approx(7.0)
+    with pytest.raises(ValueError, match="reduction"):
+        L.reconstruction(x, x_hat, "median")
+
+
 def test_reconstruction_shape_mismatch():
     with pytest.raises(ValueError):
         L.reconstruction(torch.zeros(2, 3), torch.zeros(2, 2))

@@ -166,3 +166,38 @@ def test_bad_settings_raise_one_line(bad, match):
 def test_bad_bits_raise():
     with pytest.raises(PipelineError, match="bits"):
         CMIMH(0, SMALL)
+
+
+def test_dropout_only_in_encoders_and_only_when_asked():
+    default = _model()
+    assert not any(isinstance(mod, torch.nn.Dropout) for mod in default.modules())
+    # today's module indices (so model files saved before the option still load)
+    assert sorted(k for k in default.state_dict() if k.startswith("enc_x.")) == [
+        "enc_x.0.bias", "enc_x.0.weight", "enc_x.2.bias", "enc_x.2.weight", "enc_x.4.bias", "enc_x.4.weight"]
+    m = _model(dropout=0.5)
+    for name in ("enc_x", "enc_y"):
+        drops = [mod for mod in getattr(m, name) if isinstance(mod, torch.nn.Dropout)]
+        assert len(drops) == 2 and all(d.p == 0.5 for d in drops)
+    for name in ("dec_x", "dec_y", "critic_g", "critic_h", "disc_x", "disc_y"):
+        assert not any(isinstance(mod, torch.nn.Dropout) for mod in getattr(m, name).modules())
+    x = np.random.default_rng(0).normal(size=(30, 12)).astype(np.float32)
+    m.train()
+    assert np.array_equal(m.probs_image(x), m.probs_image(x))  # inference switches dropout off
+    assert m.training  # and restores the mode
+    a = m.enc_x(torch.from_numpy(x))
+    assert not torch.equal(a, m.enc_x(torch.from_numpy(x)))  # training mode: dropout is active
+
+
+@pytest.mark.parametrize("bad, match", [({"dropout": 1.0}, "dropout"), ({"lr_schedule": "step"}, "lr_schedule"),
+                                        ({"rec_norm": "max"}, "rec_norm"), ({"kl_warmup": -1}, "kl_warmup")])
+def test_departure_settings_are_validated(bad, match):
+    with pytest.raises(PipelineError, match=match):
+        Config.from_dict(bad, "cmimh settings")
+
+
+def test_departures_default_off():
+    c = Config()
+    assert (c.dropout, c.lr_schedule, c.rec_norm, c.kl_warmup) == (0.0, "constant", "sum", 0)
+    for f in Config.fields():
+        if f.name in ("dropout", "lr_schedule", "rec_norm", "kl_warmup"):
+            assert "DEPARTURE" in f.metadata["doc"], f.name

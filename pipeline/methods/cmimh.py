@@ -94,6 +94,18 @@ class Config(Settings):
     batch_size: int = setting(100, "mini-batch size (>= 2: I_JS needs negatives)", min=2)
     epochs: int = setting(60, "passes over the training rows (the incomplete last batch is dropped)", min=1)
     iterations: int | None = setting(None, "if set, the total optimiser steps; overrides epochs", min=1)
+    dropout: float = setting(0.0, "DEPARTURE (paper: none): dropout rate after each hidden ReLU of the two encoders "
+                             "(training only; 0 = no Dropout modules, today's networks)", min=0, max=1, max_exclusive=True)
+    lr_schedule: str = setting("constant", "DEPARTURE (paper: constant): constant | cosine (every learning rate, "
+                               "the TC discriminators' too, decays to 0 over the run's steps by a half cosine)",
+                               choices=("constant", "cosine"))
+    rec_norm: str = setting("sum", "sum: L_rec sums the squared error over each modality's features (method.md, the "
+                            "Gaussian log-likelihood); DEPARTURE mean: each modality's error averaged over its "
+                            "features, so the term does not grow with d and both modalities weigh the same "
+                            "(weights.rec then plays the role of d)", choices=("sum", "mean"))
+    kl_warmup: int = setting(0, "DEPARTURE (paper: none): the KL weight ramps linearly from 0 to weights.kl over "
+                             "this many optimiser steps (KL annealing); 0 = the full weight from the first step",
+                             min=0)
     standardize: bool = setting(True, "z-score features with the training split's mean/std (std < 1e-6 -> 1); "
                                 "the statistics live in the model, so raw features encode")
 
@@ -124,8 +136,13 @@ class CMIMH(Hasher):
 
     # ------------------------------------------------------------------ training
     def fit(self, x: np.ndarray, y: np.ndarray, *, seed: int = 0, device: Any = "cpu",
-            progress: bool = False) -> list[dict]:
+            progress: bool = False, callback=None) -> list[dict]:
         """Train on paired training features; return the per-epoch history (:data:`HISTORY_FIELDS`).
+
+        ``callback(epoch, net)``, if given, is called after every epoch with the networks
+        (:class:`pipeline.methods.cmimh_networks.Networks`; ``net.encode_image`` etc. work on raw
+        features); whatever it returns that is a dict is merged into that epoch's history row.
+        It must not change the networks (validation curves, early-stopping studies).
 
         Batches are the rows shuffled each epoch by a generator seeded from ``seed``; the
         incomplete last batch is dropped, so batch_size must not exceed n. Same data + settings +
@@ -157,7 +174,7 @@ class CMIMH(Hasher):
             gen_batch = torch.Generator()
             gen_batch.manual_seed(seed_batch)
             opt, opt_disc = _optimizers(net, c)
-            history = self._epochs(net, X, Y, gen, gen_batch, opt, opt_disc, progress)
+            history = self._epochs(net, X, Y, gen, gen_batch, opt, opt_disc, progress, callback)
         net.eval()
         self.net_ = net
         last = history[-1]
@@ -168,7 +185,7 @@ class CMIMH(Hasher):
                           RuntimeWarning, stacklevel=2)
         return history
 
-    def _epochs(self, net, X, Y, gen, gen_batch, opt, opt_disc, progress: bool) -> list[dict]:
+    def _epochs(self, net, X, Y, gen, gen_batch, opt, opt_disc, progress: bool, callback=None) -> list[dict]:
         import torch
 
         from pipeline.torchkit import progress as progress_bar
@@ -180,6 +197,7 @@ class CMIMH(Hasher):
         epochs = math.ceil(total / steps_per_epoch)
         history: list[dict] = []
         step = 0
+        schedule = _lr_schedule(c, total, [o for o in (opt, opt_disc) if o is not None])
         net.train()
         bar = progress_bar(epochs, f"cmimh {self.bits} bits", progress)
         try:
@@ -192,7 +210,9 @@ class CMIMH(Hasher):
                     if step >= total:
                         break
                     idx = perm[i * B:(i + 1) * B]
-                    vals = _step(net, X[idx], Y[idx], c, gen, opt, opt_disc, epoch, step + 1)
+                    schedule(step)
+                    vals = _step(net, X[idx], Y[idx], c, gen, opt, opt_disc, epoch, step + 1,
+                                 kl_scale=min(1.0, (step + 1) / c.kl_warmup) if c.kl_warmup else 1.0)
                     step += 1
                     count += 1
                     for k, v in vals.items():
@@ -201,6 +221,11 @@ class CMIMH(Hasher):
                 for k in HISTORY_FIELDS[2:-1]:
                     row[k] = sums[k] / count if k in sums else None
                 row["seconds"] = time.perf_counter() - t0
+                if callback is not None:
+                    extra = callback(epoch, net)
+                    net.train()
+                    if isinstance(extra, dict):
+                        row.update(extra)
                 history.append(row)
                 bar.set_postfix(loss=f"{row['loss']:.4g}", mi="-" if row["mi"] is None else f"{row['mi']:.3g}",
                                 conf=f"{row['conf']:.2f}")
@@ -289,8 +314,27 @@ def _optimizers(net, c: Config):
     return make(main), (make([{"params": disc, "lr": c.lr}]) if disc else None)
 
 
-def _step(net, xb, yb, c: Config, gen, opt, opt_disc, epoch: int, step: int) -> dict[str, float]:
-    """One training step; returns the terms' values (python floats)."""
+def _lr_schedule(c: Config, total: int, optimizers: list):
+    """A function step -> None that sets every parameter group's learning rate for step ``step``
+    (0-based) of ``total``: constant (nothing to do) or a half cosine from the group's initial rate
+    to 0 (``lr_schedule: cosine``)."""
+    if c.lr_schedule == "constant":
+        return lambda step: None
+    groups = [g for o in optimizers for g in o.param_groups]
+    base = [g["lr"] for g in groups]
+
+    def set_lr(step: int) -> None:
+        f = 0.5 * (1.0 + math.cos(math.pi * step / max(total, 1)))
+        for g, b in zip(groups, base):
+            g["lr"] = b * f
+
+    return set_lr
+
+
+def _step(net, xb, yb, c: Config, gen, opt, opt_disc, epoch: int, step: int,
+          kl_scale: float = 1.0) -> dict[str, float]:
+    """One training step; returns the terms' values (python floats). ``kl_scale`` multiplies the
+    KL weight (the ``kl_warmup`` ramp; the logged kl is the unweighted term)."""
     import torch
 
     from pipeline.methods import cmimh_losses as L
@@ -301,7 +345,8 @@ def _step(net, xb, yb, c: Config, gen, opt, opt_disc, epoch: int, step: int) -> 
     terms: dict[str, Any] = {}
     if w.rec > 0:
         b_x, b_y = net.sample(a_x, gen), net.sample(a_y, gen)
-        terms["rec"] = L.reconstruction(xb, net.dec_x(b_x)) + L.reconstruction(yb, net.dec_y(b_y))
+        terms["rec"] = (L.reconstruction(xb, net.dec_x(b_x), c.rec_norm)
+                        + L.reconstruction(yb, net.dec_y(b_y), c.rec_norm))
     if w.mi > 0:
         if c.critic_input == "probs":
             terms["mi"] = L.js_mi(net.critic_scores(p_x, p_y))
@@ -314,6 +359,7 @@ def _step(net, xb, yb, c: Config, gen, opt, opt_disc, epoch: int, step: int) -> 
     if w.tc > 0:
         terms["tc"] = L.tc_estimate(net.disc_x(p_x)) + L.tc_estimate(net.disc_y(p_y))
     weight = {t: getattr(w, t) for t in TERMS}
+    weight["kl"] *= kl_scale
     loss = sum((-weight[k] if k == "mi" else weight[k]) * t for k, t in terms.items() if weight[k] > 0)
     if not isinstance(loss, torch.Tensor):  # every weight 0: nothing to learn
         raise PipelineError("cmimh training: all loss weights are 0")

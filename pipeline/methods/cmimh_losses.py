@@ -11,8 +11,11 @@ import torch
 import torch.nn.functional as F
 
 
-def reconstruction(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+def reconstruction(x: torch.Tensor, x_hat: torch.Tensor, reduction: str = "sum") -> torch.Tensor:
     """L_rec = (1/n) sum_i ||x_i - x_hat_i||^2: squared error SUMMED over features, mean over batch.
+
+    ``reduction="mean"`` (CMIMH's ``rec_norm: mean`` departure) divides by the feature dimension d:
+    the per-feature mean squared error, averaged over the batch.
 
     The sum is the Gaussian decoder's log-likelihood (eq. 2, 3) up to constants. Averaging
     over dimensions instead shrinks this term by d (~1000x) so the KL and balance terms win
@@ -20,7 +23,10 @@ def reconstruction(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """
     if x.shape != x_hat.shape:
         raise ValueError(f"reconstruction: shapes differ {tuple(x.shape)} vs {tuple(x_hat.shape)}")
-    return (x - x_hat).pow(2).sum(dim=1).mean()
+    if reduction not in ("sum", "mean"):
+        raise ValueError(f"reconstruction: reduction must be 'sum' or 'mean', not {reduction!r}")
+    err = (x - x_hat).pow(2).sum(dim=1).mean()
+    return err / x.shape[1] if reduction == "mean" else err
 
 
 def js_mi(scores: torch.Tensor) -> torch.Tensor:

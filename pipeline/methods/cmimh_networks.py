@@ -15,8 +15,12 @@ from pipeline.methods.base import check_features
 from pipeline.methods.cmimh import Config
 
 
-def _mlp(d_in: int, hidden: int, d_out: int, act: nn.Module) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, hidden), copy.deepcopy(act), nn.Linear(hidden, hidden), copy.deepcopy(act),
+def _mlp(d_in: int, hidden: int, d_out: int, act: nn.Module, dropout: float = 0.0) -> nn.Sequential:
+    """Two hidden layers; with ``dropout`` > 0 a Dropout after each hidden activation (only then:
+    without it the module indices, hence the saved state_dict keys, are today's)."""
+    drop = [nn.Dropout(dropout)] if dropout > 0 else []
+    return nn.Sequential(nn.Linear(d_in, hidden), copy.deepcopy(act), *copy.deepcopy(drop),
+                         nn.Linear(hidden, hidden), copy.deepcopy(act), *copy.deepcopy(drop),
                          nn.Linear(hidden, d_out))
 
 
@@ -37,8 +41,8 @@ class Networks(nn.Module):
         self.config, self.bits, self.dim_x, self.dim_y = c, int(bits), int(dim_x), int(dim_y)
         w = c.weights
         relu, lrelu = nn.ReLU(), nn.LeakyReLU(c.leaky_slope)
-        self.enc_x = _mlp(dim_x, c.hidden, bits, relu)
-        self.enc_y = _mlp(dim_y, c.hidden, bits, relu)
+        self.enc_x = _mlp(dim_x, c.hidden, bits, relu, c.dropout)
+        self.enc_y = _mlp(dim_y, c.hidden, bits, relu, c.dropout)
         self.dec_x = _mlp(bits, c.hidden, dim_x, relu) if w.rec > 0 else None
         self.dec_y = _mlp(bits, c.hidden, dim_y, relu) if w.rec > 0 else None
         self.critic_g = _mlp(bits, c.critic_hidden, c.critic_dim, lrelu) if w.mi > 0 else None

@@ -1,0 +1,310 @@
+"""Why CMIMH loses to a well-regularised CCA-ITQ on real features: the openclipart study.
+
+Development protocol only: a validation split carved from the DATABASE rows
+(:func:`pipeline.data.splits.validation_split`, 400 validation queries, split seed 0; the rest of
+the database is both the retrieval set and the training pairs). Score: validation mAP@1000 of
+I->T and T->I at 32 bits (relevant = shares a label). The real queries are read only by
+``--final`` (the chosen settings, query vs database, training on the whole database as the
+reference table does), clearly labelled as the final test.
+
+Every run appends one JSON line to ``benchmarks/out/cmimh_real.jsonl`` (resumable: a run already
+there is skipped); ``--table`` prints the mean +- std over seeds of every configuration.
+
+    PYTHONPATH=$PWD python benchmarks/exp_cmimh_real.py --group baselines [--seeds 0 1 2]
+    PYTHONPATH=$PWD python benchmarks/exp_cmimh_real.py --table
+    PYTHONPATH=$PWD python benchmarks/exp_cmimh_real.py --quick        # one small CMIMH run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # a shared 2-core machine
+    os.environ.setdefault(_v, "1")
+
+import numpy as np  # noqa: E402
+
+DATA = Path(os.environ.get("OPENCLIPART", "/work/shared/data/openclipart/features.h5"))
+OUT = Path(__file__).resolve().parent / "out"
+RESULTS = OUT / "cmimh_real.jsonl"
+BITS = 32
+N_VAL = 400
+SPLIT_SEED = 0
+
+
+# ============================================================================ data and scoring
+def load():
+    import h5py
+
+    with h5py.File(DATA, "r") as f:
+        return {"image": f["image"][:].astype(np.float32), "text": f["text"][:].astype(np.float32),
+                "labels": f["labels"][:].astype(np.uint8), "query": f["query"][:], "database": f["database"][:]}
+
+
+def protocol(d, final: bool = False):
+    """Row indices (query, database, train) of the validation protocol, or of the real test."""
+    from pipeline.data.splits import validation_split
+
+    if final:
+        return {"query": np.sort(d["query"]), "database": np.sort(d["database"]), "train": np.sort(d["database"])}
+    return validation_split(d["database"], N_VAL, None, SPLIT_SEED)
+
+
+def score(ci_q, ct_q, ci_db, ct_db, lq, ldb) -> tuple[float, float]:
+    from pipeline.eval.codes import pack_bits
+    from pipeline.eval.metrics import map_at_k
+
+    i2t = map_at_k(pack_bits(ci_q), pack_bits(ct_db), lq, ldb, 1000)
+    t2i = map_at_k(pack_bits(ct_q), pack_bits(ci_db), lq, ldb, 1000)
+    return i2t, t2i
+
+
+# ============================================================================ preprocessing
+def preprocess(kind: str, x: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """Features of every row after a preprocessing fitted on the training rows only.
+
+    raw | std (z-score) | l2 (rows L2-normalised) | l2std (L2 then z-score) |
+    pcaw<k> (PCA to k dims, whitened: unit variance per component) | pca<k> (PCA, not whitened,
+    scaled to unit mean variance)."""
+    x = x.astype(np.float64)
+    if kind == "raw":
+        return x.astype(np.float32)
+    if kind.startswith("l2"):
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        kind = kind[2:] or "raw"
+        if kind == "raw":
+            return x.astype(np.float32)
+    if kind == "std":
+        m, s = x[train].mean(0), x[train].std(0)
+        return ((x - m) / np.where(s < 1e-6, 1, s)).astype(np.float32)
+    if kind.startswith("pcaw") or kind.startswith("pca"):
+        whiten = kind.startswith("pcaw")
+        k = int(kind[4:] if whiten else kind[3:])
+        m = x[train].mean(0)
+        xc = x[train] - m
+        _, s, vt = np.linalg.svd(xc, full_matrices=False)
+        k = min(k, len(s))
+        z = (x - m) @ vt[:k].T
+        var = s[:k] ** 2 / len(train)
+        z = z / np.sqrt(var) if whiten else z / np.sqrt(var.mean())
+        return z.astype(np.float32)
+    raise ValueError(kind)
+
+
+# ============================================================================ one run
+def done_keys() -> set:
+    if not RESULTS.exists():
+        return set()
+    return {(r["name"], r["seed"], r.get("final", False)) for r in map(json.loads, RESULTS.read_text().splitlines())}
+
+
+def record(row: dict) -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_one(d, name: str, method: str, config: dict, prep: tuple[str, str], seed: int, final: bool = False,
+            eval_every: int = 5) -> dict:
+    import torch
+
+    from pipeline.methods import REGISTRY
+
+    torch.set_num_threads(1)
+    sp = protocol(d, final)
+    q, db, tr = sp["query"], sp["database"], sp["train"]
+    x = preprocess(prep[0], d["image"], tr)
+    y = preprocess(prep[1], d["text"], tr)
+    lq, ldb = d["labels"][q], d["labels"][db]
+    model = REGISTRY[method](BITS, config)
+    t0 = time.perf_counter()
+    curve = []
+    kw = {}
+    if method == "cmimh":
+        def cb(epoch, net):
+            if epoch % eval_every == 0:
+                curve.append((epoch, *score(net.encode_image(x[q]), net.encode_text(y[q]),
+                                            net.encode_image(x[db]), net.encode_text(y[db]), lq, ldb)))
+        kw["callback"] = cb
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        hist = model.fit(x[tr], y[tr], seed=seed, **kw)
+    i2t, t2i = score(model.encode_image(x[q]), model.encode_text(y[q]), model.encode_image(x[db]),
+                     model.encode_text(y[db]), lq, ldb)
+    # training-set (seen pairs) cross-modal score, to measure overfitting: train queries vs train
+    sub = tr[np.random.default_rng(0).choice(len(tr), size=min(400, len(tr)), replace=False)]
+    tr_i2t, tr_t2i = score(model.encode_image(x[sub]), model.encode_text(y[sub]), model.encode_image(x[tr]),
+                           model.encode_text(y[tr]), d["labels"][sub], d["labels"][tr])
+    # paired-code disagreement (mean Hamming distance / bits between a pair's image and text codes)
+    # on seen (training) pairs vs unseen (validation query) pairs: the generalisation gap
+    ham = {f"pair_ham_{k}": float(np.mean(model.encode_image(x[r]) != model.encode_text(y[r])))
+           for k, r in (("train", sub), ("val", q))}
+    row = {**ham, "name": name, "method": method, "config": config, "prep": list(prep), "seed": seed, "final": final,
+           "i2t": i2t, "t2i": t2i, "train_i2t": tr_i2t, "train_t2i": tr_t2i, "curve": curve,
+           "seconds": time.perf_counter() - t0}
+    if method == "cmimh" and hist:
+        last = hist[-1]
+        row["last"] = {k: last.get(k) for k in ("loss", "rec", "mi", "kl", "tc", "bal", "conf")}
+        row["history"] = [{k: h.get(k) for k in ("epoch", "rec", "mi", "kl", "tc", "bal", "conf")} for h in hist]
+    return row
+
+
+# ============================================================================ the experiments
+def cm(**kw) -> dict:
+    return kw
+
+
+STD = ("raw", "raw")  # CMIMH standardises inside (its default); the linear methods see raw features
+BASE = cm()  # CMIMH defaults (60 epochs)
+
+
+def groups() -> dict[str, list[tuple[str, str, dict, tuple[str, str]]]]:
+    g: dict[str, list] = {}
+    # ---- linear baselines: ridge on raw and on standardised features
+    regs = [1e-4, 1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
+    g["baselines"] = ([(f"ccaitq reg={r} prep={p}", "ccaitq", {"reg": r}, (p, p)) for p in ("raw", "std") for r in regs]
+                      + [(f"cvh reg={r} prep={p}", "cvh", {"reg": r}, (p, p)) for p in ("raw", "std") for r in regs]
+                      + [("lsh", "lsh", {}, STD)])
+    g["ccaitq_pow"] = [(f"ccaitq reg=1.0 eig_power={e} prep=std", "ccaitq", {"reg": 1.0, "eig_power": e}, ("std", "std"))
+                       for e in (0.0, 2.0)]
+    g["cmfh"] = [(f"cmfh mu={mu} gamma={ga} lam={la} prep={p}", "cmfh", {"mu": mu, "gamma": ga, "lambda": la}, (p, p))
+                 for p in ("raw", "std") for mu in (1.0, 100.0) for ga in (0.01, 1.0, 100.0) for la in (0.5,)]
+    g["cmfh_more"] = [(f"cmfh mu={mu} gamma={ga} lam={la} prep=std", "cmfh", {"mu": mu, "gamma": ga, "lambda": la},
+                       ("std", "std")) for mu, ga, la in ((100.0, 1000.0, 0.5), (100.0, 100.0, 0.3),
+                                                          (100.0, 100.0, 0.7), (10.0, 100.0, 0.5),
+                                                          (1000.0, 100.0, 0.5), (100.0, 10.0, 0.5))]
+    # ---- CMIMH: defaults, long run for the per-epoch curve
+    g["cmimh_default"] = [("cmimh default e100", "cmimh", cm(epochs=100), STD)]
+    g["ccaitq_more"] = [(f"ccaitq reg={r} eig_power={e} prep=std", "ccaitq", {"reg": r, "eig_power": e}, ("std", "std"))
+                        for r in (0.3, 3.0, 10.0, 30.0) for e in (1.0, 2.0, 3.0) if (r, e) != (3.0, 1.0) and (r, e) != (10.0, 1.0)]
+    g["ccaitq_more"] += [(f"ccaitq reg={r} prep=std", "ccaitq", {"reg": r}, ("std", "std")) for r in (30.0, 100.0)]
+    # ---- CMIMH screen (1 seed, 40 epochs): the reconstruction weight against MI / KL
+    E = 40
+    g["screen_rec"] = [(f"cmimh e{E} w_rec={w}", "cmimh", cm(epochs=E, weights={"rec": w}), STD)
+                       for w in (0.1, 0.01, 0.001, 0.0)]
+    g["screen_width"] = [(f"cmimh e{E} hidden={h}", "cmimh", cm(epochs=E, hidden=h), STD) for h in (256, 512)]
+    # screens on hidden 256 (3x faster, same validation level as 1024 at 40 epochs), 30 epochs
+    H = cm(hidden=256, epochs=30)
+    g["screen_kl"] = [(f"cmimh h256 e30 kl={k}", "cmimh", cm(**H, weights={"kl": k}), STD) for k in (2.0, 5.0, 20.0)]
+    g["screen_bal"] = [(f"cmimh h256 e30 {n}", "cmimh", cm(**H, weights=w), STD)
+                       for n, w in (("rec=0.3", {"rec": 0.3}), ("mi=10", {"mi": 10.0}),
+                                    ("rec=0.3 kl=2", {"rec": 0.3, "kl": 2.0}))]
+    K5 = cm(**H, weights={"kl": 5.0})
+    g["screen_kl2"] = [(f"cmimh h256 e30 {n}", "cmimh", cm(**H, weights=w), STD)
+                       for n, w in (("kl=10", {"kl": 10.0}), ("rec=0.3 kl=5", {"rec": 0.3, "kl": 5.0}),
+                                    ("rec=0.1 kl=5", {"rec": 0.1, "kl": 5.0}))]
+    g["screen_prep"] = [(f"cmimh h256 e30 kl=5 prep={p[0]}/{p[1]}", "cmimh", K5, p)
+                        for p in (("pcaw256", "raw"), ("pca256", "raw"), ("l2", "raw"), ("pcaw256", "pcaw128"))]
+    g["screen_reg"] = [(f"cmimh h256 e30 kl=5 {n}", "cmimh", {**K5, **kw}, STD)
+                       for n, kw in (("dropout=0.2", {"dropout": 0.2}), ("dropout=0.5", {"dropout": 0.5}),
+                                     ("wd=5e-3", {"weight_decay": 5e-3}), ("cosine", {"lr_schedule": "cosine"}),
+                                     ("rec_norm=mean rec=300", {"rec_norm": "mean", "weights": {"kl": 5.0, "rec": 300.0}}))]
+    g["screen_pca"] = [(f"cmimh h256 e30 kl={k} prep=pca{d}/raw", "cmimh", cm(**H, weights={"kl": k}), (f"pca{d}", "raw"))
+                       for d, k in ((128, 5.0), (256, 3.0), (256, 10.0), (512, 5.0))]
+    def mean_(r, k, **kw):
+        return {**H, "rec_norm": "mean", "weights": {"rec": r, "kl": k}, **kw}
+    g["screen_mean"] = [(f"cmimh h256 e30 rec_norm=mean rec={r} kl={k}", "cmimh", mean_(r, k), STD)
+                        for r, k in ((300.0, 2.0), (300.0, 10.0), (100.0, 5.0), (1000.0, 5.0))]
+    g["screen_misc"] = [("cmimh h256 e30 kl=2.0 prep=pca256/raw", "cmimh", cm(**H, weights={"kl": 2.0}), ("pca256", "raw")),
+                        ("cmimh h256 e30 kl=20 kl_warmup=200", "cmimh", cm(**H, weights={"kl": 20.0}, kl_warmup=200), STD),
+                        ("cmimh h256 e60 rec_norm=mean rec=300 kl=5", "cmimh", mean_(300.0, 5.0, epochs=60), STD),
+                        ("cmimh h1024 e30 rec_norm=mean rec=300 kl=5", "cmimh", mean_(300.0, 5.0, hidden=1024), STD)]
+    return g
+
+
+def mean_std(v):
+    v = np.asarray(v, float)
+    return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0:.3f}"
+
+
+def table(final: bool = False, contains: str | None = None) -> str:
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()] if RESULTS.exists() else []
+    rows = [r for r in rows if r.get("final", False) == final and (contains is None or contains in r["name"])]
+    by: dict[str, list] = {}
+    for r in rows:
+        by.setdefault(r["name"], []).append(r)
+    out = [f"| {'final test (query vs database)' if final else 'validation'} 32 bits | n | I→T | T→I | "
+           f"mean | pair Hamming train / val | best-epoch I→T / T→I (epoch) |", "|---|---|---|---|---|---|---|"]
+    for name, rs in by.items():
+        best = ""
+        if rs[0].get("curve"):
+            curves = np.array([[c[1:] for c in r["curve"]] for r in rs if len(r["curve"]) == len(rs[0]["curve"])])
+            ep = [c[0] for c in rs[0]["curve"]]
+            m = curves.mean(0)
+            b = int(np.argmax(m.mean(1)))
+            best = f"{m[b, 0]:.3f} / {m[b, 1]:.3f} ({ep[b]})"
+        out.append(f"| {name} | {len(rs)} | {mean_std([r['i2t'] for r in rs])} | {mean_std([r['t2i'] for r in rs])} | "
+                   f"{np.mean([(r['i2t'] + r['t2i']) / 2 for r in rs]):.3f} | "
+                   f"{np.mean([r.get('pair_ham_train', np.nan) for r in rs]):.3f} / "
+                   f"{np.mean([r.get('pair_ham_val', np.nan) for r in rs]):.3f} | {best} |")
+    return "\n".join(out)
+
+
+def curves(contains: str) -> str:
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines()]
+    rows = [r for r in rows if contains in r["name"] and not r.get("final") and r.get("curve")]
+    by: dict[str, list] = {}
+    for r in rows:
+        by.setdefault(r["name"], []).append(r)
+    out = []
+    for name, rs in by.items():
+        n = min(len(r["curve"]) for r in rs)
+        c = np.array([[x[1:] for x in r["curve"][:n]] for r in rs])
+        out.append(f"{name}  (n={len(rs)})")
+        for k in range(n):
+            out.append(f"  epoch {rs[0]['curve'][k][0]:4d}: I→T {c[:, k, 0].mean():.3f} ± {c[:, k, 0].std():.3f}   "
+                       f"T→I {c[:, k, 1].mean():.3f} ± {c[:, k, 1].std():.3f}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--group", nargs="*", default=[])
+    ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    ap.add_argument("--only", default=None, help="run only configurations whose name contains this")
+    ap.add_argument("--table", action="store_true")
+    ap.add_argument("--curves", default=None, help="print per-epoch validation curves of names containing this")
+    ap.add_argument("--final", action="store_true", help="FINAL TEST on the real queries (chosen settings only)")
+    ap.add_argument("--quick", action="store_true", help="one 10-epoch CMIMH run, printed, not recorded")
+    ap.add_argument("--list", action="store_true")
+    a = ap.parse_args()
+    if a.table:
+        print(table(final=False, contains=a.only))
+        print()
+        print(table(final=True, contains=a.only))
+        return
+    if a.curves:
+        print(curves(a.curves))
+        return
+    g = groups()
+    if a.list:
+        for k, v in g.items():
+            print(k, len(v))
+        return
+    d = load()
+    if a.quick:
+        r = run_one(d, "quick", "cmimh", cm(epochs=10), STD, 0, eval_every=5)
+        print(json.dumps({k: r[k] for k in ("i2t", "t2i", "train_i2t", "train_t2i", "curve", "seconds")}))
+        return
+    done = done_keys()
+    for grp in a.group:
+        for name, method, config, prep in g[grp]:
+            if a.only and a.only not in name:
+                continue
+            for s in (a.seeds if method != "cvh" else a.seeds[:1]):  # CVH is deterministic
+                if (name, s, a.final) in done:
+                    continue
+                r = run_one(d, name, method, config, prep, s, final=a.final)
+                record(r)
+                print(f"{name} seed {s}: I→T {r['i2t']:.3f} T→I {r['t2i']:.3f} "
+                      f"(train {r['train_i2t']:.3f}/{r['train_t2i']:.3f}) {r['seconds']:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
