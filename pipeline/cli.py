@@ -120,7 +120,10 @@ def cmd_train(a) -> None:
 def cmd_encode(a) -> None:
     from pipeline.stages import encode
 
-    encode.run(_s(a, "encode", a.method), Path(a.model), Path(a.features), Path(a.output), index_dir=_path(a.index),
+    method = a.method
+    if method is None:  # the method of --settings when it names one, else cmimh
+        method = (_s(a, "encode").get("method") if getattr(a, "settings", None) else None) or "cmimh"
+    encode.run(_s(a, "encode", method), Path(a.model), Path(a.features), Path(a.output), index_dir=_path(a.index),
                manifest=_path(a.manifest))
 
 
@@ -247,7 +250,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _settings_args(q); _common(q)
     q.add_argument("--model", required=True)
     q.add_argument("--features", required=True)
-    q.add_argument("--method", default="cmimh", help="the run's method name (a -val<k> run encodes its validation fold)")
+    q.add_argument("--method", help="the run's method name (a -val<k> run encodes its validation fold); "
+                                    "default: the method of --settings, else cmimh")
     q.add_argument("--index", help="also write a searchable index folder here")
     q.add_argument("--manifest", help="with --index: the data set's manifest.jsonl, so that the index holds each "
                                       "item's caption and image (what `cmimh serve` shows)")
