@@ -89,7 +89,7 @@ def test_valid_optional_fields_still_read(tmp_path):
 
 
 @pytest.mark.parametrize("meta, needle", [
-    ('{"classes": "abc"}', "'classes' must be a list of class names, not 'abc'"),
+    ('{"classes": "abc"}', "'classes' must be a list of class names (an empty list for a collection without labels), not 'abc'"),
     ('{"classes": [1, 2]}', "'classes' must be a list of class names"),
     ('{"classes": ["a", "b"], "tag_vocab": "red ball"}', "'tag_vocab' must be a list of tags or null"),
 ])

@@ -145,7 +145,8 @@ def test_features_the_same_in_every_training_row_are_refused_by_every_method(nam
     else:
         y[:] = 3.5
     tiny = {"cmimh": {"hidden": 8, "critic_hidden": 8, "disc_hidden": 8, "critic_dim": 8, "epochs": 1,
-                      "batch_size": 10}, "djsrh": {"epochs": 1, "batch_size": 10, "txt_hidden": 8}}
+                      "batch_size": 10}, "djsrh": {"epochs": 1, "batch_size": 10, "txt_hidden": 8},
+            "fsh": {"anchors": 12, "knn": 3}}
     model = methods.REGISTRY[name](4, tiny.get(name))
     with pytest.raises(PipelineError, match=rf"^{name}: the {modality} features are the same in all 30 training rows"):
         model.fit(x, y, seed=0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.eval.tasks import TASK_NAMES as TASKS, tasks_for
+from pipeline.eval.tasks import PAIRED_KEY, TASK_NAMES as TASKS, tasks_for
 
 
 #: Per-task tables of metrics.json besides the main mAP@k, each optional.
@@ -79,7 +79,8 @@ def metrics_problem(m, key: str) -> str | None:
 def read_metrics(path: str | os.PathLike, key: str = "map@1000") -> dict:
     """A ``metrics.json`` that the report and the studies can use: one line naming the file and the
     key when it is missing, not JSON, or holds no ``key`` table of numbers for every task (a table
-    with a gap would show '–' in the report as if the run had no result)."""
+    with a gap would show '–' in the report as if the run had no result). A run without labels
+    (only paired metrics, no ``map@`` table at all) is checked by its paired mAP instead."""
     p = Path(path)
     if p.is_dir():
         raise PipelineError(f"metrics file {p} is a directory")
@@ -89,6 +90,9 @@ def read_metrics(path: str | os.PathLike, key: str = "map@1000") -> dict:
         m = json.loads(p.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise PipelineError(f"{p}: not valid JSON ({str(e).splitlines()[0][:120]}); rerun the evaluate stage") from None
+    if isinstance(m, dict) and key.startswith("map@") and key not in m and PAIRED_KEY in m \
+            and not any(k.startswith("map@") for k in m):
+        key = PAIRED_KEY  # a collection without labels: its headline is the paired mAP
     problem = metrics_problem(m, key)
     if problem:
         raise PipelineError(f"{p}: {problem}; rerun the evaluate stage")
