@@ -436,7 +436,8 @@ def _run(args) -> int:
         if getattr(args, "threads", None):
             from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-            if args.command in ("train", "encode", "extract", "search", "serve"):
+            if args.command in ("train", "encode", "search", "serve") or (
+                    args.command == "extract" and args.part in ("image", "text")):  # merge, assemble: no torch
                 import torch
 
                 torch.set_num_threads(max(1, args.threads))

@@ -151,6 +151,7 @@ class DJSRH(Hasher):
     name = "djsrh"
     Config = Config
     uses_torch = True
+    train_seconds = 64  # measured: one demo training, 1 thread
     plot = {"x": "epoch", "columns": ("loss", "loss_it", "loss_ii", "loss_tt")}  # the loss it minimises, and its terms
     variants = {"beta": ("beta",), "eta": ("eta",), "mu": ("mu",), "lrimg": ("lr_img",), "lrtxt": ("lr_txt",),
                 "epochs": ("epochs",)}
