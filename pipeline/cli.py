@@ -162,7 +162,7 @@ def cmd_search(a) -> None:
     from pipeline.stages import search
 
     search.run(Path(a.index), text=a.text, image=a.image, queries=_path(a.queries), k=a.k, target=a.target,
-               backend=a.backend)
+               backend=a.backend, n_threads=a.threads)
 
 
 def cmd_serve(a) -> None:

@@ -353,7 +353,8 @@ def _check(k: int, backend: str, target: str | None) -> None:
 
 def rank_codes(index: Index, codes01: np.ndarray, k: int, target: str, backend: str = "exact",
                n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k database rows of ``target`` for (n, bits) 0/1 query codes: (indices, distances)."""
+    """Top-k database rows of ``target`` for (n, bits) 0/1 query codes: (indices, distances), on
+    ``n_threads`` threads (faiss: one query always on one, :func:`~pipeline.search.faiss_backend.search_threads`)."""
     q = pack_bits(codes01)
     if backend == "exact":
         return index.database(target).topk(q, k, n_threads=n_threads)
@@ -363,7 +364,7 @@ def rank_codes(index: Index, codes01: np.ndarray, k: int, target: str, backend: 
     key = f"faiss-{target}-{kind}"
     if key not in index.encoders:
         index.encoders[key] = FaissBinaryIndex(index.db_image if target == "image" else index.db_text, kind)
-    return index.encoders[key].search(q, k)
+    return index.encoders[key].search(q, k, n_threads)
 
 
 def hits(index: Index, idx: np.ndarray, dist: np.ndarray, target: str) -> list[dict]:
