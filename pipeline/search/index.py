@@ -24,7 +24,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import pack_bits
@@ -129,7 +128,7 @@ class Index:
     tag_vocab: list[str] | None
     extractors: dict
     model: Any  # a fitted pipeline.methods.base.Hasher
-    device: torch.device
+    device: "torch.device"
     encoders: dict = field(default_factory=dict)  # query feature extractors, loaded once on first use
     captions: "Strings | list[str] | None" = None
     image_paths: "Strings | list[str] | None" = None  # relative to media_root
@@ -249,6 +248,8 @@ def load_index(path: str | Path, device: torch.device | None = None) -> Index:
         if not (path / name).is_file():
             raise PipelineError(f"not an index folder: {path} (missing {name})")
     meta = _read_index_json(path)
+    import torch  # here, not at the top: `cmimh search --help` and the exact ranking need no torch
+
     device = device or torch.device("cpu")
     with open_h5(path / "index.h5", "index") as f:
         for key in ("db_image", "db_text", "ids"):
@@ -336,6 +337,8 @@ def image_query_features(index: Index, images: list) -> np.ndarray:
         except Exception as e:  # noqa: BLE001 - PIL raises many types (DecompressionBombError, struct errors)
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")[:200]
             raise PipelineError(f"unreadable image: {name} ({why})") from None
+    import torch
+
     return apply_pca(ex.encode(torch.stack(xs)), index.pca)
 
 
