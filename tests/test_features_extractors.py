@@ -192,6 +192,18 @@ def test_tag_vectors_query():
         enc.query(["nothing known"])
 
 
+def test_a_batch_query_with_an_unknown_text_anywhere_is_refused():
+    """Every text of a batch is checked, not only the first: the search service batches concurrent
+    queries and then answers each on its own, so the bad one fails alone (tests/test_search_service.py)."""
+    tags = extractors.text_extractor({"kind": "tags"}, vocab=["ball", "red", "tree"])
+    np.testing.assert_array_equal(tags.query(["red", "a ball"]), [[0, 1, 0], [1, 0, 0]])
+    with pytest.raises(PipelineError, match=r"none of the query's words is a tag .* \(query 2\)"):
+        tags.query(["red", "nothing known", "tree"])
+    words = extractors.text_extractor({"kind": "bow"}, vocab=["ball", "tree"])
+    with pytest.raises(PipelineError, match=r"bag-of-words vocabulary \(query 3\)"):
+        words.query(["ball", "tree", "zebra"])
+
+
 def test_bag_of_words_vocabulary_from_the_training_rows_only():
     caps = ["A red ball and a red box", "the green tree", "a tree and a ball", "zebra zebra", "ball tree, ball!"]
     counts, words = bow.count_matrix(caps)
