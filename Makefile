@@ -1,11 +1,11 @@
 # Two entry points for a fresh clone (Python 3.10+ and pip only):
-#   make run    # set up .venv, then run the whole pipeline on the embedded demo
+#   make run    # set up .venv, then run the whole pipeline on the embedded demo (on every core: CORES=all)
 #   make test   # set up .venv with test extras, then run the test suite
 # Extra Snakemake arguments: make run ARGS="--config dataset=mirflickr25k"
 PYTHON ?= python3
 VENV ?= .venv
 ARGS ?=
-CORES ?= 8
+CORES ?= all
 
 .PHONY: run test venv clean
 

@@ -1,6 +1,6 @@
 # CMIMH: unsupervised cross-modal hashing, from raw data to a report.
-#   snakemake --cores 8 all                                   # the embedded demo
-#   snakemake --cores 8 all --config dataset=mirflickr25k     # another data set
+#   snakemake --cores all all                                   # the embedded demo
+#   snakemake --cores all all --config dataset=mirflickr25k     # another data set
 # Rules stay thin: each calls one `cmimh` subcommand (pipeline/cli.py).
 
 from snakemake.utils import min_version

@@ -41,10 +41,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                                  "error) to this file; the console keeps warnings and the one-line error")
 
 
-def _s(a, stage: str, method: str | None = None) -> dict:
+def _s(a, stage: str, method: str | None = None, split: str | None = None) -> dict:
     from pipeline.stages import settings_from_args
 
-    s = settings_from_args(a, stage, method)
+    s = settings_from_args(a, stage, method, split)
     if method is not None:  # resolved --settings JSON may leave the method to --method
         s.setdefault("method", method)
         if s["method"] != method:
@@ -130,7 +130,17 @@ def cmd_encode(a) -> None:
 def cmd_evaluate(a) -> None:
     from pipeline.stages import evaluate
 
-    evaluate.run(Path(a.codes), Path(a.output), k=a.k, n_threads=a.threads or os.cpu_count() or 1)
+    evaluate.run(Path(a.codes), Path(a.output), k=a.k, n_threads=a.threads or os.cpu_count() or 1,
+                 chance_file=_path(a.chance))
+
+
+def cmd_chance(a) -> None:
+    from pipeline.stages import evaluate
+
+    s = _s(a, "chance", split=a.split)
+    if a.split is not None and s.get("split") != a.split:
+        raise PipelineError(f"--split {a.split} differs from the split of --settings ({s.get('split')})")
+    evaluate.run_chance(s, Path(a.features), a.bits, Path(a.output), n_threads=a.threads or os.cpu_count() or 1)
 
 
 def cmd_report(a) -> None:
@@ -165,7 +175,7 @@ def cmd_search(a) -> None:
     from pipeline.stages import search
 
     search.run(Path(a.index), text=a.text, image=a.image, queries=_path(a.queries), k=a.k, target=a.target,
-               backend=a.backend)
+               backend=a.backend, n_threads=a.threads)
 
 
 def cmd_serve(a) -> None:
@@ -262,8 +272,20 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     q.add_argument("codes")
     q.add_argument("-o", "--output", required=True, help="metrics.json")
     q.add_argument("--k", type=int, default=1000, help="cut-off of the main mAP (default 1000)")
+    q.add_argument("--chance", help="the chance level computed once for this split and code length (cmimh chance; "
+                                    "checked to fit the codes); default: computed here")
     _common(q)
     q.set_defaults(fn=cmd_evaluate)
+
+    q = sub.add_parser("chance", help="the chance level (random codes) of a split and code length, once for all "
+                                      "methods -> chance.json (cmimh evaluate --chance)")
+    _settings_args(q); _common(q)
+    q.add_argument("--features", required=True, help="results/{dataset}/features.h5")
+    q.add_argument("--bits", type=int, required=True)
+    q.add_argument("--split", default=None, help="test (default: the queries and database) or val<k> (a -val<k> "
+                                                 "run's validation fold)")
+    q.add_argument("-o", "--output", required=True, help="results/{dataset}/chance/{split}/{bits}.json")
+    q.set_defaults(fn=cmd_chance)
 
     q = sub.add_parser("report", help="tables and plots over code lengths and methods")
     _settings_args(q); _common(q)
@@ -440,7 +462,8 @@ def _run(args) -> int:
         if getattr(args, "threads", None):
             from threadpoolctl import threadpool_limits  # installed with scikit-learn
 
-            if args.command in ("train", "encode", "extract", "search", "serve"):
+            if args.command in ("train", "encode", "search", "serve") or (
+                    args.command == "extract" and args.part in ("image", "text")):  # merge, assemble: no torch
                 import torch
 
                 torch.set_num_threads(max(1, args.threads))

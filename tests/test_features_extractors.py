@@ -192,6 +192,18 @@ def test_tag_vectors_query():
         enc.query(["nothing known"])
 
 
+def test_a_batch_query_with_an_unknown_text_anywhere_is_refused():
+    """Every text of a batch is checked, not only the first: the search service batches concurrent
+    queries and then answers each on its own, so the bad one fails alone (tests/test_search_service.py)."""
+    tags = extractors.text_extractor({"kind": "tags"}, vocab=["ball", "red", "tree"])
+    np.testing.assert_array_equal(tags.query(["red", "a ball"]), [[0, 1, 0], [1, 0, 0]])
+    with pytest.raises(PipelineError, match=r"none of the query's words is a tag .* \(query 2\)"):
+        tags.query(["red", "nothing known", "tree"])
+    words = extractors.text_extractor({"kind": "bow"}, vocab=["ball", "tree"])
+    with pytest.raises(PipelineError, match=r"bag-of-words vocabulary \(query 3\)"):
+        words.query(["ball", "tree", "zebra"])
+
+
 def test_bag_of_words_vocabulary_from_the_training_rows_only():
     caps = ["A red ball and a red box", "the green tree", "a tree and a ball", "zebra zebra", "ball tree, ball!"]
     counts, words = bow.count_matrix(caps)
@@ -215,3 +227,50 @@ def test_unknown_kinds_and_models_are_one_line():
         extractors.image_extractor({"model": "lenet", "weights": "random"})
     with pytest.raises(PipelineError, match="unknown text features kind"):
         extractors.text_extractor({"kind": "nope"})
+
+
+# ------------------------------------------------------------------ precision (image_features.precision)
+#: bf16 autocast against fp32: relative L2 error and per-row cosine. Measured on this random-weight
+#: AlexNet (8 noise images, 128 px, CPU): 4.3e-3 and >= 0.99999; the bounds leave a margin of ~5x.
+BF16_REL_L2, BF16_COSINE = 2e-2, 0.999
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_bf16_alexnet_features_are_within_the_stated_tolerance_of_fp32(channels_last):
+    rec = {"model": "alexnet", "weights": "random", "seed": 0, "input_size": 128}
+    x = torch.randn(8, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    f32 = extractors.image_extractor(rec).encode(x)
+    ex = extractors.image_extractor({**rec, "precision": "bf16"}, channels_last=channels_last)
+    assert (ex.precision, ex.channels_last) == ("bf16", channels_last)
+    b16 = ex.encode(x)
+    assert b16.dtype == np.float32 and b16.shape == f32.shape
+    assert not np.array_equal(b16, f32)  # bf16 did run
+    rel = np.linalg.norm(b16 - f32) / np.linalg.norm(f32)
+    cos = (b16 * f32).sum(1) / np.linalg.norm(b16, axis=1) / np.linalg.norm(f32, axis=1)
+    assert rel < BF16_REL_L2 and cos.min() > BF16_COSINE, (rel, cos.min())
+
+
+def test_fp32_default_is_the_contiguous_arithmetic_of_before():
+    """fp32 without channels_last: the network and its rows exactly as before the setting existed."""
+    rec = {"model": "alexnet", "weights": "random", "seed": 0, "input_size": 64}
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    ex = extractors.image_extractor(rec)
+    assert (ex.precision, ex.channels_last) == ("fp32", False)
+    with torch.inference_mode():
+        want = ex.net(x).numpy()
+    assert np.array_equal(ex.encode(x), want)
+    assert "precision" not in ex.fingerprint()
+    assert extractors.image_extractor({**rec, "precision": "bf16"}).fingerprint()["precision"] == "bf16"
+
+
+def test_precision_settings_record_and_channels_last_default():
+    s = ImageFeatures.from_dict({"model": "alexnet"}, "image_features")
+    assert s.precision == "fp32" and "precision" not in s.record(0) and not s.use_channels_last()
+    b = ImageFeatures.from_dict({"model": "alexnet", "precision": "bf16"}, "image_features")
+    assert b.record(0)["precision"] == "bf16" and b.use_channels_last()
+    assert not ImageFeatures.from_dict({"precision": "bf16", "channels_last": False}, "x").use_channels_last()
+    assert ImageFeatures.from_dict({"channels_last": True}, "x").use_channels_last()
+    with pytest.raises(PipelineError, match="precision"):
+        ImageFeatures.from_dict({"precision": "fp16"}, "image_features")
+    with pytest.raises(PipelineError, match="precision must be one of fp32, bf16"):
+        extractors.image_extractor({"model": "alexnet", "weights": "random", "input_size": 64, "precision": "int8"})

@@ -40,10 +40,10 @@ def cached_network(monkeypatch):
     """Build each random AlexNet once (0.5 s apiece); extraction never modifies it."""
     real = extractors.image_extractor
 
-    def cached(record, device=None):
-        key = json.dumps(record, sort_keys=True)
+    def cached(record, device=None, channels_last=None):
+        key = json.dumps([record, channels_last], sort_keys=True)
         if key not in _NETS:
-            _NETS[key] = real(record)
+            _NETS[key] = real(record, channels_last=channels_last)
         return _NETS[key]
 
     monkeypatch.setattr(extractors, "image_extractor", cached)

@@ -104,3 +104,25 @@ def test_index_search_backends_agree(monkeypatch):
     assert hits[0]["distance"] == 0
     with pytest.raises(PipelineError, match="unknown search backend"):
         index_mod.search(ix, text="a query", k=5, backend="annoy")
+
+
+def test_search_threads_one_for_a_single_query_the_cores_for_a_batch(monkeypatch):
+    monkeypatch.setattr(faiss_backend.os, "cpu_count", lambda: 6)
+    assert faiss_backend.search_threads(1) == 1 and faiss_backend.search_threads(1, 8) == 1
+    assert faiss_backend.search_threads(50) == 6 and faiss_backend.search_threads(50, 3) == 3
+    assert faiss_backend.search_threads(50, 1) == 1
+
+
+def test_search_sets_omp_threads_per_call_and_restores_them(monkeypatch):
+    """One query searches on 1 OpenMP thread, a batch on n_threads; faiss's setting is put back."""
+    import faiss
+
+    db, q = _codes(500, 32, 0), _codes(20, 32, 1)
+    index = FaissBinaryIndex(db, "flat")
+    seen, real_search = [], index.index.search
+    monkeypatch.setattr(index.index, "search", lambda *a: (seen.append(faiss.omp_get_max_threads()), real_search(*a))[1])
+    before = faiss.omp_get_max_threads()
+    one_i, _ = index.search(q[:1], 5, n_threads=2)
+    all_i, _ = index.search(q, 5, n_threads=2)
+    assert seen == [1, 2] and faiss.omp_get_max_threads() == before
+    assert np.array_equal(one_i[0], all_i[0]) and np.array_equal(all_i, topk(q, db, 5)[0])

@@ -25,10 +25,10 @@ def cached_network(monkeypatch):
     real = extractors.image_extractor
     built = {}
 
-    def cached(record, device=None):
-        key = json.dumps(record, sort_keys=True)
+    def cached(record, device=None, channels_last=None):
+        key = json.dumps([record, channels_last], sort_keys=True)
         if key not in built:
-            built[key] = real(record)
+            built[key] = real(record, channels_last=channels_last)
         return built[key]
 
     monkeypatch.setattr(extractors, "image_extractor", cached)

@@ -48,6 +48,30 @@ def test_repo_config_dry_run_plans_every_stage(tmp_path):
         assert f"\n{rule} " in p.stdout, rule
 
 
+def test_dry_run_orders_long_jobs_first_and_plans_one_chance_per_length(tmp_path):
+    """Priorities: extraction ahead of everything, then CMIMH's trainings, DJSRH's, the linear
+    methods' (Hasher.train_seconds + bits/16); one chance job per code length, read by each evaluate."""
+    import re
+
+    (tmp_path / "config.yaml").write_text((REPO / "config.yaml").read_text())
+    p = smk(tmp_path, "-n", "--cores", "2", "all")
+    jobs = re.findall(r"\nrule (\w+):\n(.*?)(?=\n\n|\nrule |\Z)", p.stdout, re.S)
+    prio = {}
+    for rule, body in jobs:
+        w = re.search(r"wildcards: (.*)", body)
+        m = re.search(r"priority: (\d+)", body)
+        prio[(rule, w.group(1) if w else "")] = int(m.group(1)) if m else 0
+    train = {w: v for (r, w), v in prio.items() if r == "train"}
+    assert train["dataset=demo, method=cmimh, bits=64"] == 160 + 4
+    assert min(v for w, v in train.items() if "cmimh" in w) > max(v for w, v in train.items() if "djsrh" in w)
+    assert min(v for w, v in train.items() if "djsrh" in w) > max(v for w, v in train.items() if "cvh" in w)
+    assert prio[("extract_image_shard", "dataset=demo, shard=0, nshards=1")] == 1000
+    assert prio[("extract_text", "dataset=demo")] == 1000
+    assert re.search(r"\nchance\s+3\n", p.stdout) and re.search(r"\nevaluate\s+15\n", p.stdout)
+    ev = next(body for rule, body in jobs if rule == "evaluate" and "method=cvh, bits=32" in body)
+    assert "results/demo/chance/test/32.json" in ev.split("output:")[0]  # an input of every method's evaluate
+
+
 def test_ablation_target_plans_one_run_per_variant(tmp_path):
     wd = tiny_config(tmp_path)  # studies.bits: 32
     p = smk(wd, "-n", "--cores", "2", "ablation")

@@ -73,7 +73,11 @@ def paired_metrics(codes, chunk_size: int | None = None) -> dict:
     return {PAIRED_KEY: {t: out[t]["map"] for t in ("i2t", "t2i")}, "paired": out}
 
 
-def paired_chance(codes, seed: int = 0) -> dict:
+#: The seed of the paired chance level's random codes (recorded in a chance file, checked by evaluate).
+PAIRED_CHANCE_SEED = 0
+
+
+def paired_chance(codes, seed: int = PAIRED_CHANCE_SEED) -> dict:
     """``{"pair_map": {i2t, t2i}}`` of uniformly random codes on the same held-out set."""
     rng = np.random.default_rng(seed)
     out = {}

@@ -34,8 +34,10 @@ class Hasher(ABC):
 
     Subclasses set ``name`` (the registry key), ``Config`` (their settings dataclass),
     ``uses_torch`` (whether training can use a GPU: the rules ask for one only then), ``plot``
-    (what ``train_loss.png`` shows: the history's columns it optimises, and the x axis) and
-    ``variants`` (the method-name variant keys, ``cmimh-kl2``: key -> the settings it sets).
+    (what ``train_loss.png`` shows: the history's columns it optimises, and the x axis),
+    ``variants`` (the method-name variant keys, ``cmimh-kl2``: key -> the settings it sets) and
+    ``train_seconds`` (a rough training time on the demo, one CPU thread: the train rule's
+    Snakemake priority, so the long trainings start first and the short ones fill the gaps).
     """
 
     name: ClassVar[str]
@@ -43,6 +45,7 @@ class Hasher(ABC):
     uses_torch: ClassVar[bool] = False
     plot: ClassVar[dict] = {"x": "epoch", "columns": None}
     variants: ClassVar[dict[str, tuple[str, ...]]] = {}
+    train_seconds: ClassVar[int] = 5
 
     def __init__(self, bits: int, config: Settings | dict | None = None) -> None:
         self.bits = check_bits(bits, self.name)

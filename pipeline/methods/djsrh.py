@@ -80,6 +80,9 @@ class Config(Settings):
     lr_txt: float = setting(0.01, "official LR_TXT", min=0, min_exclusive=True)
     momentum: float = setting(0.9, "official SGD momentum", min=0, max=1, max_exclusive=True)
     weight_decay: float = setting(5e-4, "official SGD weight decay", min=0)
+    optimizer_impl: str = setting("auto", "SGD's update kernel: auto (fused where torch has it, else foreach) | "
+                                  "fused | foreach | loop (torch's per-tensor CPU default, as before issue 16; the "
+                                  "same update up to float rounding)", choices=("auto", "fused", "foreach", "loop"))
     img_hidden: int = setting(0, "0: linear hash layer on the features (fc_encode analogue); > 0: one hidden layer",
                               min=0)
     txt_hidden: int = setting(4096, "official TxtNet hidden width", min=1)
@@ -151,6 +154,7 @@ class DJSRH(Hasher):
     name = "djsrh"
     Config = Config
     uses_torch = True
+    train_seconds = 64  # measured: one demo training, 1 thread
     plot = {"x": "epoch", "columns": ("loss", "loss_it", "loss_ii", "loss_tt")}  # the loss it minimises, and its terms
     variants = {"beta": ("beta",), "eta": ("eta",), "mu": ("mu",), "lrimg": ("lr_img",), "lrtxt": ("lr_txt",),
                 "epochs": ("epochs",)}
@@ -181,12 +185,12 @@ class DJSRH(Hasher):
         return self.img_net_[0].in_features, self.txt_net_[0].in_features
 
     def _optimizer(self):
-        import torch
+        from pipeline.torchkit import make_optimizer
 
         c = self.config
-        return torch.optim.SGD([{"params": self.img_net_.parameters(), "lr": c.lr_img},
-                                {"params": self.txt_net_.parameters(), "lr": c.lr_txt}],
-                               lr=c.lr_img, momentum=c.momentum, weight_decay=c.weight_decay)
+        return make_optimizer("sgd", [{"params": list(self.img_net_.parameters()), "lr": c.lr_img},
+                                      {"params": list(self.txt_net_.parameters()), "lr": c.lr_txt}],
+                              c.optimizer_impl, lr=c.lr_img, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def _batch_loss(self, xb, yb, target, alpha: float) -> dict:
         """Reconstruction loss for standardised network inputs (xb, yb) against mu*S (``target``)."""

@@ -24,7 +24,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-import torch
 
 from pipeline.errors import PipelineError
 from pipeline.eval.codes import pack_bits
@@ -129,7 +128,7 @@ class Index:
     tag_vocab: list[str] | None
     extractors: dict
     model: Any  # a fitted pipeline.methods.base.Hasher
-    device: torch.device
+    device: "torch.device"
     encoders: dict = field(default_factory=dict)  # query feature extractors, loaded once on first use
     captions: "Strings | list[str] | None" = None
     image_paths: "Strings | list[str] | None" = None  # relative to media_root
@@ -249,6 +248,8 @@ def load_index(path: str | Path, device: torch.device | None = None) -> Index:
         if not (path / name).is_file():
             raise PipelineError(f"not an index folder: {path} (missing {name})")
     meta = _read_index_json(path)
+    import torch  # here, not at the top: `cmimh search --help` and the exact ranking need no torch
+
     device = device or torch.device("cpu")
     with open_h5(path / "index.h5", "index") as f:
         for key in ("db_image", "db_text", "ids"):
@@ -336,6 +337,8 @@ def image_query_features(index: Index, images: list) -> np.ndarray:
         except Exception as e:  # noqa: BLE001 - PIL raises many types (DecompressionBombError, struct errors)
             why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")[:200]
             raise PipelineError(f"unreadable image: {name} ({why})") from None
+    import torch
+
     return apply_pca(ex.encode(torch.stack(xs)), index.pca)
 
 
@@ -353,7 +356,8 @@ def _check(k: int, backend: str, target: str | None) -> None:
 
 def rank_codes(index: Index, codes01: np.ndarray, k: int, target: str, backend: str = "exact",
                n_threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k database rows of ``target`` for (n, bits) 0/1 query codes: (indices, distances)."""
+    """Top-k database rows of ``target`` for (n, bits) 0/1 query codes: (indices, distances), on
+    ``n_threads`` threads (faiss: one query always on one, :func:`~pipeline.search.faiss_backend.search_threads`)."""
     q = pack_bits(codes01)
     if backend == "exact":
         return index.database(target).topk(q, k, n_threads=n_threads)
@@ -363,7 +367,7 @@ def rank_codes(index: Index, codes01: np.ndarray, k: int, target: str, backend: 
     key = f"faiss-{target}-{kind}"
     if key not in index.encoders:
         index.encoders[key] = FaissBinaryIndex(index.db_image if target == "image" else index.db_text, kind)
-    return index.encoders[key].search(q, k)
+    return index.encoders[key].search(q, k, n_threads)
 
 
 def hits(index: Index, idx: np.ndarray, dist: np.ndarray, target: str) -> list[dict]:

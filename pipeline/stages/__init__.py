@@ -24,11 +24,22 @@ PREPARE_KEYS = ("source", "path", "n_pairs", "image_size", "images", "download_d
 OWN_SOURCES = ("folder", "table", "webdataset")
 IMPORT_KEYS = ("path", "n_query", "n_train", "import_keys", "allow_overlap")
 STAGES = ("prepare", "extract_image", "extract_text", "extract", "import_features", "train", "encode",
-          "evaluate", "report", "study", "tune")
+          "evaluate", "chance", "report", "study", "tune")
 
 
-def resolve(config: dict, dataset: str | None, stage: str, method: str | None = None) -> dict:
-    """The settings ``stage`` reads for ``dataset`` (and ``method``), as plain JSON values.
+def chance_split(method: str) -> str:
+    """The split a method's run is evaluated on, as the chance rule names it: ``test`` (the data
+    set's queries and database), or ``val<k>`` for a ``-val<k>`` run (its validation fold)."""
+    from pipeline.methods import parse_method
+
+    fold = parse_method(method).fold
+    return "test" if fold is None else f"val{fold}"
+
+
+def resolve(config: dict, dataset: str | None, stage: str, method: str | None = None, *,
+            split: str | None = None) -> dict:
+    """The settings ``stage`` reads for ``dataset`` (and ``method``; for ``chance`` the ``split``,
+    ``test`` or ``val<k>``), as plain JSON values.
 
     The only place settings are merged (global < data set), defaulted and validated (typed
     settings), and a method name's variants applied: what a rule's params hold is what the
@@ -73,6 +84,18 @@ def resolve(config: dict, dataset: str | None, stage: str, method: str | None = 
         return out
     if stage == "evaluate":
         return {"eval_k": int(v.get("eval_k", 1000))}
+    if stage == "chance":  # what the split's rows and the chance level depend on, nothing else
+        import re
+
+        split = "test" if split is None else str(split)
+        m = re.fullmatch(r"val(\d+)", split)
+        if split != "test" and not m:
+            raise PipelineError(f"unknown split {split!r} (use test or val<k>)")
+        out = {**base, "eval_k": int(v.get("eval_k", 1000)), "split": split}
+        if m:
+            val = validation_settings(v, int(m.group(1)))
+            out["validation"] = {key: val[key] for key in ("val_queries", "folds", "fold")}
+        return out
     if stage == "report":
         from pipeline.report.studies import study_settings
 
@@ -122,7 +145,7 @@ def check_config(config: dict, check_files: bool = True) -> None:
     resolve(config, name, "tune")
 
 
-def settings_from_args(a, stage: str, method: str | None = None) -> dict:
+def settings_from_args(a, stage: str, method: str | None = None, split: str | None = None) -> dict:
     """A stage's settings from ``--settings JSON`` (resolved already) or ``--config FILE
     [--dataset NAME]`` (by hand and from the rules: resolved here, with :func:`resolve`)."""
     from pipeline.config import REPO_ROOT
@@ -139,4 +162,4 @@ def settings_from_args(a, stage: str, method: str | None = None) -> dict:
     if getattr(a, "dataset", None):
         cfg["dataset"] = a.dataset
     check_structure(normalize(cfg), check_files=stage not in ("study", "tune", "report"))
-    return resolve(cfg, cfg["dataset"], stage, method)
+    return resolve(cfg, cfg["dataset"], stage, method, split=split)

@@ -157,7 +157,7 @@ def run_image(manifest: Path, settings: dict, out: Path, device: torch.device, p
     # Which images these rows are: the manifest's relative paths and checksums (stable when the
     # data folder moves; a changed file or order restarts the work file instead of mixing rows).
     images = digest([f"{p.where}\t{p.sha256 or ''}" for p in pairs])
-    ex = extractors.image_extractor(rec)
+    ex = extractors.image_extractor(rec, channels_last=s.use_channels_last())
     image_mod.extract_images(
         ex, [m.image_ref(j) for j in range(start, stop)], [p.id for p in pairs], out, device=device,
         batch_size=s.batch_size, num_workers=s.num_workers, on_bad_image=s.on_bad_image, progress=progress,
@@ -165,6 +165,7 @@ def run_image(manifest: Path, settings: dict, out: Path, device: torch.device, p
         fingerprint_extra={"rows": [start, stop, n], "images": images}, on_chunk=on_chunk,
         attrs={"manifest_sha256": sha256_file(manifest), "row_start": start, "row_stop": stop, "n_total": n,
                "shard": int(i), "shards": int(k), "image_settings": json.dumps(rec, sort_keys=True),
+               "precision": ex.precision, "channels_last": int(ex.channels_last),
                "images_sha256": images_digest(m)})
 
 

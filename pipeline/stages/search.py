@@ -53,9 +53,13 @@ def read_queries(path: Path) -> list[dict]:
 
 
 def run(index_path: Path, *, text: str | None = None, image: str | None = None, queries: Path | None = None,
-        k: int = 10, target: str | None = None, backend: str = "exact", device: str = "auto"):
+        k: int = 10, target: str | None = None, backend: str = "exact", device: str = "auto",
+        n_threads: int | None = None):
     """Load ``index_path``, answer one query (or the batch ``queries``), print the hits as JSON lines;
-    return them (a list of hits, or for a batch one list per query)."""
+    return them (a list of hits, or for a batch one list per query). A batch is ranked on
+    ``n_threads`` threads (default: the cores), one query on one."""
+    import os
+
     from pipeline.search.index import load_index, load_query_encoder, search, search_batch
     from pipeline.torchkit import resolve_device
 
@@ -80,7 +84,8 @@ def run(index_path: Path, *, text: str | None = None, image: str | None = None, 
             continue
         args = {"texts": [qs[i]["text"] for i in rows]} if kind == "text" else \
             {"images": [Path(qs[i]["image"]) for i in rows]}
-        for i, h in zip(rows, search_batch(index, k=k, target=target, backend=backend, **args)):
+        for i, h in zip(rows, search_batch(index, k=k, target=target, backend=backend,
+                                             n_threads=n_threads or os.cpu_count() or 1, **args)):
             results[i] = h
     t2 = time.perf_counter()
     for i, (q, h) in enumerate(zip(qs, results)):

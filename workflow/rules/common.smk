@@ -67,6 +67,20 @@ def gpus_for_method(method):
     return 1 if parse_method(method).cls.uses_torch else 0
 
 
+def train_priority(w):
+    """The train job's Snakemake priority: its method's rough training time (Hasher.train_seconds)
+    plus a little per bit, so the long trainings (CMIMH) start first
+    and the seconds-long linear methods fill the cores around them instead of delaying them."""
+    from pipeline.methods import parse_method
+
+    m = parse_method(w.method)
+    return int(m.cls.train_seconds) + int(w.bits) // 16
+
+
+#: Extraction gates every later job: ahead of anything else that is ready (another data set's trainings).
+EXTRACT_PRIORITY = 1000
+
+
 def tune_file(dataset, method):
     return f"{RESULTS}/{dataset}/tune/{method}.json"
 

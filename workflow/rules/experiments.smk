@@ -1,4 +1,4 @@
-# The paper's studies, each a target of its own (`snakemake --cores 8 mi_sweep`), writing
+# The paper's studies, each a target of its own (`snakemake --cores all mi_sweep`), writing
 # results/{dataset}/studies/NAME.md (a table in the paper's layout) and NAME.png; listed under
 # `studies.report` in config.yaml, their tables also go into report.md. Their runs are ordinary
 # method variants (cmimh-mi<w>, cmimh-kl<w>, <method>-ntrain<n>, cmimh-samples<K>,
@@ -45,7 +45,7 @@ for _study in PAPER_STUDIES:
 
 
 rule studies:
-    """Every study of the paper: `snakemake --cores 8 studies` (not tune, nor the comparison, which needs tune)."""
+    """Every study of the paper: `snakemake --cores all studies` (not tune, nor the comparison, which needs tune)."""
     input:
         [f"{RESULTS}/{DATASET}/studies/{name}.{ext}" for name in PAPER_STUDIES if name != "comparison"
          for ext in ("md", "png")],

@@ -33,7 +33,8 @@ rule extract_image_shard:
         "logs/{dataset}/extract_image_shard_{shard}_of_{nshards}.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/extract_image_shard_{{shard}}_of_{{nshards}}.tsv"
-    threads: 2
+    threads: 2  # torch intra-op threads (cmimh extract --threads): the convolutions scale with cores
+    priority: EXTRACT_PRIORITY
     resources:
         mem_mb=8000,
         runtime=240,
@@ -61,6 +62,7 @@ rule extract_image:
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/extract_image.tsv"
     threads: 1
+    priority: EXTRACT_PRIORITY
     resources:
         mem_mb=2000,
         runtime=60,
@@ -82,6 +84,7 @@ rule extract_text:
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/extract_text.tsv"
     threads: 2
+    priority: EXTRACT_PRIORITY
     resources:
         mem_mb=8000,
         runtime=120,
@@ -106,12 +109,14 @@ rule extract:
         "logs/{dataset}/extract.log",
     benchmark:
         f"{RESULTS}/{{dataset}}/benchmarks/extract.tsv"
-    threads: 2
+    threads: 2  # the PCA's BLAS (cmimh extract assemble --threads)
+    priority: EXTRACT_PRIORITY
     resources:
         mem_mb=16000,
         runtime=60,
     shell:
-        "{CMIMH} extract assemble --config {CONFIG} --dataset {wildcards.dataset} --manifest {input.manifest}"
+        "{CMIMH} extract assemble --config {CONFIG} --dataset {wildcards.dataset} --threads {threads}"
+        " --manifest {input.manifest}"
         " --image {input.image} --text {input.text} -o {output.features} --log {log}"
 
 

@@ -26,6 +26,7 @@ rule train:
     # small MLPs (measured: 2 jobs x 1 thread > 1 job x 2 threads), and several jobs x several
     # threads oversubscribe the cores. Raise it per cluster with `set-threads` in a profile.
     threads: 1
+    priority: train_priority  # the long trainings first (issue 16: three CMIMH runs set 87% of the time)
     resources:
         mem_mb=8000,
         runtime=240,

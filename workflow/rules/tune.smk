@@ -1,4 +1,4 @@
-# Hyper-parameter selection by cross-validation on the database (`snakemake --cores 8 tune`).
+# Hyper-parameter selection by cross-validation on the database (`snakemake --cores all tune`).
 # Each grid point of `tune.grid.<method>` on each validation fold is an ordinary run named by its
 # variants (cmimh-mi1-kl0.5-lr0.001-val0: trained, encoded and evaluated by the usual rules, on a
 # validation protocol carved from the database; the real queries are never read); `tune_select`

@@ -32,8 +32,9 @@ from pipeline.features.settings import IMAGE_MODELS
 __all__ = ["ImageExtractor", "TextExtractor", "ResolvedWeights", "image_extractor", "text_extractor"]
 
 
-def image_extractor(record: dict, device=None) -> ImageExtractor:
-    """The image extractor of a record ``{"model", "weights", "input_size", "seed"?}``."""
+def image_extractor(record: dict, device=None, channels_last: bool | None = None) -> ImageExtractor:
+    """The image extractor of a record ``{"model", "weights", "input_size", "seed"?, "precision"?}``
+    (precision fp32 when absent); ``channels_last``: None = with bf16 only (ImageFeatures.use_channels_last)."""
     model, weights = str(record["model"]), str(record["weights"])
     seed, size = int(record.get("seed", 0)), record.get("input_size")
     if model.startswith("clip:"):
@@ -44,6 +45,8 @@ def image_extractor(record: dict, device=None) -> ImageExtractor:
         ex = importlib.import_module(f"pipeline.features.extractors.{model}").build(weights, seed, size)
     else:
         raise PipelineError(f"unknown image model {model!r} (known: {', '.join(IMAGE_MODELS)}, clip:ARCH)")
+    precision = str(record.get("precision", "fp32"))
+    ex.set_arithmetic(precision, precision == "bf16" if channels_last is None else channels_last)
     return ex.to(device) if device is not None else ex
 
 

@@ -69,6 +69,8 @@ class BagOfWords(TextExtractor):
 
     def query(self, texts: Sequence[str]) -> np.ndarray:
         x = self.encode(texts)
-        if not x[0].any():
-            raise PipelineError("none of the query's words is in this data set's bag-of-words vocabulary")
+        empty = np.flatnonzero(~np.asarray(x).any(axis=1))
+        if len(empty):  # every query of a batch, not only the first (a service batches concurrent ones)
+            raise PipelineError("none of the query's words is in this data set's bag-of-words vocabulary"
+                                + (f" (query {empty[0] + 1})" if len(x) > 1 else ""))
         return x

@@ -42,6 +42,8 @@ class TagVectors(TextExtractor):
         """The words of each query that are tags of the vocabulary (lower-cased)."""
         tags = [re.findall(r"[\w-]+", t.lower()) for t in texts]
         known = set(self.vocab)
-        if not any(w in known for w in tags[0]):
-            raise PipelineError("none of the query's words is a tag of this data set's vocabulary")
+        bad = next((i for i, words in enumerate(tags) if not any(w in known for w in words)), None)
+        if bad is not None:  # every query of a batch, not only the first (a service batches concurrent ones)
+            raise PipelineError("none of the query's words is a tag of this data set's vocabulary"
+                                + (f" (query {bad + 1})" if len(tags) > 1 else ""))
         return self.encode(tags)
