@@ -114,7 +114,7 @@ def test_every_stage_resolves(cfg):
     from pipeline.stages import STAGES
 
     for stage in STAGES:
-        s = resolve(cfg, "demo", stage, "cmimh" if stage in ("train", "encode") else None)
+        s = resolve(cfg, "demo", stage, {"train": "cmimh", "encode": "cmimh", "protocol": "udcmh"}.get(stage))
         assert isinstance(s, dict) and s
     with pytest.raises(PipelineError, match="unknown stage"):
         resolve(cfg, "demo", "bake")

@@ -28,16 +28,39 @@ BITS = [int(b) for b in config["code_lengths"]]
 METHODS = list(config["methods"])
 
 
-def _names(pred):
+def _names(pred, protocols=True):
+    """A regex of the data sets whose entry passes ``pred``; with ``protocols``, each also as
+    NAME@PROTOCOL (its runs under a protocol preset, results/NAME@PROTOCOL/: protocols.smk)."""
     import re
 
+    from pipeline.config import PROTOCOL_DEFAULTS
+
     names = [re.escape(n) for n, d in config["datasets"].items() if pred(d)]
-    return "|".join(names) if names else "(?!x)x"
+    if not names:
+        return "(?!x)x"
+    alt = "(?:" + "|".join(names) + ")"
+    return alt + ("(?:@(?:" + "|".join(PROTOCOL_DEFAULTS) + "))?" if protocols else "")
 
 
 # Pre-extracted features skip prepare/extraction; every other source is prepared and extracted.
 FEATURE_DATASETS = _names(lambda d: d["source"] == "features")
 RAW_DATASETS = _names(lambda d: d["source"] != "features")
+# prepare runs once per data set: its protocol variants share its manifest
+PREPARED_DATASETS = _names(lambda d: d["source"] != "features", protocols=False)
+
+
+def base_dataset(name):
+    """The data set of NAME or NAME@PROTOCOL."""
+    return name.partition("@")[0]
+
+
+def manifest_file(w):
+    """The prepared manifest of a data set; a protocol variant shares its data set's (one download)."""
+    return f"{DATA}/{base_dataset(w.dataset)}/manifest.jsonl"
+
+
+def is_features_dataset(name):
+    return config["datasets"][base_dataset(name)]["source"] == "features"
 
 
 wildcard_constraints:

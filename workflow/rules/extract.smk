@@ -20,7 +20,7 @@ def text_gpus(w):
 rule extract_image_shard:
     """Image features of one shard of the images; resumable: a killed job's rerun carries on."""
     input:
-        manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
+        manifest=manifest_file,
     output:
         image=temp(f"{RESULTS}/{{dataset}}/intermediate/image/shard_{{shard}}_of_{{nshards}}.h5"),
     params:
@@ -47,7 +47,7 @@ rule extract_image_shard:
 rule extract_image:
     """The shards merged into one image.h5, chunk by chunk (one shard: a copy)."""
     input:
-        manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
+        manifest=manifest_file,
         shards=image_shards,
     output:
         image=f"{RESULTS}/{{dataset}}/intermediate/image.h5",
@@ -70,7 +70,7 @@ rule extract_image:
 
 rule extract_text:
     input:
-        manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
+        manifest=manifest_file,
     output:
         text=f"{RESULTS}/{{dataset}}/intermediate/text.h5",
     params:
@@ -93,7 +93,7 @@ rule extract_text:
 
 rule extract:
     input:
-        manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
+        manifest=manifest_file,
         image=rules.extract_image.output.image,
         text=rules.extract_text.output.text,
     output:
@@ -117,7 +117,7 @@ rule extract:
 
 rule import_features:
     input:
-        src=lambda w: config["datasets"][w.dataset]["path"],
+        src=lambda w: config["datasets"][base_dataset(w.dataset)]["path"],
     output:
         features=f"{RESULTS}/{{dataset}}/features.h5",
     params:
