@@ -178,9 +178,10 @@ class Protocol:
                             label=f"{meth} (reported)")
             ax.set_xticks(x, [str(b) for b in bits])
             ylabel = f"RecallOne@{k} (%)" if k else f"{used} (%)"
-            ax.set(xlabel="bits", ylabel=ylabel, title=f"{t.title}: {self.title}")
+            ax.set(xlabel="bits", ylabel=ylabel, title=t.title)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
+        fig.suptitle(f"{self.title} ({s['dataset']})", fontsize=10)
         figures.save(fig, out_png)
 
 
@@ -223,6 +224,7 @@ class Curves(Protocol):
             for ax in (ax_pk, ax_pr):
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=6)
+        fig.suptitle(f"{self.title} ({s['dataset']}, {runs[0].bits} bits)", fontsize=10)
         figures.save(fig, out_png)
 
 

@@ -450,14 +450,30 @@ def run_import(src: Path, settings: dict, out: Path) -> None:
                             label_key=keys.get("labels"))
     seed = int(settings.get("seed", 0))
     n_query, n_train = settings.get("n_query"), settings.get("n_train")
-    splits, protocol = choose_splits(imp, None if n_query is None else int(n_query),
-                                     None if n_train is None else int(n_train), seed)
+    proto = settings.get("protocol")
+    if proto and proto.get("split"):
+        if imp.splits:  # the file's own split is the data set's: kept, said so
+            proto = {**proto, "notes": list(proto.get("notes") or [])
+                     + ["the features file has its own split: kept instead of the protocol's"]}
+            splits, protocol = choose_splits(imp, None, None if n_train is None else int(n_train), seed)
+        else:
+            from pipeline.data.splits import plan_split
+
+            sizes, notes = plan_split(imp.n, proto["split"], float(proto["shrink"]))
+            proto = {**proto, "sizes": sizes, "notes": list(proto.get("notes") or []) + notes}
+            splits = split_indices(imp.n, sizes["n_query"], sizes["n_train"], seed, n_val=sizes["n_val"])
+            protocol = f"protocol {proto['name']} (seeded)"
+        for note in proto["notes"]:
+            log.warning("protocol %s: %s", proto["name"], note)
+    else:
+        splits, protocol = choose_splits(imp, None if n_query is None else int(n_query),
+                                         None if n_train is None else int(n_train), seed)
     sources = [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in srcs]
     allow = bool(settings.get("allow_overlap", False))
     prov = provenance(settings, dataset=settings.get("dataset", "imported"), seed=seed, stage="import",
                       sources=sources, source_format=imp.source_format, keys_used=imp.keys_used,
                       split_protocol=protocol, import_notes=imp.notes, allow_overlap=allow,
-                      counts={s: int(len(v)) for s, v in splits.items()})
+                      counts={s: int(len(v)) for s, v in splits.items()}, **({"protocol": proto} if proto else {}))
     if allow:
         overlap = {o: int(len(np.intersect1d(splits["query"], splits[o]))) for o in ("database", "train")}
         if any(overlap.values()):
