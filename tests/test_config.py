@@ -191,3 +191,9 @@ def test_protocol_settings_users_can_change_and_bad_ones_are_one_line(cfg):
     cfg["protocols"] = {"mgah": {"methods": ["cmimh", "nosuch"]}}
     with pytest.raises(PipelineError, match=r"protocols.mgah.methods\[1\]"):
         resolve(cfg, "demo", "protocol", "mgah")
+
+
+def test_a_bad_protocol_method_stops_at_start(cfg):
+    cfg["protocols"] = {"curves": {"methods": ["cvh", "cvh-nosuch1"]}}
+    with pytest.raises(PipelineError, match=r"protocols.curves.methods\[1\]"):
+        check_config(cfg, check_files=False)

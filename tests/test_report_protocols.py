@@ -89,6 +89,12 @@ def test_handcrafted_reports_cre_and_the_methods_we_did_not_run_and_prints_notes
     assert "| Img→Txt | CRE (reported, Table VIII) | – | – | – |" in inline  # Pre@100: the paper has none
     assert "| Txt→Img | PDH (reported, Table VIII) | – | 51.33 | 52.84 |" in inline  # Pre@100 at 16 bits: none
     assert "2,000 queries" in text and "20,000 training pairs" in text and "- a note" in text
+    assert "NUS-WIDE's official 500-d bag of SIFT words" in text
+    # elsewhere the study says which image features it used
+    s = resolve(cfg, "demo", "protocol", "handcrafted")
+    write_runs(tmp_path, s)
+    text = stage.run("handcrafted", s, tmp_path, tmp_path / "d.md")
+    assert "images as the data set's own image features (only NUS-WIDE has" in text
 
 
 def test_ldr_recall_one_and_the_demo_without_reported_rows(cfg, tmp_path):

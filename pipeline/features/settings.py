@@ -50,8 +50,8 @@ class ImageFeatures(Settings):
                 raise PipelineError(f"{where}: weights: {m} takes random, an open_clip pretrained tag (openai, "
                                     "laion2b_s34b_b79k, ...) or a checkpoint path, not imagenet")
         elif m not in IMAGE_MODELS + LOW_LEVEL_MODELS:
-            raise PipelineError(f"{where}: model must be one of {', '.join(IMAGE_MODELS + LOW_LEVEL_MODELS)} or "
-                                f"clip:ARCH, got {m!r}")
+            raise PipelineError(f"{where}: model must be one of {', '.join(IMAGE_MODELS)} or clip:ARCH (NUS-WIDE "
+                                f"also: {', '.join(LOW_LEVEL_MODELS)}), got {m!r}")
 
     def size(self) -> int | None:
         """The input size the network runs at: the setting, else 224 for the torchvision networks

@@ -133,6 +133,11 @@ def check_config(config: dict, check_files: bool = True) -> None:
         resolve(config, name, "extract")
     resolve(config, name, "study")
     resolve(config, name, "tune")
+    from pipeline.config import PROTOCOL_DEFAULTS
+
+    if "@" not in name:
+        for proto in PROTOCOL_DEFAULTS:  # each protocol target's methods
+            resolve(config, name, "protocol", proto)
 
 
 def settings_from_args(a, stage: str, method: str | None = None) -> dict:

@@ -35,8 +35,12 @@ def run(name: str, s: dict, results_root: Path, out_md: Path, out_png: Path | No
     split = s.get("split") or {}
     fill = {"q": counts.get("query", split.get("n_query")), "v": counts.get("validation", split.get("n_val", 0)),
             "t": counts.get("train", split.get("n_train"))}
-    s = {**s, "description": DESCRIPTIONS[name].format(**{k: f"{v:,}" if isinstance(v, int) else v
-                                                          for k, v in fill.items()})}
+    desc = DESCRIPTIONS[name]
+    if name == "handcrafted" and s.get("source") != "nuswide":  # only NUS-WIDE has the official features
+        desc = desc.replace("images as NUS-WIDE's official 500-d bag of SIFT words",
+                            "images as the data set's own image features (only NUS-WIDE has the official 500-d "
+                            "bag of SIFT words)")
+    s = {**s, "description": desc.format(**{k: f"{v:,}" if isinstance(v, int) else v for k, v in fill.items()})}
     text = p.markdown(s, metrics, runs, key_used, notes)
     if out_png is not None:
         p.plot(s, runs, metrics, key_used, Path(out_png))
