@@ -26,6 +26,10 @@ def check_plan(out: str, dataset: str) -> None:
             assert f"results/{tree}/{m}/64/metrics.json" in out, (tree, m)
     assert f"results/{dataset}@ldr/cmimh/128/metrics.json" in out  # Table VII: up to 128 bits
     assert f"results/{dataset}@mgah/intermediate/image.h5" in out  # VGG-19 features of its own
+    # ldr's VGG-19 features are mgah's (the same settings: extracted once), its texts the data set's
+    assert f"results/{dataset}@ldr/intermediate/image.h5" not in out
+    assert f"results/{dataset}@ldr/intermediate/text.h5" not in out
+    assert f"results/{dataset}/intermediate/text.h5" in out
     assert f"results/{dataset}@udcmh" not in out and f"results/{dataset}@curves" not in out
     # one prepared manifest (one download) shared by every tree
     assert out.count("\nrule prepare:") == 1

@@ -59,6 +59,31 @@ def manifest_file(w):
     return f"{DATA}/{base_dataset(w.dataset)}/manifest.jsonl"
 
 
+def shared_tree(dataset, stage):
+    """The results tree whose intermediate file of `stage` (extract_image: image.h5, extract_text:
+    text.h5) serves `dataset`: the first of the data set and its protocol trees (in
+    PROTOCOL_DEFAULTS order) whose settings for that stage equal `dataset`'s, so identical features
+    are extracted once (mgah's and ldr's VGG-19 features; ldr's texts are the data set's own)."""
+    from pipeline.config import PROTOCOL_DEFAULTS, protocol_dataset
+
+    base = base_dataset(dataset)
+
+    def key(name):
+        return {k: v for k, v in resolve(config, name, stage).items() if k != "dataset"}
+
+    mine = key(dataset)
+    trees = [base] + [protocol_dataset(config, base, p) for p in PROTOCOL_DEFAULTS]
+    for cand in dict.fromkeys(trees):
+        if cand == dataset:
+            return dataset
+        try:
+            if key(cand) == mine:
+                return cand
+        except PipelineError:  # a preset this data set cannot take (nuswide_bow_sift off NUS-WIDE)
+            continue
+    return dataset
+
+
 def is_features_dataset(name):
     return config["datasets"][base_dataset(name)]["source"] == "features"
 

@@ -94,8 +94,9 @@ rule extract_text:
 rule extract:
     input:
         manifest=manifest_file,
-        image=rules.extract_image.output.image,
-        text=rules.extract_text.output.text,
+        # a protocol tree shares another tree's identical intermediate features (common.smk shared_tree)
+        image=lambda w: f"{RESULTS}/{shared_tree(w.dataset, 'extract_image')}/intermediate/image.h5",
+        text=lambda w: f"{RESULTS}/{shared_tree(w.dataset, 'extract_text')}/intermediate/text.h5",
     output:
         features=f"{RESULTS}/{{dataset}}/features.h5",
     params:
