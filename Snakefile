@@ -23,6 +23,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/experiments.smk"
 include: "workflow/rules/tune.smk"
+include: "workflow/rules/protocols.smk"
 
 
 rule all:

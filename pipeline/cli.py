@@ -165,6 +165,13 @@ def cmd_study(a) -> None:
     study.run(a.name, _s(a, "study"), Path(a.results), Path(a.output), _path(a.plot), k=a.k)
 
 
+def cmd_protocol(a) -> None:
+    from pipeline.stages import protocol
+
+    protocol.run(a.name, _s(a, "protocol", a.name), Path(a.results), Path(a.output), _path(a.plot),
+                 features=_path(a.features))
+
+
 def cmd_tune(a) -> None:
     from pipeline.stages import tune
 
@@ -305,6 +312,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     q.add_argument("--plot", help="the study's plot (PNG)")
     q.add_argument("-o", "--output", required=True, help="results/{dataset}/studies/NAME.md")
     q.set_defaults(fn=cmd_study)
+
+    q = sub.add_parser("protocol", help="one of the paper's protocol studies (Tables V-VIII, Figures 4-5): "
+                                        "tables with the reported numbers, and a plot")
+    q.add_argument("name", choices=["udcmh", "mgah", "ldr", "handcrafted", "curves"])
+    _settings_args(q); _common(q)
+    q.add_argument("--results", required=True, help="the results folder (results/): the runs are in "
+                                                    "results/{dataset}@{protocol}/ or results/{dataset}/")
+    q.add_argument("--features", help="the protocol tree's features.h5 (its provenance's protocol notes)")
+    q.add_argument("--plot", help="the study's plot (PNG)")
+    q.add_argument("-o", "--output", required=True, help="results/{dataset}/studies/NAME.md")
+    q.set_defaults(fn=cmd_protocol)
 
     q = sub.add_parser("tune", help="choose each method's settings from its grid points' validation runs")
     _settings_args(q); _common(q)

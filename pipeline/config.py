@@ -85,9 +85,14 @@ def check_structure(config: dict, check_files: bool = True) -> None:
                     check_output_path(config[key], folder=True)
                 except PipelineError as e:
                     raise PipelineError(f"config: {key}: {e}") from None
-    name = config["dataset"]
+    name, _, proto = config["dataset"].partition("@")
     if name not in config["datasets"]:
         raise PipelineError(f"config: unknown dataset {name!r} (known: {', '.join(sorted(config['datasets']))})")
+    if proto:
+        protocol_preset(config, proto)
+    for pname in config.get("protocols") or {}:
+        if pname != "shrink":
+            protocol_preset(config, pname)
     ds = config["datasets"][name]
     if ds["source"] == "features":
         if "path" not in ds:
@@ -123,16 +128,87 @@ def dataset_view(config: dict, dataset: str | None = None) -> dict:
     The data set's own keys (``source``, ``n_query``, ``image_features``, ...) come up to the top
     level; :data:`OVERRIDABLE` sections merge key by key (``datasets.NAME.method_settings.cmimh.lr``
     overrides that one setting). An unknown data set is one line.
+
+    ``NAME@PROTOCOL`` is data set NAME under a protocol preset (:func:`protocol_preset`): its
+    features and split replaced by the preset's, so that its runs live in their own results tree
+    (``results/NAME@PROTOCOL/``) and never overwrite NAME's; ``protocol`` records the preset and
+    ``base_dataset`` the data set (whose prepared manifest it shares).
     """
     name = dataset or config["dataset"]
-    if name not in config.get("datasets", {}):
-        raise PipelineError(f"config: unknown dataset {name!r} (known: {', '.join(sorted(config.get('datasets', {})))})")
-    ds = config["datasets"][name]
+    base, _, proto = name.partition("@")
+    if base not in config.get("datasets", {}):
+        raise PipelineError(f"config: unknown dataset {base!r} (known: {', '.join(sorted(config.get('datasets', {})))})")
+    ds = config["datasets"][base]
     view = {k: copy.deepcopy(v) for k, v in config.items() if k != "datasets"}
     for k, v in ds.items():
         view[k] = merge(view.get(k) or {}, v) if k in OVERRIDABLE else copy.deepcopy(v)
     view["dataset"] = name
+    view["base_dataset"] = base
+    if proto:
+        p = protocol_preset(config, proto, ds.get("source"))
+        if not p["tree"]:
+            raise PipelineError(f"config: protocol {proto!r} changes neither features nor split: its runs are "
+                                f"{base!r}'s own (use dataset {base!r})")
+        if ds.get("source") == "features" and (p["image_features"] or p["text_features"]):
+            # an imported features file has its features already: only the split can change
+            p["notes"] = p["notes"] + ["the data set is a features file: its own features are kept"]
+        for key in ("image_features", "text_features"):
+            if p[key]:
+                view[key] = merge(view.get(key) or {}, p[key])
+        view["protocol"] = {"name": proto, "split": p["split"], "shrink": p["shrink"], "notes": p["notes"]}
     return view
+
+
+#: The paper's protocol presets (section IV-C, Tables V-VIII and Figures 4-5), each overridable
+#: under ``protocols.NAME`` in config.yaml. ``image_features`` / ``text_features`` are merged onto
+#: the data set's own, ``split`` replaces its split (``n_query``: a count, or a fraction of the
+#: pairs when below 1; ``n_val``: held-out validation pairs, in neither the database nor the
+#: training set; ``n_train``: a count or ``database``, the whole database), ``sources`` adds
+#: per-source overrides (NUS-WIDE's official low-level features exist only for NUS-WIDE),
+#: ``methods`` (null: every method of :data:`pipeline.methods.REGISTRY`) and ``bits`` are the runs.
+#: A preset that changes neither features nor split runs in the data set's own results tree.
+PROTOCOL_DEFAULTS: dict[str, dict] = {
+    "udcmh": {"bits": [16, 32, 64]},
+    "mgah": {"bits": [16, 32, 64], "image_features": {"model": "vgg19"},
+             "text_features": {"kind": "bow", "vocab_size": 1000, "min_count": 1, "stop_words": "none"},
+             "split": {"n_query": 0.05, "n_train": "database"},
+             "sources": {"nuswide": {"split": {"n_query": 0.01}}}},
+    "ldr": {"bits": [16, 32, 64, 128], "image_features": {"model": "vgg19"},
+            "split": {"n_query": 1000, "n_val": 1000, "n_train": "database"}},
+    "handcrafted": {"bits": [16, 32, 64], "text_features": {"kind": "bow", "vocab_size": 1000},
+                    "split": {"n_query": 2000, "n_train": 20000},
+                    "sources": {"nuswide": {"image_features": {"model": "nuswide_bow_sift", "pca_dim": 500, "shards": 1},
+                                            "text_features": {"kind": "tags"}}}},
+    "curves": {"bits": [32]},
+}
+#: Held-out pairs (queries + validation) are at most this fraction of the pairs; larger asked
+#: sizes (the demo's 2,500 pairs) shrink in proportion, noted in the provenance and the study.
+PROTOCOL_SHRINK = 0.2
+
+
+def protocol_preset(config: dict, name: str, source: str | None = None) -> dict:
+    """Protocol ``name``'s preset for a data set of ``source``: the defaults < ``protocols.NAME``
+    < its ``sources.SOURCE``; with ``tree`` (whether it needs a results tree of its own),
+    ``methods`` (None: every method) and ``notes``. An unknown protocol is one line."""
+    user = (config.get("protocols") or {})
+    known = list(PROTOCOL_DEFAULTS)
+    if name not in known:
+        raise PipelineError(f"config: unknown protocol {name!r} (known: {', '.join(known)})")
+    p = merge(PROTOCOL_DEFAULTS.get(name, {}), user.get(name))
+    over = (p.pop("sources", None) or {}).get(source) or {}
+    p = merge(p, over)
+    out = {"name": name, "bits": [int(b) for b in p.get("bits", [32])], "methods": p.get("methods"),
+           "image_features": p.get("image_features") or {}, "text_features": p.get("text_features") or {},
+           "split": p.get("split") or None, "shrink": float(user.get("shrink", PROTOCOL_SHRINK)), "notes": []}
+    out["tree"] = bool(out["image_features"] or out["text_features"] or out["split"])
+    return out
+
+
+def protocol_dataset(config: dict, dataset: str, protocol: str) -> str:
+    """The data set name a protocol's runs use: ``dataset@protocol``, or ``dataset`` itself when
+    the preset changes neither features nor split (its runs are the data set's own)."""
+    source = (config.get("datasets", {}).get(dataset) or {}).get("source")
+    return f"{dataset}@{protocol}" if protocol_preset(config, protocol, source)["tree"] else dataset
 
 
 def write_run_config(config: dict, folder: str | Path = RUN_CONFIG_DIR) -> str:

@@ -114,7 +114,7 @@ def test_every_stage_resolves(cfg):
     from pipeline.stages import STAGES
 
     for stage in STAGES:
-        s = resolve(cfg, "demo", stage, "cmimh" if stage in ("train", "encode") else None)
+        s = resolve(cfg, "demo", stage, {"train": "cmimh", "encode": "cmimh", "protocol": "udcmh"}.get(stage))
         assert isinstance(s, dict) and s
     with pytest.raises(PipelineError, match="unknown stage"):
         resolve(cfg, "demo", "bake")
@@ -140,3 +140,60 @@ def test_a_data_or_results_folder_below_a_file_is_one_line(cfg, tmp_path, key):
     with pytest.raises(PipelineError, match=rf"^config: {key}: cannot write the folder .*afile: it is an existing file$"):
         check_structure(cfg)
     check_structure(cfg, check_files=False)  # the check reads the disk: only where files are checked
+
+
+# ----------------------------------------------------------------------------- protocol presets
+def test_protocol_view_overrides_features_and_split_and_records_the_preset(cfg):
+    v = dataset_view(cfg, "mirflickr25k@mgah")
+    assert v["dataset"] == "mirflickr25k@mgah" and v["base_dataset"] == "mirflickr25k"
+    assert v["image_features"]["model"] == "vgg19"
+    assert v["image_features"]["weights"] == "imagenet" and v["image_features"]["pca_dim"] == 1024  # the data set's
+    assert v["text_features"] == {"kind": "bow", "vocab_size": 1000, "min_count": 1, "stop_words": "none"}
+    assert v["protocol"]["split"] == {"n_query": 0.05, "n_train": "database"}
+    # NUS-WIDE: 1% queries (the preset's per-source override)
+    assert dataset_view(cfg, "nuswide@mgah")["protocol"]["split"]["n_query"] == 0.01
+    # the data set's own view is untouched
+    assert dataset_view(cfg, "mirflickr25k")["image_features"]["model"] == "alexnet"
+    assert "protocol" not in dataset_view(cfg, "mirflickr25k")
+
+
+def test_handcrafted_protocol_reads_nuswides_low_level_features_only_on_nuswide(cfg):
+    s = resolve(cfg, "nuswide@handcrafted", "extract_image")
+    assert s["image_features"]["model"] == "nuswide_bow_sift" and "low_level" in s
+    e = resolve(cfg, "nuswide@handcrafted", "extract")
+    assert e["image_features"]["pca_dim"] == 500 and e["text_features"]["kind"] == "tags"
+    assert e["protocol"]["split"] == {"n_query": 2000, "n_train": 20000}
+    # elsewhere: the data set's own image features, 1,000-word bag of words for the texts
+    d = resolve(cfg, "demo@handcrafted", "extract")
+    assert d["image_features"]["model"] == "alexnet" and d["text_features"]["vocab_size"] == 1000
+    cfg["datasets"]["demo"]["image_features"] = {"model": "nuswide_bow_sift"}
+    with pytest.raises(PipelineError, match="only a nuswide data set has them"):
+        resolve(cfg, "demo", "extract_image")
+
+
+def test_protocol_settings_users_can_change_and_bad_ones_are_one_line(cfg):
+    cfg["protocols"] = {"ldr": {"split": {"n_query": 500, "n_val": 100, "n_train": "database"}, "bits": [64]}}
+    check_structure(normalize(cfg), check_files=False)
+    assert dataset_view(cfg, "demo@ldr")["protocol"]["split"]["n_query"] == 500
+    s = resolve(cfg, "demo", "protocol", "ldr")
+    assert s["tree"] == "demo@ldr" and s["bits"] == [64] and s["methods"][0] == "cmimh" and "fsh" in s["methods"]
+    assert resolve(cfg, "demo", "protocol", "udcmh")["tree"] == "demo"  # no features or split: the own runs
+    with pytest.raises(PipelineError, match="changes neither features nor split"):
+        dataset_view(cfg, "demo@udcmh")
+    with pytest.raises(PipelineError, match="unknown protocol 'xyz'"):
+        dataset_view(cfg, "demo@xyz")
+    for bad, needle in (({"ldr": {"split": {"n_train": "all"}}}, "protocols.ldr.split.n_train"),
+                        ({"mgah": {"bitz": [1]}}, "protocols.mgah"),
+                        ({"nope": {}}, "protocols")):
+        cfg["protocols"] = bad
+        with pytest.raises(PipelineError, match=needle):
+            check_structure(normalize(cfg), check_files=False)
+    cfg["protocols"] = {"mgah": {"methods": ["cmimh", "nosuch"]}}
+    with pytest.raises(PipelineError, match=r"protocols.mgah.methods\[1\]"):
+        resolve(cfg, "demo", "protocol", "mgah")
+
+
+def test_a_bad_protocol_method_stops_at_start(cfg):
+    cfg["protocols"] = {"curves": {"methods": ["cvh", "cvh-nosuch1"]}}
+    with pytest.raises(PipelineError, match=r"protocols.curves.methods\[1\]"):
+        check_config(cfg, check_files=False)

@@ -202,7 +202,7 @@ def test_sources_are_the_current_official_locations():
     assert {k: r.url for k, r in nuswide.SOURCES.items()} == {
         "imagelist": BASE + "ImageList.zip", "concepts": BASE + "ConceptsList.zip",
         "groundtruth": BASE + "Groundtruth.zip", "tags": BASE + "NUS_WID_Tags.zip",
-        "urls": BASE + "NUS-WIDE-urls.rar"}
+        "urls": BASE + "NUS-WIDE-urls.rar", "lowlevel": BASE + "Low_Level_Features.rar"}
     remotes = list(nuswide.SOURCES.values()) + [r for alts in nuswide.ALTERNATIVES.values() for r in alts]
     assert all(r.url.endswith("/" + r.filename) and "nextcenter" not in r.url for r in remotes)
     assert all(r.sha256 is None and r.md5 is None and r.size is None for r in remotes)
@@ -547,3 +547,76 @@ def test_authors_tree_needs_no_name_index(nus, tmp_path, monkeypatch):
         (imgs / "Flickr" / rel(i)).write_bytes(jpeg(i))
     monkeypatch.setattr(nuswide, "_name_index", lambda *a: pytest.fail("walked the image folder"))
     nuswide.prepare(tmp_path / "o", settings(nus, images=str(imgs), hash_images=False), progress=False)
+
+
+# ------------------------------------------------------------------------- low-level features
+def bow_sift_text(n: int = 6, dim: int = 500) -> bytes:
+    """A tiny BoW_int.dat in the official text format: row i holds i + j % 7 at column j."""
+    return b"".join((" ".join(str(i + j % 7) for j in range(dim)) + " \n").encode() for i in range(n))
+
+
+def test_bow_sift_rows_are_read_in_image_list_order_from_a_file_or_a_zip(tmp_path):
+    import numpy as np
+
+    folder = tmp_path / "ll" / "Low_Level_Features"
+    folder.mkdir(parents=True)
+    (folder / "BoW_int.dat").write_bytes(bow_sift_text())
+    feats, info = nuswide.read_bow_sift([4, 1], tmp_path / "ll", tmp_path / "dl", progress=False)
+    want = np.array([[r + j % 7 for j in range(500)] for r in (4, 1)], np.float32)
+    assert feats.dtype == np.float32 and feats.shape == (2, 500) and np.array_equal(feats, want)
+    assert info["rows_in_file"] == 6 and info["url"].endswith("/Low_Level_Features.rar")
+    assert info["sha256"] == hashlib.sha256(bow_sift_text()).hexdigest()
+    # the same file inside a zip (Low_Level_Features.rar re-zipped): found by name
+    z = tmp_path / "z"
+    z.mkdir()
+    with zipfile.ZipFile(z / "Low_Level_Features.zip", "w") as zf:
+        zf.writestr("Low_Level_Features/BoW_int.dat", bow_sift_text())
+    feats2, _ = nuswide.read_bow_sift([4, 1], z, tmp_path / "dl", progress=False)
+    assert np.array_equal(feats2, want)
+
+
+def test_bow_sift_bad_files_are_one_line(tmp_path):
+    import numpy as np
+
+    with pytest.raises(PipelineError, match="line 2 has 3 values, not 500"):
+        nuswide.parse_bow_sift(io.BytesIO(bow_sift_text(1) + b"1 2 3\n"), np.array([1]), "BoW_int.dat")
+    with pytest.raises(PipelineError, match="has 2 rows, but pair id 5 is asked for"):
+        nuswide.parse_bow_sift(io.BytesIO(bow_sift_text(2)), np.array([0, 5]), "BoW_int.dat")
+    with pytest.raises(PipelineError, match="not a number"):
+        nuswide.parse_bow_sift(io.BytesIO(b"x " * 500 + b"\n"), np.array([0]), "BoW_int.dat")
+    # missing everywhere: the download is tried (a mirror that serves nothing), then one line
+    # that names the file, its RAR archive and its official URL
+    with pytest.raises(PipelineError, match=r"BoW_int.dat is not in .*Low_Level_Features.rar.*extract BoW_int.dat"):
+        nuswide.read_bow_sift([0], None, tmp_path / "dl", mirror=(tmp_path / "nomirror").as_uri() + "/",
+                              progress=False)
+
+
+def test_extract_image_with_the_official_bow_sift_writes_an_image_file_assembly_accepts(nus, tmp_path):
+    """`image_features.model: nuswide_bow_sift`: the extract-image stage reads each kept pair's row
+    of BoW_int.dat (its id is its image-list row) instead of running a network, in the image-file
+    format that merge and assembly read."""
+    import h5py
+    import numpy as np
+
+    from pipeline.io import read_strings
+    from pipeline.stages import extract
+
+    manifest = nuswide.prepare(tmp_path / "out", settings(nus), progress=False)
+    ll = tmp_path / "ll"
+    ll.mkdir()
+    (ll / "BoW_int.dat").write_bytes(bow_sift_text(N))
+    s = {"dataset": "nuswide@handcrafted", "seed": 0, "device": "cpu",
+         "image_features": {"model": "nuswide_bow_sift"}, "low_level": {"path": str(ll)}}
+    out = tmp_path / "image.h5"
+    extract.run_image(manifest, s, out, device=None, progress=False)
+    ids = [p.id for p in read_manifest(manifest).pairs]
+    with h5py.File(out, "r") as f:
+        assert read_strings(f, "ids") == ids and f["ok"][()].all()
+        want = np.array([[int(i) + j % 7 for j in range(500)] for i in ids], np.float32)
+        assert np.array_equal(f["image"][()], want)
+        assert f.attrs["model"] == "nuswide_bow_sift" and f.attrs["dim"] == 500
+        assert json.loads(f.attrs["image_settings"]) == {"model": "nuswide_bow_sift"}
+    merged = tmp_path / "merged.h5"
+    extract.run_merge([out], merged, manifest=manifest, progress=False)
+    with h5py.File(merged, "r") as f:
+        assert f["image"].shape == (len(ids), 500)

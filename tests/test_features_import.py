@@ -392,3 +392,28 @@ def test_damaged_compressed_data_and_folders_are_one_line(tmp_path):
     (tmp_path / "folder.h5").mkdir()
     assert one_line_error(load_feature_file, tmp_path / "folder.h5") == (
         f"features file {tmp_path / 'folder.h5'} is a directory, not a .mat/.h5/.npz file")
+
+
+def test_run_import_under_a_protocol_draws_the_protocol_split_or_keeps_the_files(tmp_path):
+    """A features file under a protocol (data set NAME@ldr): no split in the file -> the protocol's
+    sizes (planned on its rows, shrunk to fit: 60 pairs hold at most 0.2 x 60 = 12 held out:
+    1,000 + 1,000 -> 6 + 6); a file with its own split keeps it, noted."""
+    import h5py as h5
+
+    src = make_features_h5(tmp_path / "f.h5", n=60)
+    proto = {"name": "ldr", "split": {"n_query": 1000, "n_val": 1000, "n_train": "database"}, "shrink": 0.2,
+             "notes": []}
+    out = tmp_path / "features.h5"
+    extract.run_import(src, settings(protocol=proto), out)
+    f = read_features(out)
+    assert (len(f.query), len(f.database), len(f.train)) == (6, 48, 48)
+    with h5.File(out, "r") as g:
+        assert len(g["validation"]) == 6
+        prov = json.loads(g.attrs["provenance"])
+    assert prov["protocol"]["sizes"] == {"n_query": 6, "n_val": 6, "n_train": 48}
+    assert "shrunk to 6 + 6" in prov["protocol"]["notes"][0]
+    src2 = make_features_h5(tmp_path / "g.h5", n=60, splits=True)
+    extract.run_import(src2, settings(protocol=proto), tmp_path / "o2.h5")
+    g2 = read_features(tmp_path / "o2.h5")
+    assert list(g2.query) == list(range(10))
+    assert "its own split: kept" in json.loads(g2.attrs["provenance"])["protocol"]["notes"][0]

@@ -114,6 +114,13 @@ SOURCES: dict[str, Remote] = {
     "tags": Remote(url=BASE_URL + "NUS_WID_Tags.zip", filename="NUS_WID_Tags.zip"),
     # RAR: Python's standard library cannot read it; extract NUS-WIDE-urls.txt by hand.
     "urls": Remote(url=BASE_URL + "NUS-WIDE-urls.rar", filename="NUS-WIDE-urls.rar"),
+    # The official "Low-Level Features" archive of the NUS-WIDE page (six feature types for all
+    # 269,648 images, in image-list order); the handcrafted protocol (the paper's Table VIII) reads
+    # its 500-d bag of SIFT visual words, Low_Level_Features/BoW_int.dat. Its name under BASE_URL
+    # follows the page's other archives (the file name public NUS-WIDE loaders use: Low_Level_Features/
+    # BoW_int.dat); no source gives its size or checksum (None). RAR as well: extract BoW_int.dat
+    # (or re-zip the folder) into ``path`` or ``download_dir``.
+    "lowlevel": Remote(url=BASE_URL + "Low_Level_Features.rar", filename="Low_Level_Features.rar"),
 }
 _BUNDLE = (Remote(url=BASE_URL + "NUS-WIDE.zip", filename="NUS-WIDE.zip"),
            Remote(url=HF_URL + "NUS-WIDE.zip", filename="NUS-WIDE.zip"))
@@ -129,6 +136,7 @@ HOLDERS = {
     "groundtruth": "Groundtruth.zip or NUS-WIDE.zip",
     "tags": "NUS_WID_Tags.zip",
     "urls": "NUS-WIDE-urls.rar",
+    "lowlevel": "Low_Level_Features.rar",
 }
 N_IMAGES = 269_648        # rows of every official file (NUS-WIDE page, CIVR 2009 paper)
 PAPER_N_PAIRS = 186_577   # pairs with >= 1 of the top-10 concepts (CMIMH paper, section IV-A)
@@ -196,7 +204,7 @@ def _index(folders: list[Path]) -> dict[str, list[_Entry]]:
             for name in sorted(filenames):
                 p = Path(dirpath) / name
                 low = name.lower()
-                if low.endswith(".txt"):
+                if low.endswith((".txt", ".dat")):
                     files.append(_Entry(p))
                 elif low.endswith(".zip"):
                     try:
@@ -206,7 +214,7 @@ def _index(folders: list[Path]) -> dict[str, list[_Entry]]:
                         log.warning("nuswide: skipping %s: not a readable zip archive (%s)", p, e)
                         continue
                     members += [_Entry(p, m) for m in names
-                                if m.lower().endswith(".txt") and "__macosx" not in m.lower()]
+                                if m.lower().endswith((".txt", ".dat")) and "__macosx" not in m.lower()]
     out: dict[str, list[_Entry]] = {}
     for e in files + members:
         name = PurePosixPath(e.member).name if e.member else e.location.name
@@ -876,3 +884,68 @@ def prepare(out_dir: Path, settings: dict, *, progress: bool = True) -> Path:
         },
     }
     return write_manifest(out_dir, classes, pairs, tag_vocab=vocab, meta=meta)
+
+
+# --------------------------------------------------------------------------------------------
+# The official low-level features (the handcrafted protocol, the paper's Table VIII)
+
+#: The image model of the handcrafted protocol: NUS-WIDE's 500-d bag of SIFT visual words.
+BOW_SIFT_FILE = "BoW_int.dat"
+BOW_SIFT_DIM = 500
+
+
+def parse_bow_sift(f: BinaryIO, rows: np.ndarray, where: str, dim: int = BOW_SIFT_DIM) -> tuple[np.ndarray, int, str]:
+    """Rows ``rows`` (image-list row numbers) of a low-level feature file in NUS-WIDE's text
+    format: one image per line, ``dim`` whitespace-separated numbers, lines in image-list order.
+
+    Returns (``len(rows)`` x ``dim`` float32, the file's row count, its SHA-256). Streamed: only
+    the wanted rows are kept (the file has 269,648 lines). A line of another width, a value that
+    is not a number, or a wanted row past the end is one line naming the file and line.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    want = {int(r): i for i, r in enumerate(rows)}
+    out = np.zeros((len(rows), dim), dtype=np.float32)
+    h = hashlib.sha256()
+    n = 0
+    for line in f:
+        h.update(line)
+        if not line.strip():
+            continue
+        j = want.get(n)
+        if j is not None:
+            parts = line.split()
+            if len(parts) != dim:
+                raise PipelineError(f"nuswide: {where}: line {n + 1} has {len(parts)} values, not {dim}")
+            try:
+                out[j] = np.array(parts, dtype=np.float32)
+            except ValueError:
+                raise PipelineError(f"nuswide: {where}: line {n + 1} holds a value that is not a number") from None
+        n += 1
+    missing = rows[rows >= n]
+    if len(missing):
+        raise PipelineError(f"nuswide: {where} has {n} rows, but pair id {int(missing[0])} is asked for "
+                            f"(a file of another image list?)")
+    if n != N_IMAGES:
+        log.warning("nuswide: %s has %d rows, not the official %d", where, n, N_IMAGES)
+    return out, n, h.hexdigest()
+
+
+def read_bow_sift(rows, path: Path | None, download_dir: Path, mirror: str | None = None,
+                  progress: bool = True) -> tuple[np.ndarray, dict]:
+    """The official 500-d bag of SIFT words (``BoW_int.dat``) of image-list rows ``rows`` (the
+    manifest's pair ids), found by name in ``path`` and ``download_dir`` (extracted, or inside a
+    zip), else :data:`SOURCES` ``lowlevel`` is downloaded; that archive is RAR, which the
+    standard library cannot read, so the message then asks for the extracted file.
+
+    Returns (features, provenance: the file's label, rows and SHA-256, the archive's URL).
+    """
+    folders = ([Path(path)] if path is not None else []) + [Path(download_dir)]
+    files = _Files(folders, Path(download_dir), mirror, progress)
+    e = files.get(BOW_SIFT_FILE, "lowlevel", hint=(
+        f"; {SOURCES['lowlevel'].filename} is a RAR archive: extract {BOW_SIFT_FILE} from it "
+        f"(or zip its Low_Level_Features/ folder) into {folders[0]}"))
+    with e.open() as f:
+        feats, n, sha = parse_bow_sift(f, np.asarray(rows), str(e))
+    log.info("nuswide: %d rows of the official bag of SIFT words (%d-d) from %s", len(feats), BOW_SIFT_DIM, e)
+    return feats, {"file": e.label, "rows_in_file": n, "sha256": sha, "url": SOURCES["lowlevel"].url,
+                   "archive_sha256": None}

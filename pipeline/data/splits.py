@@ -16,11 +16,14 @@ from pipeline.errors import PipelineError
 
 
 def split_indices(n: int, n_query: int, n_train: int, seed: int,
-                  fixed: Sequence[str | None] | None = None) -> dict[str, np.ndarray]:
+                  fixed: Sequence[str | None] | None = None, n_val: int = 0) -> dict[str, np.ndarray]:
     """Return sorted int64 index arrays ``query``, ``database``, ``train`` (train within database).
 
     ``fixed``: per-item ``"query"``/``"database"``/None; when every item has one, that
-    assignment is used and ``n_query`` is only checked against it.
+    assignment is used and ``n_query`` is only checked against it. ``n_val`` > 0 (LDR's protocol,
+    the paper's Table VII): the next ``n_val`` pairs of the permutation after the queries are a
+    ``validation`` set, in neither the database nor the training set (with a fixed assignment,
+    drawn from its database). With ``n_val`` = 0 the draws are exactly those without it.
     """
     if n <= 0:
         raise PipelineError("cannot split an empty data set")
@@ -35,13 +38,68 @@ def split_indices(n: int, n_query: int, n_train: int, seed: int,
         perm = rng.permutation(n)
         query = np.sort(perm[:n_query])
         database = np.sort(perm[n_query:])
+    val = None
+    if n_val:
+        if not 0 < n_val < len(database):
+            raise PipelineError(f"n_val={n_val} must be between 0 and the database size - 1 ({len(database) - 1})")
+        if fixed is not None and len(fixed) == n and all(s in ("query", "database") for s in fixed):
+            val = np.sort(np.random.default_rng([int(seed), int(n_val)]).choice(database, size=n_val, replace=False))
+        else:
+            val = np.sort(perm[n_query:n_query + n_val])
+        database = np.setdiff1d(database, val)
     if len(database) == 0 or len(query) == 0:
         raise PipelineError(f"split leaves an empty set: {len(query)} queries, {len(database)} database")
     if not 0 < n_train <= len(database):
         raise PipelineError(f"n_train={n_train} must be between 1 and the database size {len(database)}")
     train = np.sort(rng.choice(database, size=n_train, replace=False))
-    return {"query": query.astype(np.int64), "database": database.astype(np.int64),
-            "train": train.astype(np.int64)}
+    out = {"query": query.astype(np.int64), "database": database.astype(np.int64), "train": train.astype(np.int64)}
+    if val is not None:
+        out["validation"] = val.astype(np.int64)
+    return out
+
+
+def plan_split(n: int, spec: dict, shrink: float, n_fixed_query: int | None = None) -> tuple[dict, list[str]]:
+    """The sizes of a protocol's split of ``n`` pairs: ``{n_query, n_val, n_train}`` and notes.
+
+    ``spec`` (a protocol preset's ``split``): ``n_query`` a count, or a fraction of ``n`` when
+    below 1 (rounded); ``n_val`` a count (default 0); ``n_train`` a count or ``"database"`` (the
+    whole database: the paper's "the rest as training set and also the retrieval database").
+    Sizes that do not fit shrink, each with a note: queries + validation pairs larger than
+    ``shrink`` x ``n`` scale down in proportion (the demo's 2,500 pairs cannot hold LDR's 1,000 +
+    1,000); ``n_train`` above the database becomes the database. ``n_fixed_query``: a data set
+    whose queries are fixed (MS-COCO's val 2017) keeps them, noted.
+    """
+    notes: list[str] = []
+    if not n >= 3:
+        raise PipelineError(f"a protocol split needs at least 3 pairs, not {n}")
+    q_asked = spec.get("n_query")
+    if q_asked is None:
+        raise PipelineError("protocol split: n_query is missing")
+    q = int(round(float(q_asked) * n)) if float(q_asked) < 1 else int(q_asked)
+    q = max(q, 1)
+    v = int(spec.get("n_val") or 0)
+    if n_fixed_query is not None:
+        if q != n_fixed_query:
+            notes.append(f"the data set fixes its {n_fixed_query} queries: kept instead of {q}")
+        q = n_fixed_query
+    elif q + v > shrink * n:
+        f = shrink * n / (q + v)
+        q2, v2 = max(1, int(f * q)), int(f * v)
+        notes.append(f"{n} pairs cannot hold {q} queries{f' + {v} validation pairs' if v else ''} "
+                     f"(at most {shrink:g} of the pairs are held out): shrunk to {q2}{f' + {v2}' if v else ''}")
+        q, v = q2, v2
+    db = n - q - v
+    if db < 1:
+        raise PipelineError(f"protocol split: {q} queries + {v} validation pairs leave no database of {n} pairs")
+    t_asked = spec.get("n_train", "database")
+    if t_asked == "database":
+        t = db
+    else:
+        t = int(t_asked)
+        if t > db:
+            notes.append(f"n_train {t} exceeds the database ({db} pairs): trained on all of it")
+            t = db
+    return {"n_query": q, "n_val": v, "n_train": t}, notes
 
 
 def draw_train(database: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -11,6 +11,9 @@ from pipeline.settings import Settings, setting
 
 #: The torchvision image networks (``clip:ARCH`` names CLIP's image tower).
 IMAGE_MODELS = ("alexnet", "vgg19", "resnet50", "vit_b_16")
+#: Official precomputed image features read from a data set's files instead of a network over the
+#: images: NUS-WIDE's 500-d bag of SIFT visual words (the handcrafted protocol, the paper's Table VIII).
+LOW_LEVEL_MODELS = ("nuswide_bow_sift",)
 TEXT_KINDS = ("sentence", "clip", "tags", "bow")
 
 
@@ -21,7 +24,8 @@ class ImageFeatures(Settings):
 
     model: str = setting("alexnet", "the network: alexnet (FC7 after its ReLU, 4,096-d, the paper) | vgg19 "
                          "(FC7, 4,096-d) | resnet50 (pooled, 2,048-d) | vit_b_16 (class token, 768-d) | "
-                         "clip:ARCH (CLIP's image tower through open_clip: clip:ViT-B-32, clip:ViT-L-14, ...)")
+                         "clip:ARCH (CLIP's image tower through open_clip: clip:ViT-B-32, clip:ViT-L-14, ...) | "
+                         "nuswide_bow_sift (NUS-WIDE only: the official 500-d bag of SIFT words, BoW_int.dat)")
     weights: str = setting("imagenet", "imagenet (torchvision's checkpoint, never fetched behind your back) | "
                            "random (seeded; the demo and tests) | a checkpoint path; clip: an open_clip "
                            "pretrained tag (openai, laion2b_s34b_b79k, ...) | random | a checkpoint path")
@@ -51,12 +55,15 @@ class ImageFeatures(Settings):
             if self.weights == "imagenet":
                 raise PipelineError(f"{where}: weights: {m} takes random, an open_clip pretrained tag (openai, "
                                     "laion2b_s34b_b79k, ...) or a checkpoint path, not imagenet")
-        elif m not in IMAGE_MODELS:
-            raise PipelineError(f"{where}: model must be one of {', '.join(IMAGE_MODELS)} or clip:ARCH, got {m!r}")
+        elif m not in IMAGE_MODELS + LOW_LEVEL_MODELS:
+            raise PipelineError(f"{where}: model must be one of {', '.join(IMAGE_MODELS)} or clip:ARCH (NUS-WIDE "
+                                f"also: {', '.join(LOW_LEVEL_MODELS)}), got {m!r}")
 
     def size(self) -> int | None:
         """The input size the network runs at: the setting, else 224 for the torchvision networks
         (CLIP: None here, its config's size, which extraction records)."""
+        if self.model in LOW_LEVEL_MODELS:
+            return None
         if self.input_size is not None:
             return int(self.input_size)
         return None if self.model.startswith("clip:") else 224
@@ -66,6 +73,8 @@ class ImageFeatures(Settings):
         ``image_settings`` and checked by assembly; the search index rebuilds the extractor from
         it). Batch size, workers, shards and device change the arithmetic order at most
         (tests/test_features_image.py states the tolerance); ``pca_dim`` only assembly reads."""
+        if self.model in LOW_LEVEL_MODELS:  # read from the data set's files: no network, no weights
+            return {"model": self.model}
         rec = {"model": self.model, "weights": str(self.weights), "input_size": self.size(),
                "on_bad_image": self.on_bad_image}
         if rec["weights"] == "random":

@@ -94,12 +94,19 @@ def write_features(path: str | Path, *, image: np.ndarray, text: np.ndarray, lab
         raise PipelineError(f"{path}: {len(ids)} ids for {len(image)} rows")
     check_unique_ids(ids, str(path))
     check_splits(splits, len(image), str(path), bool(provenance.get("allow_overlap")))
+    if "validation" in splits:
+        v = np.asarray(splits["validation"])
+        for other in ("query", "database", "train"):
+            if len(np.intersect1d(v, splits[other])):
+                raise PipelineError(f"{path}: validation pairs are also in the {other} split")
     with h5_output(path) as f:
         f.create_dataset("image", data=image.astype(np.float32))
         f.create_dataset("text", data=text.astype(np.float32))
         f.create_dataset("labels", data=labels.astype(np.uint8))
         for s in SPLITS:
             f.create_dataset(s, data=np.asarray(splits[s], dtype=np.int64))
+        if "validation" in splits:  # a protocol's held-out validation pairs (LDR's, Table VII)
+            f.create_dataset("validation", data=np.asarray(splits["validation"], dtype=np.int64))
         write_strings(f, "ids", ids)
         if tag_vocab is not None:
             write_strings(f, "tag_vocab", tag_vocab)

@@ -24,7 +24,7 @@ PREPARE_KEYS = ("source", "path", "n_pairs", "image_size", "images", "download_d
 OWN_SOURCES = ("folder", "table", "webdataset")
 IMPORT_KEYS = ("path", "n_query", "n_train", "import_keys", "allow_overlap")
 STAGES = ("prepare", "extract_image", "extract_text", "extract", "import_features", "train", "encode",
-          "evaluate", "chance", "report", "study", "tune")
+          "evaluate", "chance", "report", "study", "tune", "protocol")
 
 
 def chance_split(method: str) -> str:
@@ -45,7 +45,7 @@ def resolve(config: dict, dataset: str | None, stage: str, method: str | None = 
     settings), and a method name's variants applied: what a rule's params hold is what the
     stage, run by the rule or by hand, computes with. Stages: :data:`STAGES`.
     """
-    from pipeline.features.settings import ImageFeatures, TextFeatures
+    from pipeline.features.settings import LOW_LEVEL_MODELS, ImageFeatures, TextFeatures
 
     v = dataset_view(config, dataset)
     name = v["dataset"]
@@ -61,14 +61,21 @@ def resolve(config: dict, dataset: str | None, stage: str, method: str | None = 
         image = ImageFeatures.from_dict(v.get("image_features"), f"{where}: image_features").to_dict()
         text = TextFeatures.from_dict(v.get("text_features"), f"{where}: text_features").to_dict()
         if stage == "extract_image":  # pca_dim is assembly's; the shard files' names carry the shards
-            return {**base, "device": v.get("device", "auto"),
-                    "image_features": {k: x for k, x in image.items() if k not in ("pca_dim", "shards")}}
+            out = {**base, "device": v.get("device", "auto"),
+                   "image_features": {k: x for k, x in image.items() if k not in ("pca_dim", "shards")}}
+            if image["model"] in LOW_LEVEL_MODELS:
+                if v.get("source") != "nuswide":
+                    raise PipelineError(f"{where}: image_features.model {image['model']!r} is NUS-WIDE's "
+                                        f"official features: only a nuswide data set has them")
+                out["low_level"] = {k: v[k] for k in ("path", "download_dir", "mirror") if k in v}
+            return out
         if stage == "extract_text":
             return {**base, "device": v.get("device", "auto"), "text_features": text}
         return {**base, "n_query": v.get("n_query"), "n_train": v.get("n_train"), "image_features": image,
-                "text_features": text}
+                "text_features": text, **({"protocol": v["protocol"]} if v.get("protocol") else {})}
     if stage == "import_features":
-        return {**base, **{k: v[k] for k in IMPORT_KEYS if k in v}}
+        return {**base, **{k: v[k] for k in IMPORT_KEYS if k in v},
+                **({"protocol": v["protocol"]} if v.get("protocol") else {})}
     if stage in ("train", "encode"):
         from pipeline.methods import parse_method
 
@@ -109,6 +116,12 @@ def resolve(config: dict, dataset: str | None, stage: str, method: str | None = 
         from pipeline.report.studies import tune_settings
 
         return tune_settings(v, config)
+    if stage == "protocol":  # ``method``: the protocol's name
+        from pipeline.report.protocols import protocol_settings
+
+        if "@" in name:
+            raise PipelineError(f"protocol study of {name!r}: name the data set itself ({v['base_dataset']!r})")
+        return protocol_settings(config, name, method or "", v)
     raise PipelineError(f"unknown stage {stage!r} (known: {', '.join(STAGES)})")
 
 
@@ -143,6 +156,11 @@ def check_config(config: dict, check_files: bool = True) -> None:
         resolve(config, name, "extract")
     resolve(config, name, "study")
     resolve(config, name, "tune")
+    from pipeline.config import PROTOCOL_DEFAULTS
+
+    if "@" not in name:
+        for proto in PROTOCOL_DEFAULTS:  # each protocol target's methods
+            resolve(config, name, "protocol", proto)
 
 
 def settings_from_args(a, stage: str, method: str | None = None, split: str | None = None) -> dict:
@@ -161,5 +179,5 @@ def settings_from_args(a, stage: str, method: str | None = None, split: str | No
     cfg = load_config(getattr(a, "config", None) or REPO_ROOT / "config.yaml")
     if getattr(a, "dataset", None):
         cfg["dataset"] = a.dataset
-    check_structure(normalize(cfg), check_files=stage not in ("study", "tune", "report"))
+    check_structure(normalize(cfg), check_files=stage not in ("study", "tune", "report", "protocol"))
     return resolve(cfg, cfg["dataset"], stage, method, split=split)

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 
 from pipeline.data.manifest import read_manifest
-from pipeline.data.splits import split_indices
+from pipeline.data.splits import plan_split, split_indices
 from pipeline.errors import PipelineError
 from pipeline.features import extractors
 from pipeline.features import image as image_mod
 from pipeline.features import text as text_mod
 from pipeline.features.pca import READ_CHUNK_ROWS, apply_pca_rows, fit_pca, read_rows_chunked
-from pipeline.features.settings import ImageFeatures, TextFeatures
+from pipeline.features.settings import LOW_LEVEL_MODELS, ImageFeatures, TextFeatures
 from pipeline.features.store import write_features
 from pipeline.features.work import digest
 from pipeline.io import h5_output, open_h5, provenance, read_attrs, read_strings, sha256_file, write_strings
@@ -154,6 +154,9 @@ def run_image(manifest: Path, settings: dict, out: Path, device: torch.device, p
     i, k = shard if shard is not None else (0, 1)
     start, stop = image_rows(m, int(i), int(k))
     pairs = m.pairs[start:stop]
+    if s.model in LOW_LEVEL_MODELS:
+        _low_level_image(m, manifest, pairs, settings, out, rec, (start, stop, n, int(i), int(k)), progress)
+        return
     # Which images these rows are: the manifest's relative paths and checksums (stable when the
     # data folder moves; a changed file or order restarts the work file instead of mixing rows).
     images = digest([f"{p.where}\t{p.sha256 or ''}" for p in pairs])
@@ -167,6 +170,35 @@ def run_image(manifest: Path, settings: dict, out: Path, device: torch.device, p
                "shard": int(i), "shards": int(k), "image_settings": json.dumps(rec, sort_keys=True),
                "precision": ex.precision, "channels_last": int(ex.channels_last),
                "images_sha256": images_digest(m)})
+
+
+def _low_level_image(m, manifest: Path, pairs, settings: dict, out: Path, rec: dict, rows: tuple,
+                     progress: bool) -> None:
+    """NUS-WIDE's official 500-d bag of SIFT words for these pairs (their ids are image-list rows),
+    written in the format of :func:`pipeline.features.image.extract_images`, so that merge and
+    assembly treat it as any image features file."""
+    from pipeline.data import nuswide
+
+    start, stop, n, i, k = rows
+    ll = settings.get("low_level") or {}
+    try:
+        ids = [int(p.id) for p in pairs]
+    except ValueError:
+        raise PipelineError(f"{manifest}: image_features.model {rec['model']}: the pair ids must be NUS-WIDE "
+                            "image-list rows (a manifest of the nuswide adapter)") from None
+    download = Path(ll["download_dir"]) if ll.get("download_dir") else Path(manifest).parent / "downloads"
+    feats, info = nuswide.read_bow_sift(ids, Path(ll["path"]) if ll.get("path") else None, download,
+                                        ll.get("mirror"), progress=progress)
+    with h5_output(out) as f:
+        f.create_dataset(image_mod.DATASET, data=feats)
+        f.create_dataset("ok", data=np.ones(len(pairs), np.uint8))
+        write_strings(f, "ids", [p.id for p in pairs])
+        f.attrs.update({"model": rec["model"], "dim": int(feats.shape[1]), "weights": "official",
+                        "weights_source": info["file"], "weights_sha256": info["sha256"], "input_size": 0,
+                        "on_bad_image": "error", "n_bad_images": 0, "bad_image_ids": "[]",
+                        "low_level": json.dumps(info, sort_keys=True), "manifest_sha256": sha256_file(manifest),
+                        "row_start": start, "row_stop": stop, "n_total": n, "shard": i, "shards": k,
+                        "image_settings": json.dumps(rec, sort_keys=True), "images_sha256": images_digest(m)})
 
 
 def run_merge(parts: Sequence[Path], out: Path, manifest: Path | None = None, progress: bool = True,
@@ -350,10 +382,21 @@ def run_assemble(manifest: Path, image_h5: Path, text_h5: Path, settings: dict, 
         labelled = m.labelled
         keep = ok & (labels.sum(1) > 0) if labelled else ok.copy()
         idx = np.flatnonzero(keep)
-        n_train, n_query = int(settings["n_train"]), int(settings["n_query"])
         fixed = [m.pairs[i].split for i in idx]
-        n_db = len(idx) - (sum(f == "query" for f in fixed) if all(f in ("query", "database") for f in fixed)
-                           else n_query)
+        is_fixed = bool(fixed) and all(f in ("query", "database") for f in fixed)
+        proto = settings.get("protocol")
+        n_val = 0
+        if proto and proto.get("split"):
+            # the protocol's split (its sizes planned on the pairs kept, shrunk where they do not fit)
+            sizes, notes = plan_split(len(idx), proto["split"], float(proto["shrink"]),
+                                      sum(f == "query" for f in fixed) if is_fixed else None)
+            n_query, n_val, n_train = sizes["n_query"], sizes["n_val"], sizes["n_train"]
+            proto = {**proto, "sizes": sizes, "notes": list(proto.get("notes") or []) + notes}
+            for note in notes:
+                log.warning("protocol %s: %s", proto["name"], note)
+        else:
+            n_train, n_query = int(settings["n_train"]), int(settings["n_query"])
+        n_db = len(idx) - (sum(f == "query" for f in fixed) if is_fixed else n_query) - n_val
         capped = None
         if 0 < n_db < n_train and len(idx) < len(m.pairs):
             # pairs were dropped (unreadable images, no label): the database shrank below n_train,
@@ -362,7 +405,7 @@ def run_assemble(manifest: Path, image_h5: Path, text_h5: Path, settings: dict, 
             log.warning("extract: n_train %d capped to the database size %d (%d pairs dropped)", n_train, n_db,
                         capped["dropped_pairs"])
             n_train = n_db
-        splits = split_indices(len(idx), n_query, n_train, seed, fixed=fixed)
+        splits = split_indices(len(idx), n_query, n_train, seed, fixed=fixed, n_val=n_val)
         train_rows = idx[splits["train"]]
         pca = fit_pca(rows_ds, train_rows, dim, seed)
         image = apply_pca_rows(rows_ds, idx, pca)
@@ -380,7 +423,8 @@ def run_assemble(manifest: Path, image_h5: Path, text_h5: Path, settings: dict, 
                       pca={"method": "exact (streamed covariance + eigh, or SVD when n_train <= d)",
                            "fit_rows": int(len(train_rows)), "dim": dim},
                       manifest_sha256=sha256_file(manifest), classes=m.classes, labelled=labelled,
-                      n_train_capped=capped, bag_of_words=bow_info, counts={s: int(len(v)) for s, v in splits.items()})
+                      n_train_capped=capped, bag_of_words=bow_info, counts={s: int(len(v)) for s, v in splits.items()},
+                      **({"protocol": proto} if proto else {}))
     write_features(out, image=image, text=text, labels=labels[idx], splits=splits,
                    ids=[mids[i] for i in idx], provenance=prov, pca=pca, tag_vocab=tag_vocab)
     log.info("features: %d pairs kept (dropped %d unreadable, %d unlabelled); query %d, database %d, train %d; "
@@ -407,14 +451,30 @@ def run_import(src: Path, settings: dict, out: Path) -> None:
                             label_key=keys.get("labels"))
     seed = int(settings.get("seed", 0))
     n_query, n_train = settings.get("n_query"), settings.get("n_train")
-    splits, protocol = choose_splits(imp, None if n_query is None else int(n_query),
-                                     None if n_train is None else int(n_train), seed)
+    proto = settings.get("protocol")
+    if proto and proto.get("split"):
+        if imp.splits:  # the file's own split is the data set's: kept, said so
+            proto = {**proto, "notes": list(proto.get("notes") or [])
+                     + ["the features file has its own split: kept instead of the protocol's"]}
+            splits, protocol = choose_splits(imp, None, None if n_train is None else int(n_train), seed)
+        else:
+            from pipeline.data.splits import plan_split
+
+            sizes, notes = plan_split(imp.n, proto["split"], float(proto["shrink"]))
+            proto = {**proto, "sizes": sizes, "notes": list(proto.get("notes") or []) + notes}
+            splits = split_indices(imp.n, sizes["n_query"], sizes["n_train"], seed, n_val=sizes["n_val"])
+            protocol = f"protocol {proto['name']} (seeded)"
+        for note in proto["notes"]:
+            log.warning("protocol %s: %s", proto["name"], note)
+    else:
+        splits, protocol = choose_splits(imp, None if n_query is None else int(n_query),
+                                         None if n_train is None else int(n_train), seed)
     sources = [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in srcs]
     allow = bool(settings.get("allow_overlap", False))
     prov = provenance(settings, dataset=settings.get("dataset", "imported"), seed=seed, stage="import",
                       sources=sources, source_format=imp.source_format, keys_used=imp.keys_used,
                       split_protocol=protocol, import_notes=imp.notes, allow_overlap=allow,
-                      counts={s: int(len(v)) for s, v in splits.items()})
+                      counts={s: int(len(v)) for s, v in splits.items()}, **({"protocol": proto} if proto else {}))
     if allow:
         overlap = {o: int(len(np.intersect1d(splits["query"], splits[o]))) for o in ("database", "train")}
         if any(overlap.values()):

@@ -28,16 +28,64 @@ BITS = [int(b) for b in config["code_lengths"]]
 METHODS = list(config["methods"])
 
 
-def _names(pred):
+def _names(pred, protocols=True):
+    """A regex of the data sets whose entry passes ``pred``; with ``protocols``, each also as
+    NAME@PROTOCOL (its runs under a protocol preset, results/NAME@PROTOCOL/: protocols.smk)."""
     import re
 
+    from pipeline.config import PROTOCOL_DEFAULTS
+
     names = [re.escape(n) for n, d in config["datasets"].items() if pred(d)]
-    return "|".join(names) if names else "(?!x)x"
+    if not names:
+        return "(?!x)x"
+    alt = "(?:" + "|".join(names) + ")"
+    return alt + ("(?:@(?:" + "|".join(PROTOCOL_DEFAULTS) + "))?" if protocols else "")
 
 
 # Pre-extracted features skip prepare/extraction; every other source is prepared and extracted.
 FEATURE_DATASETS = _names(lambda d: d["source"] == "features")
 RAW_DATASETS = _names(lambda d: d["source"] != "features")
+# prepare runs once per data set: its protocol variants share its manifest
+PREPARED_DATASETS = _names(lambda d: d["source"] != "features", protocols=False)
+
+
+def base_dataset(name):
+    """The data set of NAME or NAME@PROTOCOL."""
+    return name.partition("@")[0]
+
+
+def manifest_file(w):
+    """The prepared manifest of a data set; a protocol variant shares its data set's (one download)."""
+    return f"{DATA}/{base_dataset(w.dataset)}/manifest.jsonl"
+
+
+def shared_tree(dataset, stage):
+    """The results tree whose intermediate file of `stage` (extract_image: image.h5, extract_text:
+    text.h5) serves `dataset`: the first of the data set and its protocol trees (in
+    PROTOCOL_DEFAULTS order) whose settings for that stage equal `dataset`'s, so identical features
+    are extracted once (mgah's and ldr's VGG-19 features; ldr's texts are the data set's own)."""
+    from pipeline.config import PROTOCOL_DEFAULTS, protocol_dataset
+
+    base = base_dataset(dataset)
+
+    def key(name):
+        return {k: v for k, v in resolve(config, name, stage).items() if k != "dataset"}
+
+    mine = key(dataset)
+    trees = [base] + [protocol_dataset(config, base, p) for p in PROTOCOL_DEFAULTS]
+    for cand in dict.fromkeys(trees):
+        if cand == dataset:
+            return dataset
+        try:
+            if key(cand) == mine:
+                return cand
+        except PipelineError:  # a preset this data set cannot take (nuswide_bow_sift off NUS-WIDE)
+            continue
+    return dataset
+
+
+def is_features_dataset(name):
+    return config["datasets"][base_dataset(name)]["source"] == "features"
 
 
 wildcard_constraints:

@@ -7,7 +7,7 @@ rule encode:
         model=rules.train.output.model,
         features=f"{RESULTS}/{{dataset}}/features.h5",
         # captions and image paths for the index (what `cmimh serve` shows); none for imported features
-        manifest=lambda w: [] if w.dataset in FEATURE_DATASETS else f"{DATA}/{w.dataset}/manifest.jsonl",
+        manifest=lambda w: [] if is_features_dataset(w.dataset) else manifest_file(w),
     output:
         codes=f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/codes.h5",
         index=directory(f"{RESULTS}/{{dataset}}/{{method}}/{{bits}}/index"),

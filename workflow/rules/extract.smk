@@ -20,7 +20,7 @@ def text_gpus(w):
 rule extract_image_shard:
     """Image features of one shard of the images; resumable: a killed job's rerun carries on."""
     input:
-        manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
+        manifest=manifest_file,
     output:
         image=temp(f"{RESULTS}/{{dataset}}/intermediate/image/shard_{{shard}}_of_{{nshards}}.h5"),
     params:
@@ -48,7 +48,7 @@ rule extract_image_shard:
 rule extract_image:
     """The shards merged into one image.h5, chunk by chunk (one shard: a copy)."""
     input:
-        manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
+        manifest=manifest_file,
         shards=image_shards,
     output:
         image=f"{RESULTS}/{{dataset}}/intermediate/image.h5",
@@ -72,7 +72,7 @@ rule extract_image:
 
 rule extract_text:
     input:
-        manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
+        manifest=manifest_file,
     output:
         text=f"{RESULTS}/{{dataset}}/intermediate/text.h5",
     params:
@@ -96,9 +96,10 @@ rule extract_text:
 
 rule extract:
     input:
-        manifest=f"{DATA}/{{dataset}}/manifest.jsonl",
-        image=rules.extract_image.output.image,
-        text=rules.extract_text.output.text,
+        manifest=manifest_file,
+        # a protocol tree shares another tree's identical intermediate features (common.smk shared_tree)
+        image=lambda w: f"{RESULTS}/{shared_tree(w.dataset, 'extract_image')}/intermediate/image.h5",
+        text=lambda w: f"{RESULTS}/{shared_tree(w.dataset, 'extract_text')}/intermediate/text.h5",
     output:
         features=f"{RESULTS}/{{dataset}}/features.h5",
     params:
@@ -122,7 +123,7 @@ rule extract:
 
 rule import_features:
     input:
-        src=lambda w: config["datasets"][w.dataset]["path"],
+        src=lambda w: config["datasets"][base_dataset(w.dataset)]["path"],
     output:
         features=f"{RESULTS}/{{dataset}}/features.h5",
     params:

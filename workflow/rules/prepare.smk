@@ -21,7 +21,7 @@ rule prepare:
     params:
         settings=settings("prepare"),
     wildcard_constraints:
-        dataset=RAW_DATASETS,
+        dataset=PREPARED_DATASETS,
     log:
         "logs/{dataset}/prepare.log",
     benchmark:
