@@ -41,7 +41,22 @@ def _settings(**over) -> dict:
          "eval_k": 1000, "tuned_methods": ["cmimh"], "comparison_methods": ["cmimh"], "seeds": 2,
          "comparison_bits": [16]}
     s.update(over)
+    if "code_lengths_methods" not in over:
+        s["code_lengths_methods"] = s["methods"]
     return s
+
+
+def test_code_lengths_runs_every_comparison_method_by_default():
+    """Table III: PDH, ACQ and FSH join CMIMH and the baselines of `methods` unless the config says
+    otherwise (null: the methods of `methods`); an unknown name is refused when settings resolve."""
+    view = {"dataset": "demo", "methods": ["cmimh", "cvh"]}
+    s = S.study_settings(view)
+    assert s["code_lengths_methods"] == ["cmimh", "cvh", "cmfh", "ccaitq", "djsrh", "pdh", "acq", "fsh"]
+    assert [r.method for r in S.study_runs("code_lengths", {**s, "code_lengths": [16]})] == s["code_lengths_methods"]
+    assert S.study_settings({**view, "studies": {"code_lengths_methods": None}})["code_lengths_methods"] == \
+        ["cmimh", "cvh"]
+    with pytest.raises(PipelineError, match="nope"):
+        S.study_settings({**view, "studies": {"code_lengths_methods": ["nope"]}})
 
 
 # ----------------------------------------------------------------------------- settings, runs
