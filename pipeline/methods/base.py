@@ -35,7 +35,8 @@ class Hasher(ABC):
     Subclasses set ``name`` (the registry key), ``Config`` (their settings dataclass),
     ``uses_torch`` (whether training can use a GPU: the rules ask for one only then), ``plot``
     (what ``train_loss.png`` shows: the history's columns it optimises, and the x axis) and
-    ``variants`` (the method-name variant keys, ``cmimh-kl2``: key -> the settings it sets).
+    ``variants`` (the method-name variant keys, ``cmimh-kl2``: key -> the settings it sets;
+    ``path=const`` sets a constant, ``path=a|b`` a choice indexed by the value: ``cmimh-recnorm1``).
     """
 
     name: ClassVar[str]
