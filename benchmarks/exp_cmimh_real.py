@@ -303,7 +303,8 @@ def final_table() -> str:
             cells, ns = [], set()
             for b in bits:
                 rs = by.get((name, b), [])
-                ns.add(len(rs))
+                if rs:
+                    ns.add(len(rs))
                 ki, kt = ("cont_i2t", "cont_t2i") if cont else ("i2t", "t2i")
                 cells += [mean_std([r[ki] for r in rs]) if rs else "–", mean_std([r[kt] for r in rs]) if rs else "–"]
             label = name[len("FINAL "):] + (", continuous (cosine, no hashing)" if cont else "")
