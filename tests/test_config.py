@@ -99,7 +99,7 @@ def test_method_variants_are_applied_once_and_only_where_read(cfg):
     assert c["train_size"] == 700 and c["method"] == "cmimh-mi2-kl0.1-lr0.0005-samples10-epochs3-ntrain700"
     # a baseline's train settings are its own Config's, with its variants
     t = resolve(cfg, "demo", "train", "cvh-ntrain500")
-    assert t["settings"] == {"reg": 1e-4} and t["train_size"] == 500
+    assert t["settings"] == {"reg": 1.0} and t["train_size"] == 500
     # a validation run carries its fold's protocol (tune settings), in train and encode alike
     v0 = resolve(cfg, "demo", "encode", "cmimh-mi1-val0")
     assert v0["validation"] == {"val_queries": 400, "folds": 1, "fold": 0, "train_size": None}

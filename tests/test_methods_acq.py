@@ -108,7 +108,7 @@ def test_shared_binary_sources_give_identical_codes_per_pair():
     found = []
     for seed in range(3):
         s, x, y = _binary_sources(seed=seed)
-        m = acq.ACQ(3)
+        m = acq.ACQ(3, {"reg": 1e-4})                         # noiseless sources: a small ridge
         hist = m.fit(x, y, seed=seed)
         bx, by = m.encode_image(x), m.encode_text(y)
         assert (bx == by).mean() > 0.99
@@ -132,7 +132,7 @@ def test_cluster_retrieval_beats_random_codes_clearly():
 
 def test_projections_are_scaled_cca_directions_times_each_modalitys_rotation():
     s, x, y = _binary_sources(n=300, seed=4)
-    m = acq.ACQ(3, {"lambda": 0.2})
+    m = acq.ACQ(3, {"lambda": 0.2, "reg": 1e-4})
     m.fit(x, y)
     for v, w, r in ((x, m.w_x_, m.rotation_x_), (y, m.w_y_, m.rotation_y_)):
         vc = v - v.mean(0)

@@ -61,9 +61,9 @@ def test_latent_source_correlations_and_identical_codes():
     m3 = ccaitq.CCAITQ(3, {"reg": 0.0})
     m3.fit(x, y)
     assert np.array_equal(m3.encode_image(x), m3.encode_text(y))
-    mdef = ccaitq.CCAITQ(3)
-    mdef.fit(x, y)
-    assert (mdef.encode_image(x) == mdef.encode_text(y)).mean() > 0.99
+    small = ccaitq.CCAITQ(3, {"reg": 1e-4})    # a small ridge barely moves noiseless shared codes
+    small.fit(x, y)
+    assert (small.encode_image(x) == small.encode_text(y)).mean() > 0.99
 
 
 def test_eigenvalue_power_scales_the_projections():

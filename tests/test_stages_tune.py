@@ -240,3 +240,91 @@ def test_cli_validation_runs_tune_and_a_tuned_run(tmp_path):
                  "-o", str(model)]) == 2  # a -tuned method needs --tuned
     assert main(["train", *c, "--features", str(feats), "--method", "cmimh", "--bits", "4",
                  "--tuned", str(results / "tune/cmimh.json"), "-o", str(model)]) == 2
+
+
+# ----------------------------------------------------------------------------- the config's grids
+def _config_grid() -> dict:
+    return yaml.safe_load((REPO / "config.yaml").read_text())["tune"]["grid"]
+
+
+def test_every_methods_config_grid_parses_within_the_budget():
+    """Every method of config.yaml's tune.grid: its keys are that method's variants, at most 18 points."""
+    from pipeline.methods import REGISTRY
+
+    grid = _config_grid()
+    assert set(grid) == set(REGISTRY) - {"lsh"}                  # every method with settings is tunable
+    for method, g in grid.items():
+        pts = S.grid_points(method, g)
+        assert 1 <= len(pts) <= 18, method
+        for p in pts:                                          # each point a valid method name and setting
+            parse_method(f"{method}-{S.point_name(p)}").config({})
+
+
+def test_the_cmimh_grid_holds_the_papers_defaults_and_the_documented_departure():
+    from pipeline.methods.cmimh import Config
+
+    pts = [parse_method(f"cmimh-{S.point_name(p)}").config({}) for p in S.grid_points("cmimh", _config_grid()["cmimh"])]
+    assert Config() in pts                                      # hidden 1024, kl 0.5, summed L_rec weight 1
+    best = Config.from_dict({"hidden": 256, "rec_norm": "mean", "weights": {"kl": 5.0, "rec": 300.0}}, "x")
+    assert best in pts
+
+
+def test_linear_grids_hold_the_ridge_plateau():
+    for method in ("cvh", "ccaitq", "acq"):
+        assert {1, 3, 10} <= set(_config_grid()[method]["reg"]), method
+    assert parse_method("ccaitq-reg3-power2").config({}).eig_power == 2.0
+
+
+def test_recnorm_and_hidden_variants():
+    c = parse_method("cmimh-hidden256-recnorm1-rec300").config({})
+    assert (c.hidden, c.rec_norm, c.weights.rec) == (256, "mean", 300.0) and isinstance(c.hidden, int)
+    assert parse_method("cmimh-recnorm0").config({"rec_norm": "mean"}).rec_norm == "sum"
+    for bad, needle in (("cmimh-recnorm2", r"recnorm must be one of 0 \(sum\), 1 \(mean\)"),
+                        ("cmimh-recnorm0.5", "recnorm must be one of"), ("cmimh-hidden2.5", "hidden must be an integer"),
+                        ("cvh-recnorm1", "cvh has no variant 'recnorm'")):
+        with pytest.raises(PipelineError, match=needle):
+            parse_method(bad)
+
+
+@pytest.mark.parametrize("method", sorted(yaml.safe_load((REPO / "config.yaml").read_text())["tune"]["grid"]))
+def test_no_methods_tune_run_reads_the_queries(tmp_path, monkeypatch, method):
+    """End to end, for every method of config.yaml's grid: a validation run's train and encode stages
+    on a features file whose query split cannot be read (touching it fails) and whose query rows
+    are NaN (a method fed them refuses them)."""
+    from conftest import make_features_h5
+    from pipeline.features import store
+    from pipeline.stages import encode as E
+    from pipeline.stages import train as TR
+
+    feats = make_features_h5(tmp_path / "f.h5", n=80, splits=True)  # queries 0..9, database 10..79
+    real = store.read_features
+
+    class NoQuery:
+        def __init__(self, f):
+            self._f = f
+            for a in (f.image, f.text):
+                a[:10] = np.nan                     # the query rows
+
+        def __getattr__(self, k):
+            if k == "query":
+                raise AssertionError("a tune run read the queries")
+            return getattr(self._f, k)
+
+    monkeypatch.setattr(store, "read_features", lambda p: NoQuery(real(p)))
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    small = {"cmimh": TINY_CMIMH, "djsrh": {"epochs": 1, "batch_size": 10, "txt_hidden": 8},
+             "fsh": {"anchors": 10}, "pdh": {"knn_dim": 4, "knn": 3}}
+    grid = {k: v[:1] for k, v in cfg["tune"]["grid"][method].items()}
+    if method == "fsh":
+        grid["anchors"] = [10]
+    cfg.update({"dataset": "t", "device": "cpu", "method_settings": small,
+                "tune": {"grid": {method: grid}, "val_queries": 10, "bits": 4},
+                "datasets": {"t": {"source": "features", "path": str(feats)}}})
+    (run,) = S.study_runs("tune", resolve(cfg, "t", "tune"))
+    assert run.method.endswith("-val0")
+    TR.run(resolve(cfg, "t", "train", run.method), feats, 4, tmp_path / "model.pt", progress=False)
+    E.run(resolve(cfg, "t", "encode", run.method), tmp_path / "model.pt", feats, tmp_path / "codes.h5")
+    from pipeline.eval.codes import read_codes
+
+    codes = read_codes(tmp_path / "codes.h5")
+    assert len(codes.query_labels) == 10 and len(codes.db_labels) == 60  # validation queries, the rest

@@ -120,7 +120,10 @@ class MethodName:
             for key, value in source.items():
                 for target in self.cls.variants[key]:
                     path, _, const = target.partition("=")
-                    _apply(d, path, (None if const == "None" else const) if const else value)
+                    if _choices(target):
+                        _apply(d, path, _choices(target)[int(value)])
+                    else:
+                        _apply(d, path, (None if const == "None" else const) if const else value)
         return self.cls.Config.from_dict(d, f"{self.base} settings")
 
     def with_variants(self, **variants: float) -> str:
@@ -128,6 +131,12 @@ class MethodName:
         stem = self.name[: -len("-tuned")] if self.tuned else self.name
         extra = "".join(f"-{k}{fmt_number(v)}" for k, v in variants.items())
         return parse_method(stem + extra + ("-tuned" if self.tuned else "")).name
+
+
+def _choices(target: str) -> list[str]:
+    """The choices of a choice target ``path=a|b`` (the variant's value is the index), else []."""
+    const = target.partition("=")[2]
+    return const.split("|") if "|" in const else []
 
 
 def fmt_number(v: float) -> str:
@@ -167,7 +176,13 @@ def parse_method(name: str) -> MethodName:
             allowed = sorted(set(cls.variants) | set(RUN_VARIANTS))
             raise PipelineError(f"method {name!r}: {base} has no variant {key!r} (its variants: {', '.join(allowed)})")
         variants[key] = float(val)
-    for key in ("samples", "epochs", "ntrain", "val", "seed"):
+    for key, val in variants.items():   # a choice variant (``path=a|b|c``): its value indexes the choices
+        for target in cls.variants.get(key, ()):
+            choices = _choices(target)
+            if choices and (val != int(val) or not 0 <= val < len(choices)):
+                raise PipelineError(f"method {name!r}: {key} must be one of "
+                                    + ", ".join(f"{i} ({c})" for i, c in enumerate(choices)))
+    for key in ("samples", "epochs", "ntrain", "val", "seed", "hidden"):
         if key in variants:
             need = 0 if key in ("val", "seed") else 1
             if variants[key] != int(variants[key]) or variants[key] < need:

@@ -35,7 +35,8 @@ class Hasher(ABC):
     Subclasses set ``name`` (the registry key), ``Config`` (their settings dataclass),
     ``uses_torch`` (whether training can use a GPU: the rules ask for one only then), ``plot``
     (what ``train_loss.png`` shows: the history's columns it optimises, and the x axis),
-    ``variants`` (the method-name variant keys, ``cmimh-kl2``: key -> the settings it sets) and
+    ``variants`` (the method-name variant keys, ``cmimh-kl2``: key -> the settings it sets;
+    ``path=const`` sets a constant, ``path=a|b`` a choice indexed by the value: ``cmimh-recnorm1``) and
     ``train_seconds`` (a rough training time on the demo, one CPU thread: the train rule's
     Snakemake priority, so the long trainings start first and the short ones fill the gaps).
     """

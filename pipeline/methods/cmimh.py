@@ -132,7 +132,12 @@ class CMIMH(Hasher):
     train_seconds = 160  # measured: one demo training at 32 bits, 60 epochs, 1 thread
     plot = {"x": "epoch", "columns": None}  # every loss term
     variants = {**{t: (f"weights.{t}",) for t in TERMS}, "lr": ("lr", "lr_decoder"),
-                "samples": ("critic_input=samples", "critic_samples"), "epochs": ("epochs", "iterations=None")}
+                "samples": ("critic_input=samples", "critic_samples"), "epochs": ("epochs", "iterations=None"),
+                # settings, not departures: the encoder/decoder width (cmimh-hidden256)
+                "hidden": ("hidden",),
+                # the documented departure rec_norm (cmimh-recnorm1: mean; 0: sum, method.md), so
+                # that a tune grid can hold the faithful point and the departure side by side
+                "recnorm": ("rec_norm=sum|mean",)}
     off_terms = TERMS  # cmimh_no_<term>: that weight set to 0 (Table IV)
 
     def __init__(self, bits: int, config: Config | dict | None = None) -> None:
