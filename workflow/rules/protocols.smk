@@ -1,4 +1,4 @@
-# The paper's protocol studies (section IV-C), each a target: `snakemake --cores 8 mgah_protocol`
+# The paper's protocol studies (section IV-C), each a target: `snakemake --cores all mgah_protocol`
 # (udcmh_protocol, mgah_protocol, ldr_protocol, handcrafted_protocol, curves). Each writes
 # results/{dataset}/studies/NAME.md (our runs, the paper's numbers of the methods we cannot run,
 # marked reported) and NAME.png. A preset (protocols.NAME in config.yaml; pipeline/config.py
@@ -59,6 +59,6 @@ for _name, _proto in PROTOCOLS.items():
 
 
 rule protocols:
-    """Every protocol study of the paper: `snakemake --cores 8 protocols`."""
+    """Every protocol study of the paper: `snakemake --cores all protocols`."""
     input:
         [f"{RESULTS}/{DATASET}/studies/{p.target}.{ext}" for p in PROTOCOLS.values() for ext in ("md", "png")],
