@@ -14,24 +14,7 @@ from pipeline.eval.codes import pack_bits
 from pipeline.eval.metrics import map_at_k
 from pipeline.methods import acq, ccaitq
 
-
-def _binary_sources(n=600, k=3, seed=0, noise=0.1):
-    """x, y: invertible linear maps of [s + noise, nuisance] with s in {-1, 1}^k shared by the pair."""
-    rng = np.random.default_rng(seed)
-    s = np.where(rng.random((n, k)) < 0.5, -1.0, 1.0)
-    x = np.hstack([s + noise * rng.standard_normal((n, k)), 0.3 * rng.standard_normal((n, 3))]) \
-        @ rng.standard_normal((k + 3, 8))
-    y = np.hstack([s + noise * rng.standard_normal((n, k)), 0.3 * rng.standard_normal((n, 2))]) \
-        @ rng.standard_normal((k + 2, 6))
-    return s, x + 3.0, y - 1.0
-
-
-def _clusters(n=600, c=6, dx=20, dy=12, seed=0):
-    rng = np.random.default_rng(seed)
-    lab = rng.integers(0, c, n)
-    x = rng.standard_normal((c, dx))[lab] + rng.standard_normal((n, dx))
-    y = rng.standard_normal((c, dy))[lab] + rng.standard_normal((n, dy))
-    return x, y, np.eye(c, dtype=np.uint8)[lab]
+from hashing_problems import binary_sources, clusters, mean_ap
 
 
 def _signed_permutation(b, b0) -> bool:
@@ -107,7 +90,7 @@ def test_start_is_recorded_and_iterations_alternate():
 def test_shared_binary_sources_give_identical_codes_per_pair():
     found = []
     for seed in range(3):
-        s, x, y = _binary_sources(seed=seed)
+        s, x, y = binary_sources(seed=seed)
         m = acq.ACQ(3, {"reg": 1e-4})                         # noiseless sources: a small ridge
         hist = m.fit(x, y, seed=seed)
         bx, by = m.encode_image(x), m.encode_text(y)
@@ -119,7 +102,7 @@ def test_shared_binary_sources_give_identical_codes_per_pair():
 
 
 def test_cluster_retrieval_beats_random_codes_clearly():
-    x, y, lab = _clusters()
+    x, y, lab = clusters()
     m = acq.ACQ(8)
     m.fit(x[:400], y[:400])
     q, db = slice(400, 600), slice(0, 400)
@@ -131,7 +114,7 @@ def test_cluster_retrieval_beats_random_codes_clearly():
 
 
 def test_projections_are_scaled_cca_directions_times_each_modalitys_rotation():
-    s, x, y = _binary_sources(n=300, seed=4)
+    s, x, y = binary_sources(n=300, seed=4)
     m = acq.ACQ(3, {"lambda": 0.2, "reg": 1e-4})
     m.fit(x, y)
     for v, w, r in ((x, m.w_x_, m.rotation_x_), (y, m.w_y_, m.rotation_y_)):
@@ -146,7 +129,7 @@ def test_projections_are_scaled_cca_directions_times_each_modalitys_rotation():
 
 # ----------------------------------------------------------------------------------- interface
 def test_determinism_seed_state_round_trip_and_history():
-    s, x, y = _binary_sources(n=200, seed=6)
+    s, x, y = binary_sources(n=200, seed=6)
     a, b, c = acq.ACQ(3), acq.ACQ(3), acq.ACQ(3)
     ha = a.fit(x, y, seed=3)
     b.fit(x, y, seed=3)
@@ -175,7 +158,7 @@ def test_bad_settings_are_one_line_errors(settings, match):
 
 
 def test_bad_inputs_are_one_line_errors():
-    s, x, y = _binary_sources(n=60)
+    s, x, y = binary_sources(n=60)
     fitted = acq.ACQ(2, {"iterations": 2})
     fitted.fit(x, y)
     bad = x.copy()

@@ -9,37 +9,9 @@ import numpy as np
 import pytest
 
 from pipeline.errors import PipelineError
-from pipeline.eval.codes import pack_bits
-from pipeline.eval.metrics import map_at_k
 from pipeline.methods import fsh
 
-
-def _binary_sources(n=600, k=3, seed=0, noise=0.1):
-    rng = np.random.default_rng(seed)
-    s = np.where(rng.random((n, k)) < 0.5, -1.0, 1.0)
-    x = np.hstack([s + noise * rng.standard_normal((n, k)), 0.3 * rng.standard_normal((n, 3))]) \
-        @ rng.standard_normal((k + 3, 8))
-    y = np.hstack([s + noise * rng.standard_normal((n, k)), 0.3 * rng.standard_normal((n, 2))]) \
-        @ rng.standard_normal((k + 2, 6))
-    return s, x + 3.0, y - 1.0
-
-
-def _clusters(n=600, c=6, dx=20, dy=12, seed=0):
-    rng = np.random.default_rng(seed)
-    lab = rng.integers(0, c, n)
-    x = rng.standard_normal((c, dx))[lab] + rng.standard_normal((n, dx))
-    y = rng.standard_normal((c, dy))[lab] + rng.standard_normal((n, dy))
-    return x, y, np.eye(c, dtype=np.uint8)[lab]
-
-
-def _mean_ap(m, x, y, lab, bits):
-    q, db = slice(400, 600), slice(0, 400)
-    i2t = map_at_k(pack_bits(m.encode_image(x[q])), pack_bits(m.encode_text(y[db])), lab[q], lab[db], 100)
-    t2i = map_at_k(pack_bits(m.encode_text(y[q])), pack_bits(m.encode_image(x[db])), lab[q], lab[db], 100)
-    rng = np.random.default_rng(0)
-    rnd = map_at_k(pack_bits(rng.integers(0, 2, (200, bits))), pack_bits(rng.integers(0, 2, (400, bits))),
-                   lab[q], lab[db], 100)
-    return i2t, t2i, rnd
+from hashing_problems import binary_sources, clusters, mean_ap
 
 
 # ----------------------------------------------------------------------------------- the graph
@@ -154,7 +126,7 @@ def test_solver_stops_at_a_fixed_point():
 # ----------------------------------------------------------------------------------- known answers
 def test_shared_binary_sources_give_identical_codes_per_pair():
     for seed in range(2):
-        s, x, y = _binary_sources(seed=seed)
+        s, x, y = binary_sources(seed=seed)
         m = fsh.FSH(3, {"anchors": 60})
         m.fit(x, y, seed=seed)
         bx, by = m.encode_image(x), m.encode_text(y)
@@ -167,17 +139,17 @@ def test_shared_binary_sources_give_identical_codes_per_pair():
 @pytest.mark.parametrize("settings, margin", [({"anchors": 60}, 0.2), ({"anchors": 60, "hash": "kernel"}, 0.4),
                                               ({"anchors": 60, "init": "cca"}, 0.2)])
 def test_cluster_retrieval_beats_random_codes_clearly(settings, margin):
-    x, y, lab = _clusters()
+    x, y, lab = clusters()
     m = fsh.FSH(8, settings)
     m.fit(x[:400], y[:400])
-    i2t, t2i, rnd = _mean_ap(m, x, y, lab, 8)
+    i2t, t2i, rnd = mean_ap(m, x, y, lab, 8)
     assert rnd < 0.3 and i2t > rnd + margin and t2i > rnd + margin
 
 
 # ----------------------------------------------------------------------------------- interface
 @pytest.mark.parametrize("hash_", ["linear", "kernel"])
 def test_determinism_seed_state_round_trip(hash_):
-    s, x, y = _binary_sources(n=150, seed=6)
+    s, x, y = binary_sources(n=150, seed=6)
     cfg = {"anchors": 20, "hash": hash_}
     a, b, c = fsh.FSH(3, cfg), fsh.FSH(3, cfg), fsh.FSH(3, cfg)
     ha = a.fit(x, y, seed=1)
@@ -210,7 +182,7 @@ def test_bad_settings_are_one_line_errors(settings, match):
 
 
 def test_bad_inputs_are_one_line_errors():
-    s, x, y = _binary_sources(n=60)
+    s, x, y = binary_sources(n=60)
     fitted = fsh.FSH(2, {"anchors": 10, "hash": "kernel", "max_iter": 3})
     fitted.fit(x, y)
     bad = np.zeros((9000, 6))
@@ -237,7 +209,7 @@ def test_bad_inputs_are_one_line_errors():
 
 
 def test_fit_uses_the_normalised_fusion_graph_of_its_anchors():
-    x, y, _ = _clusters(n=200)
+    x, y, _ = clusters(n=200)
     m = fsh.FSH(4, {"anchors": 25, "knn": 4, "eta": 0.3})
     hist = m.fit(x, y, seed=5)
     g = m.graph

@@ -11,37 +11,9 @@ import scipy.sparse
 from sklearn.svm import LinearSVC
 
 from pipeline.errors import PipelineError
-from pipeline.eval.codes import pack_bits
-from pipeline.eval.metrics import map_at_k
 from pipeline.methods import pdh
 
-
-def _binary_sources(n=400, k=3, seed=0, noise=0.1):
-    rng = np.random.default_rng(seed)
-    s = np.where(rng.random((n, k)) < 0.5, -1.0, 1.0)
-    x = np.hstack([s + noise * rng.standard_normal((n, k)), 0.3 * rng.standard_normal((n, 3))]) \
-        @ rng.standard_normal((k + 3, 8))
-    y = np.hstack([s + noise * rng.standard_normal((n, k)), 0.3 * rng.standard_normal((n, 2))]) \
-        @ rng.standard_normal((k + 2, 6))
-    return s, x + 3.0, y - 1.0
-
-
-def _clusters(n=600, c=6, dx=20, dy=12, seed=0):
-    rng = np.random.default_rng(seed)
-    lab = rng.integers(0, c, n)
-    x = rng.standard_normal((c, dx))[lab] + rng.standard_normal((n, dx))
-    y = rng.standard_normal((c, dy))[lab] + rng.standard_normal((n, dy))
-    return x, y, np.eye(c, dtype=np.uint8)[lab]
-
-
-def _mean_ap(m, x, y, lab, bits):
-    q, db = slice(400, 600), slice(0, 400)
-    i2t = map_at_k(pack_bits(m.encode_image(x[q])), pack_bits(m.encode_text(y[db])), lab[q], lab[db], 100)
-    t2i = map_at_k(pack_bits(m.encode_text(y[q])), pack_bits(m.encode_image(x[db])), lab[q], lab[db], 100)
-    rng = np.random.default_rng(0)
-    rnd = map_at_k(pack_bits(rng.integers(0, 2, (200, bits))), pack_bits(rng.integers(0, 2, (400, bits))),
-                   lab[q], lab[db], 100)
-    return i2t, t2i, rnd
+from hashing_problems import binary_sources, clusters, mean_ap
 
 
 # ----------------------------------------------------------------------------------- pieces
@@ -100,7 +72,7 @@ def test_hyperplane_step_is_the_l2_svm_of_liblinear():
 # ----------------------------------------------------------------------------------- known answers
 def test_shared_binary_sources_give_identical_codes_per_pair_and_predictable_bits():
     for seed in range(2):
-        s, x, y = _binary_sources(seed=seed)
+        s, x, y = binary_sources(400, seed=seed)
         m = pdh.PDH(3)
         hist = m.fit(x, y)
         bx, by = m.encode_image(x), m.encode_text(y)
@@ -119,15 +91,15 @@ def test_shared_binary_sources_give_identical_codes_per_pair_and_predictable_bit
 
 
 def test_cluster_retrieval_beats_random_codes_clearly():
-    x, y, lab = _clusters()
+    x, y, lab = clusters()
     m = pdh.PDH(8)
     m.fit(x[:400], y[:400])
-    i2t, t2i, rnd = _mean_ap(m, x, y, lab, 8)
+    i2t, t2i, rnd = mean_ap(m, x, y, lab, 8)
     assert rnd < 0.3 and i2t > rnd + 0.35 and t2i > rnd + 0.35
 
 
 def test_neighbours_vote_changes_the_codes():
-    x, y, _ = _clusters(n=300, seed=2)
+    x, y, _ = clusters(n=300, seed=2)
     codes = {}
     for alpha in (0.0, 0.9):
         m = pdh.PDH(6, {"alpha": alpha, "iterations": 3})
@@ -138,7 +110,7 @@ def test_neighbours_vote_changes_the_codes():
 
 # ----------------------------------------------------------------------------------- interface
 def test_determinism_state_round_trip_and_history():
-    s, x, y = _binary_sources(n=150, seed=6)
+    s, x, y = binary_sources(n=150, seed=6)
     a, b = pdh.PDH(3, {"iterations": 3}), pdh.PDH(3, {"iterations": 3})
     ha = a.fit(x, y, seed=1)
     b.fit(x, y, seed=2)                           # nothing random: the seed does not matter
@@ -152,7 +124,7 @@ def test_determinism_state_round_trip_and_history():
 
 
 def test_stops_when_the_codes_settle():
-    s, x, y = _binary_sources(n=200, seed=7)
+    s, x, y = binary_sources(n=200, seed=7)
     hist = pdh.PDH(3, {"iterations": 50, "tol": 0.01}).fit(x, y)
     assert len(hist) < 50 and hist[-1]["changed"] <= 0.01
     assert all(h["changed"] > 0.01 for h in hist[1:-1])
@@ -172,7 +144,7 @@ def test_bad_settings_are_one_line_errors(settings, match):
 
 
 def test_bad_inputs_are_one_line_errors():
-    s, x, y = _binary_sources(n=40)
+    s, x, y = binary_sources(n=40)
     fitted = pdh.PDH(2, {"iterations": 1, "knn": 3})
     fitted.fit(x, y)
     bad = y.copy()
