@@ -181,6 +181,15 @@ def test_bad_settings_are_one_line_errors(settings, match):
     assert "\n" not in str(e.value)
 
 
+def test_more_anchors_than_training_pairs_uses_every_pair_with_a_warning(caplog):
+    """A small collection with the default 500 anchors trains (each pair an anchor), and says so."""
+    s, x, y = binary_sources(n=60)
+    m = fsh.FSH(2, {"anchors": 61, "max_iter": 3})
+    m.fit(x, y)
+    assert m.anchors_used_ == 60 and m.anchors_x_.shape[0] == 60
+    assert "fsh: 61 anchors asked for but only 60 training pairs: using 60 anchors" in caplog.text
+
+
 def test_bad_inputs_are_one_line_errors():
     s, x, y = binary_sources(n=60)
     fitted = fsh.FSH(2, {"anchors": 10, "hash": "kernel", "max_iter": 3})
@@ -189,8 +198,7 @@ def test_bad_inputs_are_one_line_errors():
     bad[8200, 1] = np.inf
     state = fitted.state()
     cases = [
-        (lambda: fsh.FSH(2, {"anchors": 61}).fit(x, y), r"anchors \(61\) must be at most the number of training pairs \(60\)"),
-        (lambda: fsh.FSH(2, {"anchors": 5, "knn": 6}).fit(x, y), r"knn \(6\) must be at most anchors \(5\)"),
+        (lambda: fsh.FSH(2, {"anchors": 5, "knn": 6}).fit(x, y), r"knn \(6\) must be at most the anchors \(5\)"),
         (lambda: fsh.FSH(7, {"anchors": 10}).fit(x, y), r"bits \(7\) must be at most min\(d_x, d_y\) = 6"),
         (lambda: fsh.FSH(2).fit(x, y[:30]), "row counts differ"),
         (lambda: fsh.FSH(2, {"anchors": 10}).fit(np.where(x > 4, np.nan, x), y), "image features: NaN/inf"),

@@ -64,3 +64,25 @@ def test_own_folder_end_to_end(tmp_path, labels):
                            text=True, cwd=wd)
         assert q.returncode == 0, q.stderr
         assert [json.loads(line)["rank"] for line in q.stdout.splitlines()] == [1, 2, 3]
+    # ... and served: the same hits through `cmimh serve`'s API, and the hit's image is served
+    from fastapi.testclient import TestClient
+
+    from pipeline.search.index import load_index
+    from pipeline.search.service import Service, create_app
+
+    want = subprocess.run([cmimh, "search", str(res / "cvh/16/index"), "--text", "a red ball", "-k", "5"],
+                          capture_output=True, text=True, cwd=wd)
+    assert want.returncode == 0, want.stderr
+    service = Service({"mine": load_index(res / "cvh/16/index")})
+    try:
+        with TestClient(create_app(service)) as c:
+            r = c.get("/api/search", params={"text": "a red ball", "k": 5})
+            assert r.status_code == 200, r.text
+            hits = r.json()["hits"]
+            assert [(h["id"], h["distance"]) for h in hits] == \
+                [(json.loads(x)["id"], json.loads(x)["distance"]) for x in want.stdout.splitlines()]
+            assert all(h["caption"] for h in hits)
+            img = c.get(hits[0]["image"])
+            assert img.status_code == 200 and img.headers["content-type"].startswith("image/")
+    finally:
+        service.close()

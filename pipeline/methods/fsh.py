@@ -95,7 +95,8 @@ log = logging.getLogger(__name__)
 class Config(Settings):
     """FSH's settings (config.yaml ``method_settings.fsh``)."""
 
-    anchors: int = setting(500, "anchors (k-means centres of the concatenated views)", min=2)
+    anchors: int = setting(500, "anchors (k-means centres of the concatenated views); at most the training pairs "
+                           "(more are capped to them, with a warning)", min=2)
     knn: int = setting(10, "nearest anchors per sample / per anchor in the fusion similarity", min=1)
     eta: float = setting(0.5, "weight of the image-side similarity in the fusion (1 - eta: text)", min=0, max=1)
     lam: float = setting(10.0, "weight of the hash-function regression terms", min=0, min_exclusive=True,
@@ -230,15 +231,18 @@ class FSH(LinearHash):
         x, y = self._pair(x, y, seed)
         c = self.config
         n, dx, dy = len(x), x.shape[1], y.shape[1]
-        if c.anchors > n:
-            raise PipelineError(f"fsh: anchors ({c.anchors}) must be at most the number of training pairs ({n})")
-        if c.knn > c.anchors:
-            raise PipelineError(f"fsh: knn ({c.knn}) must be at most anchors ({c.anchors})")
+        anchors = c.anchors
+        if anchors > n:  # a small collection: every training pair may be an anchor, not more
+            anchors = n
+            log.warning("fsh: %d anchors asked for but only %d training pairs: using %d anchors", c.anchors, n, n)
+        self.anchors_used_ = anchors
+        if c.knn > anchors:
+            raise PipelineError(f"fsh: knn ({c.knn}) must be at most the anchors ({anchors})")
         if c.hash == "linear" and self.bits > min(dx, dy):
             raise PipelineError(f"fsh: bits ({self.bits}) must be at most min(d_x, d_y) = {min(dx, dy)} "
                                 f"with linear hash functions")
-        if self.bits > c.anchors:
-            raise PipelineError(f"fsh: bits ({self.bits}) must be at most anchors ({c.anchors})")
+        if self.bits > anchors:
+            raise PipelineError(f"fsh: bits ({self.bits}) must be at most the anchors ({anchors})")
         rng = np.random.default_rng(int(seed))
         mean_x, mean_y = x.mean(axis=0), y.mean(axis=0)
         xc, yc = x - mean_x, y - mean_y
@@ -246,7 +250,7 @@ class FSH(LinearHash):
         sx, sy = (float(np.sqrt((v * v).sum(1).mean())) for v in (xc, yc))
         if not (sx > 0 and sy > 0):
             raise PipelineError("fsh fit: the features of a modality are constant over the training rows")
-        centres, _ = kmeans_anchors(np.hstack([xc / sx, yc / sy]), c.anchors, c.kmeans_iter, rng)
+        centres, _ = kmeans_anchors(np.hstack([xc / sx, yc / sy]), anchors, c.kmeans_iter, rng)
         ax, ay = centres[:, :dx] * sx, centres[:, dx:] * sy          # centred anchors per modality
         g = fusion_graph(xc, yc, ax, ay, c.knn, c.eta)
         d = g["D"] / g["D"].sum(axis=1).mean()
