@@ -400,7 +400,7 @@ def create_app(service: Service):
             None, service.search_texts, body["texts"], body.get("k", 10), body.get("target"), body.get("index"))
         return JSONResponse({"results": [{"hits": h} for h in res], "ms": round(1000 * (time.perf_counter() - t0), 2)})
 
-    @app.get("/media/{item_id}")
+    @app.get("/media/{item_id:path}")  # folder ids hold slashes (2019/trip/IMG_0001)
     def media(item_id: str, index: str | None = None):
         return FileResponse(service.media(item_id, index), headers={"Cache-Control": "max-age=3600"})
 
