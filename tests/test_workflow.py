@@ -224,7 +224,7 @@ def study_config(workdir: Path, **over) -> Path:
     cfg["methods"] = ["cmimh"]
     cfg["studies"] = {"report": [], "bits": 8, "code_lengths": [8, 16], "mi_weights": [0, 0.5, 2],
                       "kl_weights": [0.1, 1], "train_size_bits": [8], "train_size_methods": ["cmimh", "cvh"],
-                      "critic_samples": [1, 5], "tc_bits": [8, 16]}
+                      "critic_samples": [1, 5], "tc_bits": [8, 16], "code_lengths_methods": None}
     cfg["datasets"]["demo"]["studies"] = {"train_sizes": [20, 40]}
     cfg["datasets"]["demo"]["tune"] = {}
     cfg["tune"] = {"grid": {"cmimh": {"mi": [1, 2], "kl": [0.5], "lr": [0.001]}}, "val_queries": 20, "folds": 2,
