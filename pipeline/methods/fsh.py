@@ -84,7 +84,6 @@ import scipy.sparse
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.methods.base import check_features
 from pipeline.methods.linear import ENCODE_BLOCK, LinearHash, centred_covariances, fix_signs, state_array
 from pipeline.settings import Settings, setting
 
@@ -293,16 +292,9 @@ class FSH(LinearHash):
         self._require_fitted(where)
         anchors = (self.anchors_x_, self.anchors_y_)[view]
         mean, w = (self.mean_x_, self.mean_y_)[view], (self.w_x_, self.w_y_)[view]
-        try:
-            arr = np.asarray(a)
-        except Exception:  # noqa: BLE001
-            raise PipelineError(f"{self.name} {where}: not a numeric array") from None
-        if arr.ndim != 2 or arr.shape[1] != anchors.shape[1]:
-            check_features(arr, f"{self.name} {where}", dim=anchors.shape[1], min_rows=0)
-        out = np.empty((len(arr), self.bits), dtype=np.float32 if embed else np.uint8)
-        for s in range(0, len(arr), ENCODE_BLOCK):
-            blk = check_features(arr[s:s + ENCODE_BLOCK], f"{self.name} {where}", dim=anchors.shape[1], min_rows=0,
-                                 allow_bool=True, dtype=np.float64, row_offset=s)
+        n, blocks = self._feature_blocks(a, anchors.shape[1], where)
+        out = np.empty((n, self.bits), dtype=np.float32 if embed else np.uint8)
+        for s, blk in blocks:
             z = (rbf_features(blk, anchors, float(self.kernel_s2_[view])) - mean) @ w
             out[s:s + ENCODE_BLOCK] = z if embed else (z >= 0)
         return out

@@ -87,20 +87,27 @@ class LinearHash(Hasher):
         check_seed(seed, self.name)
         return check_pair(x, y, self.name, min_rows=min_rows, dtype=np.float64)
 
-    def _encode(self, a: Any, mean: np.ndarray | None, w: np.ndarray | None, where: str) -> np.ndarray:
-        self._require_fitted(where)
+    def _feature_blocks(self, a: Any, dim: int, where: str):
+        """``(len(a), blocks)``: a fitted model's input ``a`` checked (a numeric 2-D array of
+        ``dim`` columns, finite) block by block, each block ``(start, float64 rows)`` — no n x d
+        float64 copy, no n x d mask. The caller checks that the model is fitted first."""
         try:
             arr = np.asarray(a)
         except Exception:  # noqa: BLE001
             raise PipelineError(f"{self.name} {where}: not a numeric array") from None
-        if arr.ndim != 2 or arr.shape[1] != w.shape[0]:
-            check_features(arr, f"{self.name} {where}", dim=w.shape[0], min_rows=0)
-        out = np.empty((len(arr), self.bits), dtype=np.uint8)
-        for s in range(0, len(arr), ENCODE_BLOCK):  # per block: no n x d float64 copy, no n x d mask
-            blk = check_features(arr[s:s + ENCODE_BLOCK], f"{self.name} {where}", dim=w.shape[0], min_rows=0,
-                                 allow_bool=True, dtype=np.float64, row_offset=s)
-            blk = blk - mean
-            out[s:s + ENCODE_BLOCK] = (blk @ w >= 0)
+        if arr.ndim != 2 or arr.shape[1] != dim:
+            check_features(arr, f"{self.name} {where}", dim=dim, min_rows=0)
+        blocks = ((s, check_features(arr[s:s + ENCODE_BLOCK], f"{self.name} {where}", dim=dim, min_rows=0,
+                                     allow_bool=True, dtype=np.float64, row_offset=s))
+                  for s in range(0, len(arr), ENCODE_BLOCK))
+        return len(arr), blocks
+
+    def _encode(self, a: Any, mean: np.ndarray | None, w: np.ndarray | None, where: str) -> np.ndarray:
+        self._require_fitted(where)
+        n, blocks = self._feature_blocks(a, w.shape[0], where)
+        out = np.empty((n, self.bits), dtype=np.uint8)
+        for s, blk in blocks:
+            out[s:s + ENCODE_BLOCK] = ((blk - mean) @ w >= 0)
         return out
 
     def _embed(self, a: Any, mean: np.ndarray | None, w: np.ndarray | None, where: str) -> np.ndarray:
