@@ -186,7 +186,7 @@ def test_more_anchors_than_training_pairs_uses_every_pair_with_a_warning(caplog)
     s, x, y = binary_sources(n=60)
     m = fsh.FSH(2, {"anchors": 61, "max_iter": 3})
     m.fit(x, y)
-    assert m.anchors_used_ == 60 and m.anchors_x_.shape[0] == 60
+    assert m.anchors_x_.shape[0] == m.anchors_y_.shape[0] == 60
     assert "fsh: 61 anchors asked for but only 60 training pairs: using 60 anchors" in caplog.text
 
 

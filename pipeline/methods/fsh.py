@@ -234,7 +234,6 @@ class FSH(LinearHash):
         if anchors > n:  # a small collection: every training pair may be an anchor, not more
             anchors = n
             log.warning("fsh: %d anchors asked for but only %d training pairs: using %d anchors", c.anchors, n, n)
-        self.anchors_used_ = anchors
         if c.knn > anchors:
             raise PipelineError(f"fsh: knn ({c.knn}) must be at most the anchors ({anchors})")
         if c.hash == "linear" and self.bits > min(dx, dy):
