@@ -430,6 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     command = next((x for x in argv if not x.startswith("-")), None)
     args = build_parser(command if command and "-h" not in argv and "--help" not in argv else None).parse_args(argv)
     args.log = getattr(args, "log", None)
+    if getattr(args, "threads", None) and args.threads > 0 and "numpy" not in sys.modules:
+        # before NumPy loads: OpenBLAS starts one thread per core at import (80 ms of a demo
+        # evaluate on a busy 2-core machine) although threadpool_limits caps it to --threads below
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
     try:
         cm = _logging(args)
         cm.__enter__()

@@ -68,3 +68,13 @@ def write_collection(root: Path, n: int = 30, *, labels: bool = True, tags: bool
         items.append({"key": key, "path": path, "caption": caption, "tags": tg,
                       "labels": [CLASSES[c] for c in lab]})
     return sorted(items, key=lambda d: d["key"])
+
+
+@pytest.fixture(params=["numpy", "compiled"])
+def ranking_engine(request, monkeypatch):
+    """Run a test once per ranking engine (pipeline.eval.hamming.ENGINE): the NumPy twins that
+    small problems use and the compiled kernels of real sizes must give the same numbers."""
+    from pipeline.eval import hamming
+
+    monkeypatch.setattr(hamming, "ENGINE", request.param)
+    return request.param

@@ -21,6 +21,7 @@ def _slow_distances(q, db, bits):
     return (qb[:, None, :] != dbb[None, :, :]).sum(-1)
 
 
+@pytest.mark.usefixtures("ranking_engine")
 def test_hand_example_ties_by_index():
     q = np.packbits(np.array([[0, 0, 0, 0]], bool), axis=1)
     db = np.packbits(np.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 0],
@@ -35,6 +36,7 @@ def test_hand_example_ties_by_index():
 
 
 @pytest.mark.parametrize("bits", [8, 13, 32, 64, 100, 300])
+@pytest.mark.usefixtures("ranking_engine")
 def test_distances_match_bit_count(bits):
     rng = np.random.default_rng(bits)
     q, db = _codes(rng, 9, bits), _codes(rng, 31, bits)
@@ -103,3 +105,20 @@ def test_database_prepared_once_answers_like_topk(tmp_path):
         np.testing.assert_array_equal(got[1], want[1])
     with pytest.raises(PipelineError, match="differ in shape"):
         base.topk(_codes(rng, 2, 16), 3)
+
+
+def test_engine_by_size_and_setting(monkeypatch):
+    """Small problems rank with the NumPy twins (no numba start-up), real sizes with the compiled
+    kernels; CMIMH_RANKING_ENGINE (hamming.ENGINE) forces either, anything else is one line."""
+    from pipeline.eval import kernels
+
+    monkeypatch.setattr(hamming, "ENGINE", "auto")
+    assert hamming.compiled_engine(hamming.COMPILED_FROM_PAIRS - 1) is None
+    assert hamming.compiled_engine(hamming.COMPILED_FROM_PAIRS) is kernels
+    monkeypatch.setattr(hamming, "ENGINE", "numpy")
+    assert hamming.compiled_engine(10 ** 12) is None
+    monkeypatch.setattr(hamming, "ENGINE", "compiled")
+    assert hamming.compiled_engine(1) is kernels
+    monkeypatch.setattr(hamming, "ENGINE", "fast")
+    with pytest.raises(PipelineError, match="CMIMH_RANKING_ENGINE must be auto, numpy or compiled"):
+        hamming.compiled_engine(1)

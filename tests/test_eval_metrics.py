@@ -17,6 +17,9 @@ from pipeline.eval.metrics import (
     recall_one_at_k,
 )
 
+# every test on both ranking engines (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("ranking_engine")
+
 
 def _reference_map_at_k(q_packed: np.ndarray, db_packed: np.ndarray, q_labels: np.ndarray,
                         db_labels: np.ndarray, k: int | None = None) -> float:

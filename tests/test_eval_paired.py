@@ -10,6 +10,9 @@ from pipeline.eval.codes import read_codes, write_codes
 from pipeline.eval.paired import pair_ranks, paired_metrics, summarize
 from pipeline.stages import evaluate
 
+# every test on both ranking engines (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("ranking_engine")
+
 
 def packed(rows):
     return np.packbits(np.array(rows, dtype=bool), axis=1)
@@ -30,6 +33,9 @@ def test_summary_by_hand():
     assert s["r@1"] == 0.2 and s["r@5"] == 0.6 and s["r@10"] == 0.8 and s["median_rank"] == 3.0
     assert s["map"] == pytest.approx(np.mean([1, 1 / 2, 1 / 3, 1 / 10, 1 / 20]))
     assert s["curve"] == {"k": [1, 2, 5], "recall": [0.2, 0.4, 0.6]}  # K up to the set size
+    assert summarize(np.array([7, 1, 4, 2]))["median_rank"] == 3.0  # even count: the mean of the middle two
+    r = np.random.default_rng(0).integers(1, 50, 41)
+    assert summarize(r)["median_rank"] == float(np.median(r)) and summarize(r[:40])["median_rank"] == float(np.median(r[:40]))
 
 
 def test_perfect_and_chance_codes():

@@ -1,7 +1,9 @@
 """Light stages import only what they use (issue 16): ``cmimh evaluate`` and ``cmimh chance`` run
 without torch (2.2 s of a 2.5 s evaluate was importing it to record its version), and the
-``cmimh search`` parse path without torch, torchvision or transformers. Each check runs in a
-fresh interpreter, since this test process has imported torch long since."""
+``cmimh search`` parse path without torch, torchvision or transformers; a small evaluate also
+without numba (its import and kernel loading were ~1.3 s of a 1.7 s demo evaluate; small problems
+rank with the NumPy twins). Each check runs in a fresh interpreter, since this test process has
+imported torch long since."""
 
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ from conftest import REPO
 HEAVY = ("torch", "torchvision", "transformers", "open_clip")
 
 
-def _loaded_after(code: str) -> dict:
-    """Which of HEAVY a fresh interpreter has imported after running ``code``."""
-    probe = f"{code}\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {HEAVY!r}}}))"
+def _loaded_after(code: str, modules: tuple[str, ...] = HEAVY) -> dict:
+    """Which of ``modules`` a fresh interpreter has imported after running ``code``."""
+    probe = f"{code}\nimport json, sys\nprint(json.dumps({{m: m in sys.modules for m in {modules!r}}}))"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
@@ -34,7 +36,8 @@ def test_light_modules_import_no_torch():
 
 def test_evaluate_and_chance_processes_never_import_torch(tmp_path):
     """A whole `cmimh evaluate` (and `cmimh chance`), provenance included: torch's version is
-    recorded without importing it, and the codes are the same with or without it."""
+    recorded without importing it, and the codes are the same with or without it; at this size
+    numba is not imported either."""
     from pipeline.eval.codes import write_codes
     from pipeline.stages import extract
 
@@ -54,7 +57,7 @@ def test_evaluate_and_chance_processes_never_import_torch(tmp_path):
         "from pipeline.cli import main\n"
         f"assert main(['evaluate', {str(codes)!r}, '--k', '10', '--threads', '1', '-o', {str(out)!r}]) == 0\n"
         f"assert main(['chance', '--settings', {settings!r}, '--features', {str(feats)!r}, '--bits', '16', "
-        f"'--threads', '1', '-o', {str(chance)!r}]) == 0")
+        f"'--threads', '1', '-o', {str(chance)!r}]) == 0", HEAVY + ("numba",))
     assert not any(loaded.values()), loaded
     import torch
 

@@ -2,7 +2,8 @@
 
 ``codes`` (read/write packed codes), ``hamming`` (deterministic top-k ranking, and
 :class:`~pipeline.eval.hamming.Database`, codes prepared once for a service), ``kernels`` (the
-compiled counting kernels both use), ``metrics`` (mAP@k, P@K, PR, RecallOne@K,
+compiled counting kernels both use; ``numpy_kernels``, their NumPy twins for small problems, which
+spare a process numba's start-up; ``words``, codes and labels as 64-bit words), ``metrics`` (mAP@k, P@K, PR, RecallOne@K,
 :func:`evaluate_all`: relevance by labels), ``paired`` (R@K, median rank and mAP of the own pair
 on the held-out queries: the evaluation of a collection without labels, and a second view of one
 with), ``tasks`` (the retrieval tasks and the headline metric of a run).

@@ -8,10 +8,16 @@ Distances take only ``bits + 1`` values, so ranking is counting, not sorting
 (:mod:`pipeline.eval.kernels`): codes XOR as whole 64-bit words and popcount on the CPU, and the
 top k comes from a distance threshold (guessed from a sample, checked by one counting pass) and a
 counting sort of the few items within it. Queries go in chunks whose scratch buffers are reused.
+
+Two engines compute the same numbers: the compiled kernels for real sizes, and their NumPy twins
+(:mod:`pipeline.eval.numpy_kernels`) below :data:`COMPILED_FROM_PAIRS` query-item pairs, where
+importing numba and loading its cached kernels (about a second) would cost more than the ranking
+(:func:`compiled_engine`).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
@@ -19,8 +25,8 @@ from typing import Callable
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.eval import kernels
-from pipeline.eval.kernels import words64
+from pipeline.eval import numpy_kernels
+from pipeline.eval.words import words64
 
 #: Default working-memory budget (bytes) for one ranking call; chunks are sized from it.
 DEFAULT_MEMORY_BUDGET = 1 << 30
@@ -28,6 +34,26 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 _CHUNK_BYTES = 1 << 20
 #: Most query rows per chunk.
 _MAX_ROWS = 64
+#: From this many query-item pairs in one call (all tasks together) the compiled kernels rank;
+#: below it the NumPy twins do. Measured on a 2-core CPU: a demo evaluate (4 x 500 x 2,000 pairs,
+#: plus 2 x 2,000 x 2,000 for RecallOne@K) ranks in ~0.25 s with NumPy, while importing numba and
+#: loading its cached kernels alone takes ~1.3 s; NumPy costs ~35 ns a pair, the kernels ~2.5 ns.
+COMPILED_FROM_PAIRS = 40_000_000
+#: ``auto`` (by size, as above), ``numpy`` or ``compiled``: the environment variable
+#: ``CMIMH_RANKING_ENGINE`` sets it for a run (benchmarks, checks); tests set it directly.
+ENGINE = os.environ.get("CMIMH_RANKING_ENGINE", "auto")
+
+
+def compiled_engine(pairs: int):
+    """The compiled kernels module when ``pairs`` query-item pairs are worth its start-up (or
+    :data:`ENGINE` asks for it), else None (use :mod:`pipeline.eval.numpy_kernels`)."""
+    if ENGINE not in ("auto", "numpy", "compiled"):
+        raise PipelineError(f"CMIMH_RANKING_ENGINE must be auto, numpy or compiled, not {ENGINE!r}")
+    if ENGINE == "numpy" or (ENGINE == "auto" and pairs < COMPILED_FROM_PAIRS):
+        return None
+    from pipeline.eval import kernels  # imports numba: only here
+
+    return kernels
 
 
 class Scratch:
@@ -69,13 +95,14 @@ class Prepared:
         self.dist_dtype = np.dtype(np.uint8 if self.n_values <= 256 else np.uint16)
         # 2 * distance + relevant (metrics): one byte up to 127 bits
         self.key_dtype = np.dtype(np.uint8 if 2 * self.n_values <= 256 else np.uint16)
+        self.kernels = compiled_engine(self.nq * self.ndb)  # None: the NumPy twins
 
     def distances(self, start: int, stop: int, scratch: Scratch, name: str = "d") -> np.ndarray:
         """Distances of queries start..stop-1 in a reused (rows, ndb_pad) buffer: rows padded to a
         multiple of 8 items (padding undefined; use ``[:, :ndb]``) so they can be read as words."""
         full = scratch.get(name, (stop - start, self.ndb_pad), self.dist_dtype)
         if self.ndb:
-            kernels.distances(self.qw[start:stop], self.dbT, full[:, : self.ndb])
+            (self.kernels or numpy_kernels).distances(self.qw[start:stop], self.dbT, full[:, : self.ndb])
         return full
 
 
@@ -84,7 +111,7 @@ def hamming_distances(q_packed: np.ndarray, db_packed: np.ndarray) -> np.ndarray
     p = Prepared(q_packed, db_packed)
     out = np.empty((p.nq, p.ndb), dtype=np.uint16)
     if p.nq and p.ndb:
-        kernels.distances(p.qw, p.dbT, out)
+        (p.kernels or numpy_kernels).distances(p.qw, p.dbT, out)
     return out
 
 
@@ -160,6 +187,8 @@ class Database:
         per_row = self.ndb_pad * self.dist_dtype.itemsize
         rows = chunk_size or int(max(1, min(_MAX_ROWS, max(8, _CHUNK_BYTES // per_row),
                                             memory_budget // max(1, n_threads) // per_row)))
+
+        from pipeline.eval import kernels  # a service's database: always the compiled kernels
 
         def fn(s: int, e: int, sc: Scratch) -> None:
             full = sc.get("d", (e - s, self.ndb_pad), self.dist_dtype)

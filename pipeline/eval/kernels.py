@@ -6,13 +6,15 @@ distance, the prefix sums give where each distance's bucket starts, and a second
 order hands out ranks inside each bucket. Every kernel here is O(n_db) per query, exact, with no
 comparison sort, and releases the GIL (the callers run query chunks on threads).
 
-Codes and labels come as (n, words) ``uint64`` rows (:func:`words64`). The first pass walks the
+Codes and labels come as (n, words) ``uint64`` rows (:func:`pipeline.eval.words.words64`). The first pass walks the
 database in blocks of :data:`BLOCK` items, each block against all the rows of the chunk, so the
 database is read from memory once per chunk rather than once per query.
 
 Kernels are compiled on first use and cached on disk (numba ``cache=True``: ``__pycache__`` beside
 this file, or the user's cache folder when that is read-only), so only the first run on a machine
-pays the compilation (seconds).
+pays the compilation (seconds). Importing numba and loading the cached kernels still costs about a
+second per process, so small problems take the NumPy twins of :mod:`pipeline.eval.numpy_kernels`
+instead (:func:`pipeline.eval.hamming.compiled_engine` decides).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import numpy as np
 from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
-
-from pipeline.errors import PipelineError
 
 #: Database items per block of :func:`distances` (a block's code words stay in L1).
 BLOCK = 4096
@@ -70,25 +70,6 @@ def _half(typingctx, x):
         return builder.lshr(args[0], ir.Constant(args[0].type, 1))
 
     return x(x), codegen
-
-
-def words64(packed: np.ndarray) -> np.ndarray:
-    """(n, width) uint8 rows as (n, ceil(width / 8)) uint64 words, zero-padded (adds no distance)."""
-    p = np.asarray(packed)
-    if p.ndim != 2 or p.dtype != np.uint8:
-        raise PipelineError(f"packed codes must be a 2-D uint8 array, got {p.dtype} {p.shape}")
-    w = p.shape[1]
-    if w % 8 or not p.flags.c_contiguous:
-        p = np.pad(p, ((0, 0), (0, -w % 8))) if w % 8 else np.ascontiguousarray(p)
-    return p.view(np.uint64).reshape(p.shape[0], -1)
-
-
-def label_words64(labels: np.ndarray) -> np.ndarray:
-    """Multi-hot labels (n, classes) as uint64 words: relevant = some word of the AND is non-zero."""
-    lab = np.asarray(labels)
-    if lab.ndim != 2:
-        raise PipelineError(f"labels must be a 2-D (n, classes) array, got shape {lab.shape}")
-    return words64(np.packbits(lab.astype(bool), axis=1))
 
 
 # ----------------------------------------------------------------------------- metrics

@@ -59,7 +59,9 @@ def summarize(ranks: np.ndarray, ks: Sequence[int] = RECALL_KS, curve: Sequence[
     r = np.asarray(ranks, dtype=np.float64)
     n = len(r)
     out = {f"r@{k}": float((r <= k).mean()) for k in ks}
-    out.update({"median_rank": float(np.median(r)), "mean_rank": float(r.mean()), "map": float((1.0 / r).mean())})
+    srt = np.sort(r)  # the median without np.median, whose first call imports numpy.ma (30 ms)
+    median = 0.5 * (srt[(n - 1) // 2] + srt[n // 2]) if n else float("nan")
+    out.update({"median_rank": float(median), "mean_rank": float(r.mean()), "map": float((1.0 / r).mean())})
     ck = [int(k) for k in curve if k <= n] or [n]
     out["curve"] = {"k": ck, "recall": [float((r <= k).mean()) for k in ck]}
     return out
