@@ -5,10 +5,14 @@
     python benchmarks/bench_pipeline_speed.py --threads 2 --repeats 5
 
 1. ``cmimh evaluate`` as a whole process on a demo-sized codes.h5 (500 queries, 2,000 items, 32
-   bits, 24 classes): before = the same command in an interpreter that imports torch first (what
-   recording torch's version in the provenance did), after = the command as it runs now (torch's
-   version read without importing it). Median wall time of ``--repeats`` runs each, after a
-   warm-up run that compiles (or loads) the numba kernels.
+   bits, 24 classes), as the pipeline runs it (``--threads 1 --chance FILE``): now = the command
+   as it is (no torch; the NumPy twins of the ranking kernels, no numba); before = the issue's
+   state, an interpreter that imports torch first (what recording torch's version did), ranking
+   with the compiled kernels (``CMIMH_RANKING_ENGINE=compiled``) and computing the chance level in
+   the process; and the previous step, no torch but the compiled kernels. Median wall time of
+   ``--repeats`` runs each, after a warm-up run of each that compiles (or loads) the numba kernels
+   and writes the bytecode caches (``PYTHONDONTWRITEBYTECODE`` is unset for these processes: users
+   run with their caches).
 2. The chance level at one code length for the demo's 5 methods: before = computed in each of the
    5 evaluates; after = computed once (``cmimh chance``) and read and checked 5 times
    (``read_chance``). Also one evaluate's share (compute vs read). Sizes: the demo's and
@@ -76,21 +80,32 @@ def demo_codes(path: Path, nq: int, ndb: int, bits: int, classes: int = 24, seed
 
 
 def bench_evaluate(tmp: Path, repeats: int) -> None:
-    codes, out = tmp / "codes.h5", tmp / "metrics.json"
+    from pipeline.eval.codes import read_codes
+    from pipeline.io import write_json
+    from pipeline.stages.evaluate import CHANCE_FORMAT, _chance_key, chance_levels
+
+    codes, out, chance = tmp / "codes.h5", tmp / "metrics.json", tmp / "chance.json"
     demo_codes(codes, 500, 2000, 32)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    c = read_codes(codes)
+    write_json(chance, {"format": CHANCE_FORMAT, **_chance_key(c, 1000, "bench"), "chance": chance_levels(c, 1000)})
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(REPO)
     argv = ["evaluate", str(codes), "--k", "1000", "--threads", "1", "-o", str(out), "--no-progress"]
-    after = [sys.executable, "-m", "pipeline.cli", *argv]
-    before = [sys.executable, "-c", "import sys, torch; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
-              *argv]
+    now = [sys.executable, "-m", "pipeline.cli", *argv, "--chance", str(chance)]
+    issue = [sys.executable, "-c", "import sys, torch; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))",
+             *argv]
 
-    def run(cmd):
-        subprocess.run(cmd, env=env, cwd=REPO, check=True, capture_output=True)
+    def run(cmd, **extra):
+        subprocess.run(cmd, env={**env, **extra}, cwd=REPO, check=True, capture_output=True)
 
-    run(after)  # warm-up: numba's cache
-    tb = median_time(lambda: run(before), repeats)
-    ta = median_time(lambda: run(after), repeats)
-    report("evaluate, whole process (demo size; torch imported vs not)", "s", tb, ta)
+    compiled = {"CMIMH_RANKING_ENGINE": "compiled"}
+    for cmd, extra in ((now, {}), (now, compiled), (issue, compiled)):  # warm-up: numba's and Python's caches
+        run(cmd, **extra)
+    t_issue = median_time(lambda: run(issue, **compiled), repeats)
+    t_prev = median_time(lambda: run(now, **compiled), repeats)
+    t_now = median_time(lambda: run(now), repeats)
+    report("evaluate process (demo): issue's (torch, numba, chance) vs now", "s", t_issue, t_now)
+    report("evaluate process (demo): compiled kernels vs NumPy twins", "s", t_prev, t_now)
 
 
 def bench_chance(tmp: Path, ndb: int, repeats: int) -> None:
@@ -203,16 +218,23 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="the cores (default: all)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--chance-ndb", type=int, default=20000)
+    items = ("evaluate", "chance", "adam", "alexnet", "faiss")
+    p.add_argument("--only", nargs="+", choices=items, default=list(items), help="these items only")
     a = p.parse_args()
     print(f"load average before: {os.getloadavg()}; {os.cpu_count()} cores; python {sys.version.split()[0]}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        bench_evaluate(tmp, a.repeats)
-        bench_chance(tmp, a.chance_ndb, a.repeats)
-    bench_adam()
-    bench_alexnet(a.threads, a.repeats)
-    bench_faiss(a.threads)
+        if "evaluate" in a.only:
+            bench_evaluate(tmp, a.repeats)
+        if "chance" in a.only:
+            bench_chance(tmp, a.chance_ndb, a.repeats)
+    if "adam" in a.only:
+        bench_adam()
+    if "alexnet" in a.only:
+        bench_alexnet(a.threads, a.repeats)
+    if "faiss" in a.only:
+        bench_faiss(a.threads)
     print(f"load average after: {os.getloadavg()}; {time.perf_counter() - t0:.0f} s in all")
 
 
