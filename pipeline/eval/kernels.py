@@ -195,6 +195,35 @@ def _head_stats(ranked, inv, ap_ks, pk, ap_row, hits_row):  # pragma: no cover -
             b += 1
 
 
+@njit(**_JIT, inline="always")
+def _bucket_starts(Hi, pos, kmax):  # pragma: no cover - compiled
+    """``pos[d]`` = the rank (0-based) where distance d's bucket starts, from the key counts ``Hi``
+    of one row; returns the last bucket holding a rank below ``kmax``."""
+    nv = pos.size
+    s = 0
+    dmax = nv - 1
+    found = False
+    for d in range(nv):
+        pos[d] = s
+        s += Hi[2 * d] + Hi[2 * d + 1]
+        if s >= kmax and not found:
+            dmax = d  # ranks 1..kmax lie in the buckets 0..dmax
+            found = True
+    return dmax
+
+
+@njit(**_JIT, inline="always")
+def _ap_all(ranked, inv, w):  # pragma: no cover - compiled
+    """AP over the whole ranked relevance: the m-th relevant item at rank p adds m / p. Gather 1/p
+    of the relevant ranks (branch-free: relevance is a coin flip to the branch predictor), then one
+    vector sum."""
+    n = 0
+    for p in range(ranked.size):
+        w[n] = inv[p]
+        n += ranked[p]
+    return _weighted_sum(w, n) / n if n > 0 else 0.0
+
+
 @njit(**_JIT)
 def ranked_stats(keys, H, need_all, ap_ks, pk, ranked, inv, w, ap_all, ap_k, hits):  # pragma: no cover - compiled
     """Per row i, from its keys (database order) and key counts ``H[i]``: the ranked relevance by
@@ -202,9 +231,11 @@ def ranked_stats(keys, H, need_all, ap_ks, pk, ranked, inv, w, ap_all, ap_k, hit
     AP@k for each k of ``ap_ks`` and the relevant items within the top K for each K of ``pk``
     (both ascending, at most ndb).
 
-    ``ranked`` (ndb,) uint8 and ``w`` (ndb,) float64 are scratch, ``inv[p] = 1 / (p + 1)``. Without
-    ``need_all`` only ranks up to max(ap_ks, pk) are placed, and items in the buckets past that rank
-    are skipped.
+    ``ranked`` (2, ndb) uint8 and ``w`` (ndb,) float64 are scratch, ``inv[p] = 1 / (p + 1)``.
+    With ``need_all`` rows go in pairs through one loop over the database: the two rows' bucket
+    counters are independent, so the CPU overlaps their store-to-load chains (measured 1.3x
+    faster than a row at a time). Without ``need_all`` only ranks up to max(ap_ks, pk) are placed,
+    and items in the buckets past that rank are skipped.
     """
     r, ndb = keys.shape
     nv = H.shape[1] // 2
@@ -213,43 +244,56 @@ def ranked_stats(keys, H, need_all, ap_ks, pk, ranked, inv, w, ap_all, ap_k, hit
         kmax = max(kmax, ap_ks[-1])
     if pk.size:
         kmax = max(kmax, pk[-1])
-    pos = np.empty(nv, np.int64)
-    for i in range(r):
-        s = 0
-        dmax = nv - 1
-        found = False
-        for d in range(nv):
-            pos[d] = s
-            s += H[i, 2 * d] + H[i, 2 * d + 1]
-            if s >= kmax and not found:
-                dmax = d  # ranks 1..kmax lie in the buckets 0..dmax
-                found = True
+    pa = np.empty(nv, np.uint32)
+    pb = np.empty(nv, np.uint32)
+    ra = ranked[0]
+    rb = ranked[1]
+    one = np.uint32(1)
+    i = 0
+    if need_all:
+        while i + 1 < r:
+            _bucket_starts(H[i], pa, kmax)
+            _bucket_starts(H[i + 1], pb, kmax)
+            ka = keys[i]
+            kb = keys[i + 1]
+            for j in range(ndb):
+                key = ka[j]
+                d = _half(key)
+                p = pa[d]
+                ra[p] = key & 1
+                pa[d] = p + one
+                key = kb[j]
+                d = _half(key)
+                p = pb[d]
+                rb[p] = key & 1
+                pb[d] = p + one
+            ap_all[i] = _ap_all(ra, inv, w)
+            _head_stats(ra, inv, ap_ks, pk, ap_k[i], hits[i])
+            ap_all[i + 1] = _ap_all(rb, inv, w)
+            _head_stats(rb, inv, ap_ks, pk, ap_k[i + 1], hits[i + 1])
+            i += 2
+    for i in range(i, r):  # the odd row out, or every row of the head-only case
+        dmax = _bucket_starts(H[i], pa, kmax)
         ki = keys[i]
         if need_all:
             for j in range(ndb):
                 key = ki[j]
                 d = _half(key)
-                p = pos[d]
-                ranked[p] = key & 1
-                pos[d] = p + 1
-            # AP@all: the m-th relevant item at rank p adds m / p. Gather 1/p of the relevant ranks
-            # (branch-free: relevance is a coin flip to the branch predictor), then one vector sum.
-            n = 0
-            for p in range(ndb):
-                w[n] = inv[p]
-                n += ranked[p]
-            ap_all[i] = _weighted_sum(w, n) / n if n > 0 else 0.0
+                p = pa[d]
+                ra[p] = key & 1
+                pa[d] = p + one
+            ap_all[i] = _ap_all(ra, inv, w)
         else:
             kmax_key = 2 * dmax + 1  # d <= dmax, compared on the key itself
             for j in range(ndb):
                 key = ki[j]
                 if key <= kmax_key:
                     d = _half(key)
-                    p = pos[d]
+                    p = pa[d]
                     if p < kmax:
-                        ranked[p] = key & 1
-                    pos[d] = p + 1
-        _head_stats(ranked, inv, ap_ks, pk, ap_k[i], hits[i])
+                        ra[p] = key & 1
+                    pa[d] = p + one
+        _head_stats(ra, inv, ap_ks, pk, ap_k[i], hits[i])
 
 
 @njit(**_JIT)

@@ -152,7 +152,7 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
             r = e - s
             rel = sc.get("rel", (r, ndb), np.uint8)
             kernels.relevance(qlw[s:e], dblT, rel)
-            ranked = sc.get("ranked", (ndb,), np.uint8)
+            ranked = sc.get("ranked", (2, ndb), np.uint8)
             w = sc.get("w", (ndb,), np.float64)
             keys = sc.get("keys", (r, ndb), p0.key_dtype)
             for t, p in enumerate(preps):
