@@ -430,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     command = next((x for x in argv if not x.startswith("-")), None)
     args = build_parser(command if command and "-h" not in argv and "--help" not in argv else None).parse_args(argv)
     args.log = getattr(args, "log", None)
+    args.blas_capped = False
     if getattr(args, "threads", None) and args.threads > 0 and "numpy" not in sys.modules:
         # before NumPy loads: OpenBLAS starts one thread per core at import (80 ms of a demo
         # evaluate on a busy 2-core machine) although threadpool_limits caps it to --threads below
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads))
+        args.blas_capped = os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads)) == str(args.threads)
     try:
         cm = _logging(args)
         cm.__enter__()
@@ -482,8 +483,6 @@ def _run(args) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if getattr(args, "threads", None):
-            from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
             if args.command in ("train", "encode", "search", "serve") or (
                     args.command == "extract" and args.part in ("image", "text")):  # merge, assemble: no torch
                 import torch
@@ -491,7 +490,12 @@ def _run(args) -> int:
                 torch.set_num_threads(max(1, args.threads))
             # numpy/scipy BLAS too (the linear methods, PCA): jobs running side by side must not
             # each start one BLAS thread per core (measured 10-20x slower when oversubscribed).
-            limits = threadpool_limits(max(1, args.threads))
+            # evaluate and chance use NumPy's OpenBLAS only, capped in main() before it loaded
+            # (threadpoolctl's import and library scan are 30 ms of a demo evaluate).
+            if not (getattr(args, "blas_capped", False) and args.command in ("evaluate", "chance")):
+                from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+                limits = threadpool_limits(max(1, args.threads))
         _check_outputs(args)
         with limits:
             args.fn(args)

@@ -15,8 +15,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +27,8 @@ OVERRIDABLE = ("method_settings", "studies", "tune")
 
 def load_config(path: str | Path) -> dict:
     """Read a YAML config file (not yet validated)."""
+    import yaml  # here, not at import: light stages (evaluate) import this module but read no YAML
+
     path = Path(path)
     if path.is_dir():
         raise PipelineError(f"config file {path} is a directory, not a YAML file")
@@ -60,6 +60,8 @@ def normalize(config: dict) -> dict:
     ``--config code_lengths=[16,32]`` arrives as ``['16', '32']``; each string item of a
     top-level list is re-read with YAML's safe loader, so it gets its natural type.
     """
+    import yaml
+
     for key, value in config.items():
         if isinstance(value, list):
             config[key] = [yaml.safe_load(v) if isinstance(v, str) else v for v in value]
@@ -69,6 +71,7 @@ def normalize(config: dict) -> dict:
 def check_structure(config: dict, check_files: bool = True) -> None:
     """Schema checks and the cross-key rules of the selected data set; one line on the first problem."""
     import jsonschema
+    import yaml
 
     schema = yaml.safe_load(SCHEMA_PATH.read_text())
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(config),
@@ -223,6 +226,8 @@ def write_run_config(config: dict, folder: str | Path = RUN_CONFIG_DIR) -> str:
     (so it triggers no rerun; each rule's ``params`` carry the settings its stage reads, and
     those changing is what reruns it).
     """
+    import yaml
+
     from pipeline.io import write_text
 
     text = yaml.safe_dump(json.loads(json.dumps(config, sort_keys=True, default=str)), sort_keys=True)
