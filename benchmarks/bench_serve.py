@@ -9,7 +9,8 @@ port; every request loop is bounded):
 
 * the service under load: ``--clients`` concurrent clients (threads, one HTTP connection each)
   send ``--queries`` text queries (the index's own captions, shuffled) to ``GET /api/search``;
-  p50 / p90 / p99 latency seen by the clients and the throughput;
+  p50 / p90 / p99 latency seen by the clients and the throughput, for each ``--workers`` (encoder
+  threads per index; 1 is the previous single worker, the anchor of the ratio);
 * anchor 1: one client, one query at a time (no queueing), p50;
 * anchor 2: ``cmimh search --text`` as before the service: one process per query (load included);
 * where a query's time goes, in-process on the same index: the text encoder (features + the
@@ -42,21 +43,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-class _Skip(Exception):
-    pass
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start(index: Path, port: int, timeout: float = 600):
+def start(index: Path, port: int, timeout: float = 600, workers: int | None = None):
     import httpx
 
     cmimh = str(Path(sys.executable).parent / "cmimh")
-    cmd = [cmimh, "serve", str(index), "--port", str(port)]
+    cmd = [cmimh, "serve", str(index), "--port", str(port)] + (["--workers", str(workers)] if workers else [])
     if not Path(cmimh).exists():
         cmd = [sys.executable, "-m", "pipeline.cli"] + cmd[1:]
     t0 = time.perf_counter()
@@ -209,6 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--big-queries", type=int, default=100)
     ap.add_argument("--only-big", action="store_true", help="skip the load test (with --big)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, min(4, os.cpu_count() or 1)],
+                    help="encoder threads per index to load-test, one server each (default: 1, the "
+                         "previous single worker, and the default, one per core up to 4)")
     a = ap.parse_args(argv)
     import httpx
 
@@ -226,28 +226,28 @@ def main(argv: list[str] | None = None) -> None:
     print(f"index {index}: {len(ix.ids)} items, {ix.bits} bits; {a.queries} text queries (its captions), k={a.k}")
     del ix
 
-    port = free_port()
-    proc, url, up = start(index, port) if not a.only_big else (None, None, None)
-    try:
-        if proc is None:
-            raise _Skip
-        print(f"cmimh serve up in {up:.1f} s (indexes and encoders loaded once); server RSS {rss(proc.pid)[0]:.0f} MiB")
-        with httpx.Client(base_url=url, timeout=120) as c:
-            for t in texts[:20]:
-                c.get("/api/search", params={"text": t, "k": a.k})
-        one, w1, ms1, e1 = load_test(url, texts[:100], 1, a.k)
-        print(f"1 client, one query at a time ({len(one)} queries): p50 {pct(one, 50):.1f} ms, p99 {pct(one, 99):.1f} ms, "
-              f"server's own time p50 {np.median(ms1):.1f} ms")
-        c0 = time.process_time()
-        lat, wall, ms, errs = load_test(url, texts, a.clients, a.k)
-        print(f"{a.clients} concurrent clients, {len(lat)} queries ({errs} errors): p50 {pct(lat, 50):.1f} ms, "
-              f"p90 {pct(lat, 90):.1f} ms, p99 {pct(lat, 99):.1f} ms; throughput {len(lat) / wall:.1f} queries/s "
-              f"({wall:.1f} s); server's own time p50 {np.median(ms):.1f} ms (clients' CPU {time.process_time() - c0:.1f} s)")
-        print(f"  ratio p50 under load / alone: {pct(lat, 50) / pct(one, 50):.1f}x; server RSS {rss(proc.pid)[0]:.0f} MiB")
-    except _Skip:
-        pass
-    finally:
-        if proc is not None:
+    p50s: dict[int, float] = {}
+    for workers in ([] if a.only_big else sorted(set(a.workers))):
+        proc, url, up = start(index, free_port(), workers=workers)
+        try:
+            print(f"\ncmimh serve --workers {workers} up in {up:.1f} s (indexes and encoders loaded once); "
+                  f"server RSS {rss(proc.pid)[0]:.0f} MiB")
+            with httpx.Client(base_url=url, timeout=120) as c:
+                for t in texts[:20]:
+                    c.get("/api/search", params={"text": t, "k": a.k})
+            one, w1, ms1, e1 = load_test(url, texts[:100], 1, a.k)
+            print(f"1 client, one query at a time ({len(one)} queries): p50 {pct(one, 50):.1f} ms, p99 {pct(one, 99):.1f} ms, "
+                  f"server's own time p50 {np.median(ms1):.1f} ms")
+            c0 = time.process_time()
+            lat, wall, ms, errs = load_test(url, texts, a.clients, a.k)
+            p50s[workers] = pct(lat, 50)
+            print(f"{a.clients} concurrent clients, {len(lat)} queries ({errs} errors): p50 {pct(lat, 50):.1f} ms, "
+                  f"p90 {pct(lat, 90):.1f} ms, p99 {pct(lat, 99):.1f} ms; throughput {len(lat) / wall:.1f} queries/s "
+                  f"({wall:.1f} s); server's own time p50 {np.median(ms):.1f} ms (clients' CPU {time.process_time() - c0:.1f} s)")
+            print(f"  ratio p50 under load / alone: {pct(lat, 50) / pct(one, 50):.1f}x; server RSS {rss(proc.pid)[0]:.0f} MiB"
+                  + (f"; p50 with 1 worker / with {workers}: {p50s[1] / p50s[workers]:.2f}x" if 1 in p50s and workers != 1
+                     else ""))
+        finally:
             stop(proc)
 
     if not a.only_big:
@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> None:
         p = subprocess.run([cmimh, "search", str(index), "--text", texts[0], "-k", str(a.k)], capture_output=True,
                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         once = time.perf_counter() - t0
-        print(f"anchor: `cmimh search --text` as one process per query: {once:.2f} s "
-              f"({once * 1000 / max(pct(one, 50), 1e-9):.0f}x the served p50); {p.stderr.strip().splitlines()[-1]}")
+        print(f"\nanchor: `cmimh search --text` as one process per query: {once:.2f} s "
+              f"({once * 1000 / max(pct(one, 50), 1e-9):.0f}x the served p50 of one client); "
+              f"{p.stderr.strip().splitlines()[-1]}")
 
         b = breakdown(index, texts, a.k)
         share = b["enc1"] / (b["enc1"] + b["rank1"])

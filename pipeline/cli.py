@@ -189,7 +189,7 @@ def cmd_serve(a) -> None:
     from pipeline.stages import serve
 
     serve.run([Path(p) for p in a.index], host=a.host, port=a.port, device=a.device, max_upload_mb=a.max_upload_mb,
-              threads=a.threads)
+              threads=a.threads, workers=a.workers)
 
 
 def cmd_methods(a) -> None:
@@ -354,6 +354,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     q.add_argument("--port", type=int, default=8000)
     q.add_argument("--device", default="cpu", help="where the query encoders run (default cpu)")
     q.add_argument("--max-upload-mb", type=float, default=8.0, help="largest image upload (default 8 MB)")
+    q.add_argument("--workers", type=int, default=None,
+                   help="encoder threads per index, each batching the queries waiting (default: one per core, at most 4)")
     _common(q)
     q.set_defaults(fn=cmd_serve)
 

@@ -112,3 +112,17 @@ def test_run_text_sentence_writes_the_contract(enc, tiny_demo, tmp_path):
         assert f["text"].shape == (40, 384) and f["text"].dtype == np.float32
         assert f.attrs["text_kind"] == "sentence" and f.attrs["pooling"] == "mean"
         assert len(f.attrs["manifest_sha256"]) == 64
+
+
+def test_one_encoder_from_many_threads(enc):
+    """A service's encoder workers share one text encoder: concurrent calls (the fast tokenizer
+    raised "Already borrowed" when two threads called it at once) give each thread the same
+    embeddings as one call at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[f"a red ball and {i} stars", "a blue house", "a tree " * (i % 5 + 1)] for i in range(24)]
+    want = [enc.encode(b) for b in batches]
+    with ThreadPoolExecutor(6) as ex:
+        got = list(ex.map(enc.encode, batches))
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -126,6 +126,38 @@ def test_bad_bodies_and_uploads_are_one_line_4xx(client):
     _one_line_error(client.delete("/api/search"), 405)
 
 
+def test_encoder_workers_share_the_waiting_queries(run, monkeypatch):  # noqa: F811
+    """Several encoder threads per index: each takes its share of the queries waiting, so a burst
+    is encoded on more than one thread, and every query gets exactly its own answer."""
+    import threading
+    import time
+
+    from pipeline.search import service as svc
+
+    d, _, _ = run
+    ix = load_index(d / "index")
+    seen: list[tuple[str, int]] = []
+    real = svc.Worker._run
+
+    def slow_run(self, jobs, features, encode):
+        seen.append((threading.current_thread().name, len(jobs)))
+        time.sleep(0.05)  # a slow encoder: the burst queues up behind it
+        real(self, jobs, features, encode)
+
+    monkeypatch.setattr(svc.Worker, "_run", slow_run)
+    w = svc.Worker(ix, workers=3)
+    texts = [f"a red ball and {i} stars" for i in range(12)]
+    futures = [w.submit("text", [t], 5, "image") for t in texts]
+    results = [f.result(timeout=30)[0] for f in futures]
+    w.close()
+    for t, hits in zip(texts, results):
+        want = search(ix, text=t, k=5)
+        assert [(h["id"], h["distance"]) for h in hits] == [(h["id"], h["distance"]) for h in want]
+    assert sum(n for _, n in seen) == 12 and len({name for name, _ in seen}) >= 2, seen
+    with pytest.raises(svc.PipelineError, match="--workers must be >= 1"):
+        svc.Worker(ix, workers=0)
+
+
 def test_one_bad_text_among_concurrent_queries_fails_alone(client):
     from concurrent.futures import ThreadPoolExecutor
 

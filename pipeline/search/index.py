@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -433,11 +434,21 @@ def search(index: Index, *, text: str | None = None, image: str | Path | bytes |
 def load_query_encoder(index: Index, modality: str) -> None:
     """Build the recorded text or image extractor now (part of loading, not of the query): the same
     object extraction used, from the same record (:mod:`pipeline.features.extractors`)."""
-    from pipeline.features import extractors
-
     ex = _extractor(index, modality)
     if modality in index.encoders:
         return
+    with _LOADING:  # a service's encoder workers may ask at once: one loads, the others find it loaded
+        if modality not in index.encoders:
+            _load_query_encoder(index, modality, ex)
+
+
+#: Serialises the loading of query encoders (threads of a service).
+_LOADING = threading.Lock()
+
+
+def _load_query_encoder(index: Index, modality: str, ex: dict) -> None:
+    from pipeline.features import extractors
+
     if modality == "text":
         index.encoders["text"] = extractors.text_extractor(ex, vocab=index.tag_vocab, device=index.device)
         return

