@@ -224,6 +224,16 @@ def _ap_all(ranked, inv, w):  # pragma: no cover - compiled
     return _weighted_sum(w, n) / n if n > 0 else 0.0
 
 
+@njit(**_JIT, inline="always")
+def _place(key, pos, ranked, one):  # pragma: no cover - compiled
+    """One step of the counting sort: the item's relevance (the key's low bit) at the next rank of
+    its distance's bucket."""
+    d = _half(key)
+    p = pos[d]
+    ranked[p] = key & 1
+    pos[d] = p + one
+
+
 @njit(**_JIT)
 def ranked_stats(keys, H, need_all, ap_ks, pk, ranked, inv, w, ap_all, ap_k, hits):  # pragma: no cover - compiled
     """Per row i, from its keys (database order) and key counts ``H[i]``: the ranked relevance by
@@ -257,16 +267,8 @@ def ranked_stats(keys, H, need_all, ap_ks, pk, ranked, inv, w, ap_all, ap_k, hit
             ka = keys[i]
             kb = keys[i + 1]
             for j in range(ndb):
-                key = ka[j]
-                d = _half(key)
-                p = pa[d]
-                ra[p] = key & 1
-                pa[d] = p + one
-                key = kb[j]
-                d = _half(key)
-                p = pb[d]
-                rb[p] = key & 1
-                pb[d] = p + one
+                _place(ka[j], pa, ra, one)
+                _place(kb[j], pb, rb, one)
             ap_all[i] = _ap_all(ra, inv, w)
             _head_stats(ra, inv, ap_ks, pk, ap_k[i], hits[i])
             ap_all[i + 1] = _ap_all(rb, inv, w)
@@ -277,11 +279,7 @@ def ranked_stats(keys, H, need_all, ap_ks, pk, ranked, inv, w, ap_all, ap_k, hit
         ki = keys[i]
         if need_all:
             for j in range(ndb):
-                key = ki[j]
-                d = _half(key)
-                p = pa[d]
-                ra[p] = key & 1
-                pa[d] = p + one
+                _place(ki[j], pa, ra, one)
             ap_all[i] = _ap_all(ra, inv, w)
         else:
             kmax_key = 2 * dmax + 1  # d <= dmax, compared on the key itself
