@@ -303,6 +303,12 @@ def groups() -> dict[str, list[tuple[str, str, dict, tuple[str, str]]]]:
                       ("FINAL pdh default", "pdh", {}, STD)]
     g["final_acq"] = [("FINAL acq tuned: lambda=1 reg=3", "acq", {"lambda": 1.0, "reg": 3.0}, STD),
                       ("FINAL acq default", "acq", {}, STD)]
+    # DJSRH: 13 of the 18 grid points ran (CPU time): the defaults, all 9 of eta 0.1, eta 0.4 x lr_img 1e-4;
+    # not run: eta 0.4 x lr_img 1e-3 x lr_txt {1e-3, 0.1} and eta 0.4 x lr_img 1e-2 x lr_txt {1e-3, 1e-2, 0.1}
+    g["final_djsrh_tuned"] = [("FINAL djsrh tuned: eta=0.1 lr_img=0.01 lr_txt=0.1", "djsrh",
+                               {"eta": 0.1, "lr_img": 0.01, "lr_txt": 0.1}, STD)]
+    g["final_fsh"] = [("FINAL fsh tuned: lambda=1 anchors=500 eta=0.5", "fsh", {"lambda": 1.0, "anchors": 500, "eta": 0.5}, STD),
+                      ("FINAL fsh default", "fsh", {}, STD)]
     return g
 
 
