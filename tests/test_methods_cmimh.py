@@ -365,5 +365,5 @@ def test_collapsed_run_warns(monkeypatch):
 
     x, y = _data()
     monkeypatch.setattr(train_mod, "COLLAPSE_CONF", 1.01)  # every run counts as collapsed
-    with pytest.warns(RuntimeWarning, match=r"collapsed.*reconstruction \([0-9.]+\) outweighs MI and KL: try rec_norm: mean"):
+    with pytest.warns(RuntimeWarning, match=r"collapsed.*reconstruction \([0-9.]+\) outweighs MI and KL \(high-dimensional features\) try rec_norm: mean"):
         _train(x, y, {"iterations": 1})

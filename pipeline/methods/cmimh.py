@@ -192,9 +192,9 @@ class CMIMH(Hasher):
             mi = "" if last["mi"] is None else f", I_JS = {last['mi']:.3f} (-2 log 2 = no critic signal)"
             rec = "" if last.get("rec") is None else f" ({last['rec']:.1f})"
             warnings.warn(f"cmimh training ({self.bits} bits) ended collapsed: mean |2p-1| = {last['conf']:.3f}"
-                          f"{mi}: the codes carry little information; with high-dimensional features the summed "
-                          f"reconstruction{rec} outweighs MI and KL: try rec_norm: mean (a documented departure) or "
-                          "a smaller weights.rec, else optimizer adam or more epochs",
+                          f"{mi}: the codes carry little information; where the summed reconstruction{rec} "
+                          "outweighs MI and KL (high-dimensional features) try rec_norm: mean (a documented "
+                          "departure) or a smaller weights.rec; else optimizer adam or more epochs",
                           RuntimeWarning, stacklevel=2)
         return history
 
