@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.eval import numpy_kernels
 from pipeline.eval.hamming import Prepared, Scratch, run_chunks
 
 RECALL_KS = (1, 5, 10)
@@ -39,19 +40,13 @@ def pair_ranks(q_packed: np.ndarray, db_packed: np.ndarray, chunk_size: int | No
     if p.nq == 0:
         raise PipelineError("paired ranking of an empty set")
     rank = np.zeros(p.nq, dtype=np.int64)
-    cols = np.arange(p.ndb)
     rows = chunk_size or max(1, (1 << 22) // max(p.ndb, 1))
 
-    def fn(s: int, e: int, sc: Scratch) -> None:
-        d = p.distances(s, e, sc)[:, : p.ndb]
-        own = np.arange(s, e)
-        dp = d[np.arange(e - s), own][:, None]
-        before = np.count_nonzero(d < dp, axis=1)
-        before += np.count_nonzero((d == dp) & (cols[None, :] < own[:, None]), axis=1)
-        rank[s:e] = before + 1
+    def fn(s: int, e: int, sc: Scratch) -> None:  # the own pair of query row i is database row i
+        (p.kernels or numpy_kernels).pair_ranks(p.distances(s, e, sc)[:, : p.ndb], np.arange(s, e), rank[s:e])
 
     run_chunks(p.nq, rows, 1, fn)
-    return rank
+    return rank + 1
 
 
 def summarize(ranks: np.ndarray, ks: Sequence[int] = RECALL_KS, curve: Sequence[int] = CURVE_KS) -> dict:
