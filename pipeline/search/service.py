@@ -70,6 +70,14 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def check_workers(workers: int | None) -> int:
+    """The encoder threads per index that ``workers`` asks for (None: the default); one line below 1."""
+    n = default_workers() if workers is None else int(workers)
+    if n < 1:
+        raise PipelineError(f"serve: --workers must be >= 1, not {workers}")
+    return n
+
+
 class Worker:
     """The encoder threads of one index, sharing its queue of queries: a thread takes the query it
     wakes with plus its share of those waiting (all of them when the other threads are busy) and
@@ -78,9 +86,7 @@ class Worker:
     def __init__(self, index: Index, workers: int | None = None) -> None:
         self.index = index
         self.jobs: queue.Queue[_Job | None] = queue.Queue()
-        self.n = default_workers() if workers is None else int(workers)
-        if self.n < 1:
-            raise PipelineError(f"serve: --workers must be >= 1, not {workers}")
+        self.n = check_workers(workers)
         self._lock = threading.Lock()
         self._idle = 0  # threads waiting for a query
         self.threads = [threading.Thread(target=self._loop, name=f"search-{index.path.name}-{i}", daemon=True)

@@ -46,12 +46,9 @@ def load(paths: list[Path], device: str = "cpu") -> dict:
 
 def build(paths: list[Path], *, device: str = "cpu", max_upload_mb: float = 8.0, workers: int | None = None):
     """The web app over ``paths`` (for tests and ASGI servers) and its :class:`Service`."""
-    from pipeline.search.service import Service, create_app
+    from pipeline.search.service import Service, check_workers, create_app
 
-    if workers is not None and int(workers) < 1:
-        from pipeline.errors import PipelineError
-
-        raise PipelineError(f"--workers must be >= 1, not {workers}")
+    check_workers(workers)  # before the indexes and encoders load (seconds)
     service = Service(load([Path(p) for p in paths], device), max_upload=int(max_upload_mb * (1 << 20)),
                       workers=workers)
     return create_app(service), service
