@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     args.blas_capped = False
     if getattr(args, "threads", None) and args.threads > 0 and "numpy" not in sys.modules:
         # before NumPy loads: OpenBLAS starts one thread per core at import (80 ms of a demo
-        # evaluate on a busy 2-core machine) although threadpool_limits caps it to --threads below
+        # evaluate on a busy 2-core machine); threadpool_limits in _run caps them only afterwards
         args.blas_capped = os.environ.setdefault("OPENBLAS_NUM_THREADS", str(args.threads)) == str(args.threads)
     try:
         cm = _logging(args)
