@@ -49,11 +49,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(index: Path, port: int, timeout: float = 600, workers: int | None = None):
+def start(index: Path, port: int, timeout: float = 600, workers: int | None = None, text_precision: str | None = None):
     import httpx
 
     cmimh = str(Path(sys.executable).parent / "cmimh")
-    cmd = [cmimh, "serve", str(index), "--port", str(port)] + (["--workers", str(workers)] if workers else [])
+    cmd = [cmimh, "serve", str(index), "--port", str(port)] + (["--workers", str(workers)] if workers else []) \
+        + (["--text-precision", text_precision] if text_precision else [])
     if not Path(cmimh).exists():
         cmd = [sys.executable, "-m", "pipeline.cli"] + cmd[1:]
     t0 = time.perf_counter()
@@ -130,14 +131,14 @@ def pct(a: np.ndarray, q: float) -> float:
     return float(np.percentile(a, q) * 1000) if len(a) else float("nan")
 
 
-def breakdown(index_path: Path, texts: list[str], k: int, reps: int = 40) -> dict:
+def breakdown(index_path: Path, texts: list[str], k: int, reps: int = 40, text_precision: str | None = None) -> dict:
     """Medians (ms) of the text encoder and of the ranking, in-process."""
     import torch
 
     from pipeline.search.index import load_index, load_query_encoder, rank_codes, text_query_features
 
     torch.set_num_threads(1)
-    ix = load_index(index_path)
+    ix = load_index(index_path, text_precision=text_precision)
     load_query_encoder(ix, "text")
     enc1, enc8, rank1 = [], [], []
     for i in range(reps):
@@ -209,6 +210,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, min(4, os.cpu_count() or 1)],
                     help="encoder threads per index to load-test, one server each (default: 1, the "
                          "previous single worker, and the default, one per core up to 4)")
+    ap.add_argument("--text-precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
+                    help="the text query encoder's arithmetic, one server each with every --workers "
+                         "(fp32, as the demo index records, is the anchor)")
     a = ap.parse_args(argv)
     import httpx
 
@@ -226,12 +230,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"index {index}: {len(ix.ids)} items, {ix.bits} bits; {a.queries} text queries (its captions), k={a.k}")
     del ix
 
-    p50s: dict[int, float] = {}
-    for workers in ([] if a.only_big else sorted(set(a.workers))):
-        proc, url, up = start(index, free_port(), workers=workers)
+    p50s: dict[tuple[str, int], float] = {}
+    runs = [(pr, w) for pr in dict.fromkeys(a.text_precision) for w in sorted(set(a.workers))]
+    for precision, workers in ([] if a.only_big else runs):
+        proc, url, up = start(index, free_port(), workers=workers, text_precision=precision)
         try:
-            print(f"\ncmimh serve --workers {workers} up in {up:.1f} s (indexes and encoders loaded once); "
-                  f"server RSS {rss(proc.pid)[0]:.0f} MiB")
+            print(f"\ncmimh serve --workers {workers} --text-precision {precision} up in {up:.1f} s (indexes and "
+                  f"encoders loaded once); server RSS {rss(proc.pid)[0]:.0f} MiB")
             with httpx.Client(base_url=url, timeout=120) as c:
                 for t in texts[:20]:
                     c.get("/api/search", params={"text": t, "k": a.k})
@@ -240,13 +245,14 @@ def main(argv: list[str] | None = None) -> None:
                   f"server's own time p50 {np.median(ms1):.1f} ms")
             c0 = time.process_time()
             lat, wall, ms, errs = load_test(url, texts, a.clients, a.k)
-            p50s[workers] = pct(lat, 50)
+            p50s[precision, workers] = pct(lat, 50)
             print(f"{a.clients} concurrent clients, {len(lat)} queries ({errs} errors): p50 {pct(lat, 50):.1f} ms, "
                   f"p90 {pct(lat, 90):.1f} ms, p99 {pct(lat, 99):.1f} ms; throughput {len(lat) / wall:.1f} queries/s "
                   f"({wall:.1f} s); server's own time p50 {np.median(ms):.1f} ms (clients' CPU {time.process_time() - c0:.1f} s)")
+            anchor = runs[0]
             print(f"  ratio p50 under load / alone: {pct(lat, 50) / pct(one, 50):.1f}x; server RSS {rss(proc.pid)[0]:.0f} MiB"
-                  + (f"; p50 with 1 worker / with {workers}: {p50s[1] / p50s[workers]:.2f}x" if 1 in p50s and workers != 1
-                     else ""))
+                  + (f"; p50 with {anchor[1]} worker(s) {anchor[0]} / this: {p50s[anchor] / p50s[precision, workers]:.2f}x"
+                     if (precision, workers) != anchor else " (the anchor)"))
         finally:
             stop(proc)
 
@@ -260,11 +266,13 @@ def main(argv: list[str] | None = None) -> None:
               f"({once * 1000 / max(pct(one, 50), 1e-9):.0f}x the served p50 of one client); "
               f"{p.stderr.strip().splitlines()[-1]}")
 
-        b = breakdown(index, texts, a.k)
-        share = b["enc1"] / (b["enc1"] + b["rank1"])
-        print(f"where a query's time goes (in-process, 1 thread, {b['items']} items): text encoder {b['enc1']:.2f} ms, "
-              f"ranking {b['rank1']:.3f} ms: the encoder is {share:.1%} of it ({b['enc1'] / b['rank1']:.0f}x the ranking); "
-              f"8 texts in one encoder batch {b['enc8']:.2f} ms ({b['enc8'] / 8:.2f} ms a text)")
+        for precision in dict.fromkeys(a.text_precision):
+            b = breakdown(index, texts, a.k, text_precision=precision)
+            share = b["enc1"] / (b["enc1"] + b["rank1"])
+            print(f"where a query's time goes (in-process, 1 thread, {b['items']} items, {precision}): text encoder "
+                  f"{b['enc1']:.2f} ms, ranking {b['rank1']:.3f} ms: the encoder is {share:.1%} of it "
+                  f"({b['enc1'] / b['rank1']:.0f}x the ranking); 8 texts in one encoder batch {b['enc8']:.2f} ms "
+                  f"({b['enc8'] / 8:.2f} ms a text)")
 
     if a.big:
         work = Path(tempfile.mkdtemp(prefix="bench_serve_"))

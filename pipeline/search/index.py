@@ -17,6 +17,7 @@ service answers each query with one pass over the codes and no copy.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from pipeline.eval.codes import pack_bits
 from pipeline.eval.hamming import Database
 from pipeline.io import (atomic_directory, h5_file, open_h5, read_arrays, read_strings, sha256_file, to_jsonable, write_arrays,
                          write_strings)
+
+log = logging.getLogger(__name__)
 
 INDEX_FORMAT = "cmimh-index/2"
 #: Most texts (or images) in one batch query; longest text query, characters.
@@ -136,6 +139,7 @@ class Index:
     media_root: Path | None = None
     meta: dict = field(default_factory=dict)
     ranking: dict = field(default_factory=dict)  # target -> Database, prepared once
+    text_precision: str | None = None  # the text query encoder's arithmetic; None: as recorded (serve/search flag)
 
     def database(self, target: str) -> Database:
         """The ranking structure of the database codes of ``target`` ("image" or "text"), made once."""
@@ -168,14 +172,23 @@ class Index:
         return None
 
 
+#: A string column of at most this many rows is read into memory on first use: an HDF5 read of a
+#: query's hits costs ~0.7 ms (16% of a served query's time on the demo index), a list lookup ~1 us;
+#: 262,144 captions are ~25 MB. Longer columns stay on disk and are read per query.
+STRINGS_IN_MEMORY = 1 << 18
+
+
 class Strings:
     """A string column of ``index.h5`` read on demand (captions, image paths of millions of items
-    stay on disk; a query reads its k hits' rows)."""
+    stay on disk; a query reads its k hits' rows; a column of up to :data:`STRINGS_IN_MEMORY` rows
+    is read once, on first use)."""
 
     def __init__(self, path: Path, key: str) -> None:
         self.path, self.key = path, key
         self._f: h5py.File | None = None
         self._n: int | None = None
+        self._all: list[str] | None = None
+        self._lock = threading.Lock()  # a service's encoder workers may read at once
 
     def _ds(self):
         if self._f is None:
@@ -192,9 +205,13 @@ class Strings:
         rows = np.asarray(rows, dtype=np.int64)
         if rows.size == 0:
             return []
-        uniq, inv = np.unique(rows, return_inverse=True)
-        vals = self._ds()[uniq]  # h5py reads increasing rows in one call
-        vals = [v.decode() if isinstance(v, bytes) else str(v) for v in vals]
+        with self._lock:
+            if self._all is None and len(self) <= STRINGS_IN_MEMORY:
+                self._all = [_text(v) for v in self._ds()[()]]
+            if self._all is not None:
+                return [self._all[i] for i in rows.tolist()]
+            uniq, inv = np.unique(rows, return_inverse=True)
+            vals = [_text(v) for v in self._ds()[uniq]]  # h5py reads increasing rows in one call
         return [vals[i] for i in inv]
 
     def __getitem__(self, row: int) -> str:
@@ -204,6 +221,10 @@ class Strings:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 def _ids(ds) -> np.ndarray:
@@ -238,8 +259,12 @@ def _read_index_json(path: Path) -> dict:
     return meta
 
 
-def load_index(path: str | Path, device: torch.device | None = None) -> Index:
-    """Load an index folder; a missing, incomplete or damaged folder is one clear error."""
+def load_index(path: str | Path, device: torch.device | None = None, text_precision: str | None = None) -> Index:
+    """Load an index folder; a missing, incomplete or damaged folder is one clear error.
+
+    ``text_precision``: "fp32" or "bf16" for the text query encoder (None: as its record says)."""
+    if text_precision not in (None, "fp32", "bf16"):
+        raise PipelineError(f"--text-precision must be fp32 or bf16, not {text_precision!r}")
     from pipeline.methods.base import load_model
 
     path = Path(path)
@@ -272,7 +297,7 @@ def load_index(path: str | Path, device: torch.device | None = None) -> Index:
     media = meta.get("media") or {}
     root = Path(media["root"]) if media.get("root") else None
     return Index(path, bits, db_image, db_text, ids, pca, vocab, meta["extractors"], model, device,
-                 captions=captions, image_paths=images, media_root=root, meta=meta)
+                 captions=captions, image_paths=images, media_root=root, meta=meta, text_precision=text_precision)
 
 
 def _extractor(index: Index, modality: str) -> dict:
@@ -442,6 +467,25 @@ def load_query_encoder(index: Index, modality: str) -> None:
             _load_query_encoder(index, modality, ex)
 
 
+def _text_record(index: Index, ex: dict) -> dict:
+    """The text extractor's record, with the arithmetic ``index.text_precision`` asks for (a
+    sentence encoder only). bf16 queries against fp32 database texts change a few query codes by a
+    bit (1.25% of the demo's 2,000 captions at 16 bits, one bit each): said once, in the log."""
+    want = index.text_precision
+    recorded = str(ex.get("precision", "fp32"))
+    if want is None or want == recorded:
+        return ex
+    if want not in ("fp32", "bf16"):
+        raise PipelineError(f"--text-precision must be fp32 or bf16, not {want!r}")
+    if ex.get("kind") != "sentence":
+        log.info("index %s: its texts are %s features; --text-precision %s does not apply", index.path,
+                 ex.get("kind"), want)
+        return ex
+    log.warning("index %s: text queries in %s, the database texts were encoded in %s (a few query codes "
+                "differ by a bit)", index.path, want, recorded)
+    return {**ex, "precision": want}
+
+
 #: Serialises the loading of query encoders (threads of a service).
 _LOADING = threading.Lock()
 
@@ -450,7 +494,8 @@ def _load_query_encoder(index: Index, modality: str, ex: dict) -> None:
     from pipeline.features import extractors
 
     if modality == "text":
-        index.encoders["text"] = extractors.text_extractor(ex, vocab=index.tag_vocab, device=index.device)
+        index.encoders["text"] = extractors.text_extractor(_text_record(index, ex), vocab=index.tag_vocab,
+                                                           device=index.device)
         return
     weights = str(ex["weights"])
     if weights not in ("random", "imagenet") and ex.get("weights_sha256") and Path(weights).is_file() \

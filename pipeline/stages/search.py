@@ -54,7 +54,7 @@ def read_queries(path: Path) -> list[dict]:
 
 def run(index_path: Path, *, text: str | None = None, image: str | None = None, queries: Path | None = None,
         k: int = 10, target: str | None = None, backend: str = "exact", device: str = "auto",
-        n_threads: int | None = None):
+        n_threads: int | None = None, text_precision: str | None = None):
     """Load ``index_path``, answer one query (or the batch ``queries``), print the hits as JSON lines;
     return them (a list of hits, or for a batch one list per query). A batch is ranked on
     ``n_threads`` threads (default: the cores), one query on one."""
@@ -65,7 +65,7 @@ def run(index_path: Path, *, text: str | None = None, image: str | None = None, 
 
     t0 = time.perf_counter()
     qs = read_queries(queries) if queries is not None else None
-    index = load_index(index_path, resolve_device(device))
+    index = load_index(index_path, resolve_device(device), text_precision=text_precision)
     kinds = {"text" if "text" in q else "image" for q in qs} if qs else {"text" if text is not None else "image"}
     for kind in sorted(kinds):
         load_query_encoder(index, kind)

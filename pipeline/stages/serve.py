@@ -28,14 +28,15 @@ def index_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def load(paths: list[Path], device: str = "cpu") -> dict:
-    """``{name: Index}`` with every query encoder the indexes can use loaded."""
+def load(paths: list[Path], device: str = "cpu", text_precision: str | None = None) -> dict:
+    """``{name: Index}`` with every query encoder the indexes can use loaded (text queries in
+    ``text_precision``, None: as recorded)."""
     from pipeline.search.index import load_index, load_query_encoder
     from pipeline.torchkit import resolve_device
 
     out = {}
     for name, p in zip(index_names(paths), paths):
-        ix = load_index(p, resolve_device(device))
+        ix = load_index(p, resolve_device(device), text_precision=text_precision)
         for modality in ("text", "image"):
             if ix.extractors.get(modality) is not None:
                 load_query_encoder(ix, modality)
@@ -44,18 +45,20 @@ def load(paths: list[Path], device: str = "cpu") -> dict:
     return out
 
 
-def build(paths: list[Path], *, device: str = "cpu", max_upload_mb: float = 8.0, workers: int | None = None):
+def build(paths: list[Path], *, device: str = "cpu", max_upload_mb: float = 8.0, workers: int | None = None,
+          text_precision: str | None = None):
     """The web app over ``paths`` (for tests and ASGI servers) and its :class:`Service`."""
     from pipeline.search.service import Service, check_workers, create_app
 
     check_workers(workers)  # before the indexes and encoders load (seconds)
-    service = Service(load([Path(p) for p in paths], device), max_upload=int(max_upload_mb * (1 << 20)),
+    service = Service(load([Path(p) for p in paths], device, text_precision), max_upload=int(max_upload_mb * (1 << 20)),
                       workers=workers)
     return create_app(service), service
 
 
 def run(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu",
-        max_upload_mb: float = 8.0, threads: int | None = None, workers: int | None = None) -> None:
+        max_upload_mb: float = 8.0, threads: int | None = None, workers: int | None = None,
+        text_precision: str | None = None) -> None:
     """Load the indexes and serve until interrupted. Torch runs on ``threads`` threads (default 1:
     ``workers`` encoder threads per index, default one per core up to 4, batch concurrent queries
     instead, and intra-op threads on a busy CPU cost more than they give: measured 75 ms a text
@@ -77,7 +80,8 @@ def run(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8000, device:
             pass
     except OSError as e:
         raise PipelineError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    app, service = build(paths, device=device, max_upload_mb=max_upload_mb, workers=workers)
+    app, service = build(paths, device=device, max_upload_mb=max_upload_mb, workers=workers,
+                         text_precision=text_precision)
     log.info("serve: http://%s:%d/ (%s)", host, port, ", ".join(service.indexes))
     try:
         uvicorn.run(app, host=host, port=int(port), log_level="warning", access_log=False)

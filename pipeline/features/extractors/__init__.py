@@ -61,7 +61,7 @@ def text_extractor(record: dict, vocab: Sequence[str] | None = None, device=None
         from pipeline.features.extractors.sentence import load_text_encoder
 
         return load_text_encoder(record["model"], device, record.get("pooling", "mean"),
-                                 int(record.get("max_length", 64)))
+                                 int(record.get("max_length", 64)), str(record.get("precision", "fp32")))
     if kind == "clip":
         from pipeline.features.extractors.clip import ClipText
 
