@@ -10,7 +10,8 @@ port; every request loop is bounded):
 * the service under load: ``--clients`` concurrent clients (threads, one HTTP connection each)
   send ``--queries`` text queries (the index's own captions, shuffled) to ``GET /api/search``;
   p50 / p90 / p99 latency seen by the clients and the throughput, for each ``--workers`` (encoder
-  threads per index; 1 is the previous single worker, the anchor of the ratio);
+  threads per index) and ``--text-precision`` (the query encoder's arithmetic); the anchor of the
+  ratios is the first of them, or ``--anchor-checkout DIR``: the service of an older checkout;
 * anchor 1: one client, one query at a time (no queueing), p50;
 * anchor 2: ``cmimh search --text`` as before the service: one process per query (load included);
 * where a query's time goes, in-process on the same index: the text encoder (features + the
@@ -49,7 +50,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(index: Path, port: int, timeout: float = 600, workers: int | None = None, text_precision: str | None = None):
+def start(index: Path, port: int, timeout: float = 600, workers: int | None = None, text_precision: str | None = None,
+          repo: Path = REPO):
     import httpx
 
     cmimh = str(Path(sys.executable).parent / "cmimh")
@@ -59,7 +61,7 @@ def start(index: Path, port: int, timeout: float = 600, workers: int | None = No
         cmd = [sys.executable, "-m", "pipeline.cli"] + cmd[1:]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+                            env={**os.environ, "PYTHONPATH": str(repo)})
     url = f"http://127.0.0.1:{port}"
     while time.perf_counter() - t0 < timeout:
         if proc.poll() is not None:
@@ -213,6 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--text-precision", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"],
                     help="the text query encoder's arithmetic, one server each with every --workers "
                          "(fp32, as the demo index records, is the anchor)")
+    ap.add_argument("--anchor-checkout", type=Path, default=None,
+                    help="also serve from this checkout of the code (e.g. `git worktree add /tmp/old 8f5eaf9`), "
+                         "its default workers and precision, first: the anchor of the ratios, in the same run")
     a = ap.parse_args(argv)
     import httpx
 
@@ -232,10 +237,17 @@ def main(argv: list[str] | None = None) -> None:
 
     p50s: dict[tuple[str, int], float] = {}
     runs = [(pr, w) for pr in dict.fromkeys(a.text_precision) for w in sorted(set(a.workers))]
+    if a.anchor_checkout:
+        runs.insert(0, ("anchor", 0))
     for precision, workers in ([] if a.only_big else runs):
-        proc, url, up = start(index, free_port(), workers=workers, text_precision=precision)
+        if precision == "anchor":
+            proc, url, up = start(index, free_port(), repo=a.anchor_checkout.resolve())
+            what = f"the code of {a.anchor_checkout} (its defaults)"
+        else:
+            proc, url, up = start(index, free_port(), workers=workers, text_precision=precision)
+            what = f"--workers {workers} --text-precision {precision}"
         try:
-            print(f"\ncmimh serve --workers {workers} --text-precision {precision} up in {up:.1f} s (indexes and "
+            print(f"\ncmimh serve {what} up in {up:.1f} s (indexes and "
                   f"encoders loaded once); server RSS {rss(proc.pid)[0]:.0f} MiB")
             with httpx.Client(base_url=url, timeout=120) as c:
                 for t in texts[:20]:
@@ -251,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"({wall:.1f} s); server's own time p50 {np.median(ms):.1f} ms (clients' CPU {time.process_time() - c0:.1f} s)")
             anchor = runs[0]
             print(f"  ratio p50 under load / alone: {pct(lat, 50) / pct(one, 50):.1f}x; server RSS {rss(proc.pid)[0]:.0f} MiB"
-                  + (f"; p50 with {anchor[1]} worker(s) {anchor[0]} / this: {p50s[anchor] / p50s[precision, workers]:.2f}x"
+                  + (f"; p50 of the anchor / this: {p50s[anchor] / p50s[precision, workers]:.2f}x"
                      if (precision, workers) != anchor else " (the anchor)"))
         finally:
             stop(proc)
