@@ -475,8 +475,6 @@ def _text_record(index: Index, ex: dict) -> dict:
     recorded = str(ex.get("precision", "fp32"))
     if want is None or want == recorded:
         return ex
-    if want not in ("fp32", "bf16"):
-        raise PipelineError(f"--text-precision must be fp32 or bf16, not {want!r}")
     if ex.get("kind") != "sentence":
         log.info("index %s: its texts are %s features; --text-precision %s does not apply", index.path,
                  ex.get("kind"), want)

@@ -15,9 +15,9 @@ prediction, not for similarity, and is a worse sentence representation than the 
 
 from __future__ import annotations
 
+import logging
 import threading
 import warnings
-import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
