@@ -274,3 +274,25 @@ def test_page_in_a_headless_browser(server, tmp_path):
             assert not errors, errors
         finally:
             browser.close()
+
+
+def test_a_query_that_outlasts_the_timeout_is_503_in_one_line(run, monkeypatch):  # noqa: F811
+    """The text endpoints wait for their query on the event loop (no thread per waiting request):
+    a query the workers never answer is a 503 with one line after the service's timeout, for the
+    GET, JSON POST and batch endpoints alike."""
+    from concurrent.futures import Future
+
+    from pipeline.search.service import Worker
+
+    d, _, _ = run
+    service = Service({"demo": load_index(d / "index")}, timeout_s=0.3)
+    monkeypatch.setattr(Worker, "submit", lambda self, *a: Future())  # never answered
+    try:
+        with TestClient(create_app(service)) as c:
+            t0 = time.perf_counter()
+            _one_line_error(c.get("/api/search", params={"text": "a red ball"}), 503, "longer than")
+            _one_line_error(c.post("/api/search", json={"text": "a red ball"}), 503, "longer than")
+            _one_line_error(c.post("/api/search/batch", json={"texts": ["a red ball", "a star"]}), 503, "longer than")
+            assert time.perf_counter() - t0 < 10
+    finally:
+        service.close()
