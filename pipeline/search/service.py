@@ -28,6 +28,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -216,13 +217,19 @@ class Service:
         return out
 
     # ------------------------------------------------------------------ queries
-    def _wait(self, f: Future) -> list[list[dict]]:
+    @contextmanager
+    def _answering(self):
+        """A query's failure as the request's one line: a bad query 400, one past the timeout 503."""
         try:
-            return f.result(timeout=self.timeout_s)
+            yield
         except PipelineError as e:
             raise RequestError(400, str(e).splitlines()[0] if str(e) else "bad query") from None
         except TimeoutError:
             raise RequestError(503, f"the query took longer than {self.timeout_s:g} s") from None
+
+    def _wait(self, f: Future) -> list[list[dict]]:
+        with self._answering():
+            return f.result(timeout=self.timeout_s)
 
     def _urls(self, name: str, ix: Index, results: list[list[dict]]) -> list[list[dict]]:
         for hl in results:
@@ -235,12 +242,8 @@ class Service:
         """:meth:`_wait` on the event loop: the request waits without holding a thread."""
         import asyncio
 
-        try:
+        with self._answering():
             return await asyncio.wait_for(asyncio.wrap_future(f), self.timeout_s)
-        except PipelineError as e:
-            raise RequestError(400, str(e).splitlines()[0] if str(e) else "bad query") from None
-        except TimeoutError:
-            raise RequestError(503, f"the query took longer than {self.timeout_s:g} s") from None
 
     def search_texts(self, texts: list, k: Any = 10, target: Any = None, index: str | None = None) -> list[list[dict]]:
         name, ix, f = self.submit_texts(texts, k, target, index)
