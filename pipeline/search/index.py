@@ -492,8 +492,9 @@ def _load_query_encoder(index: Index, modality: str, ex: dict) -> None:
     from pipeline.features import extractors
 
     if modality == "text":
-        index.encoders["text"] = extractors.text_extractor(_text_record(index, ex), vocab=index.tag_vocab,
-                                                           device=index.device)
+        enc = extractors.text_extractor(_text_record(index, ex), vocab=index.tag_vocab, device=index.device)
+        enc.prepare_queries()  # a sentence encoder traces now, not at the first query
+        index.encoders["text"] = enc
         return
     weights = str(ex["weights"])
     if weights not in ("random", "imagenet") and ex.get("weights_sha256") and Path(weights).is_file() \

@@ -31,7 +31,7 @@ def index_names(paths: list[Path]) -> list[str]:
 def load(paths: list[Path], device: str = "cpu", text_precision: str | None = None) -> dict:
     """``{name: Index}`` with every query encoder the indexes can use loaded (text queries in
     ``text_precision``, None: as recorded)."""
-    from pipeline.search.index import load_index, load_query_encoder, text_query_features
+    from pipeline.search.index import load_index, load_query_encoder
     from pipeline.torchkit import resolve_device
 
     out = {}
@@ -40,8 +40,6 @@ def load(paths: list[Path], device: str = "cpu", text_precision: str | None = No
         for modality in ("text", "image"):
             if ix.extractors.get(modality) is not None:
                 load_query_encoder(ix, modality)
-        if (ix.extractors.get("text") or {}).get("kind") == "sentence":
-            text_query_features(ix, ["a warm-up query"])  # the encoder traces now, not at the first query
         out[name] = ix
         log.info("serve: %s = %s (%d items, %d bits)", name, p, len(ix.ids), ix.bits)
     return out

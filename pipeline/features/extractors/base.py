@@ -119,6 +119,10 @@ class TextExtractor:
     def query(self, texts: Sequence[str]) -> np.ndarray:
         return self.encode(list(texts))
 
+    def prepare_queries(self) -> None:
+        """Make now what :meth:`query` needs beyond :meth:`encode` (nothing here; a sentence
+        encoder traces its model), so that the search index's loading pays for it, not a query."""
+
     def to(self, device: torch.device) -> "TextExtractor":
         return self
 

@@ -66,15 +66,19 @@ class TextEncoder(TextExtractor):
         return embed_batch(self, batch)
 
     def query(self, texts: Sequence[str]) -> np.ndarray:
-        """Typed queries, through the traced model (:func:`trace_for_queries`, on first use):
-        the same embeddings as :meth:`encode`, without Python between the layers."""
+        """Typed queries, through the traced model (:meth:`prepare_queries`): the same embeddings
+        as :meth:`encode`, without Python between the layers."""
         from pipeline.features.text import encode_sentences
 
+        self.prepare_queries()
+        return encode_sentences(_Traced(self), list(texts), progress=False)
+
+    def prepare_queries(self) -> None:
+        """Trace the model for queries (:func:`trace_for_queries`), once."""
         if self.traced is None:
             with _TRACING:
                 if self.traced is None:
                     self.traced = trace_for_queries(self)
-        return encode_sentences(_Traced(self), list(texts), progress=False)
 
     def fingerprint(self) -> dict:
         fp = {"features": "sentence", "model": [self.name, self.source], "pooling": self.pooling,
