@@ -245,14 +245,10 @@ class Service:
         with self._answering():
             return await asyncio.wait_for(asyncio.wrap_future(f), self.timeout_s)
 
-    def search_texts(self, texts: list, k: Any = 10, target: Any = None, index: str | None = None) -> list[list[dict]]:
-        name, ix, f = self.submit_texts(texts, k, target, index)
-        return self._urls(name, ix, self._wait(f))
-
-    async def search_texts_async(self, texts: list, k: Any = 10, target: Any = None,
-                                 index: str | None = None) -> list[list[dict]]:
-        """:meth:`search_texts` for the event loop (the API's text endpoints): no thread per waiting
-        request (a thread hop per request and its GIL turns: p50 47 -> 40 ms at 8 clients, bf16)."""
+    async def search_texts(self, texts: list, k: Any = 10, target: Any = None,
+                           index: str | None = None) -> list[list[dict]]:
+        """Hits of each text, awaited on the event loop (the API's text endpoints): no thread per
+        waiting request (a thread hop per request and its GIL turns: p50 47 -> 40 ms at 8 clients, bf16)."""
         name, ix, f = self.submit_texts(texts, k, target, index)
         return self._urls(name, ix, await self._wait_async(f))
 
@@ -435,7 +431,7 @@ def create_app(service: Service):
         return JSONResponse({"hits": hits, "ms": round(1000 * (time.perf_counter() - t0), 2)})
 
     async def _run_text(text, k, target, index, t0):
-        res = await service.search_texts_async([text], k, target, index)
+        res = await service.search_texts([text], k, target, index)
         return JSONResponse({"hits": res[0], "ms": round(1000 * (time.perf_counter() - t0), 2)})
 
     async def _json(request: Request):
@@ -452,7 +448,7 @@ def create_app(service: Service):
         if not isinstance(body, dict) or "texts" not in body:
             raise RequestError(400, 'JSON body must be {"texts": [...], "k": ..., "target": ..., "index": ...}')
         t0 = time.perf_counter()
-        res = await service.search_texts_async(body["texts"], body.get("k", 10), body.get("target"), body.get("index"))
+        res = await service.search_texts(body["texts"], body.get("k", 10), body.get("target"), body.get("index"))
         return JSONResponse({"results": [{"hits": h} for h in res], "ms": round(1000 * (time.perf_counter() - t0), 2)})
 
     @app.get("/media/{item_id:path}")  # folder ids hold slashes (2019/trip/IMG_0001)
