@@ -82,12 +82,12 @@ def demo_codes(path: Path, nq: int, ndb: int, bits: int, classes: int = 24, seed
 def bench_evaluate(tmp: Path, repeats: int) -> None:
     from pipeline.eval.codes import read_codes
     from pipeline.io import write_json
-    from pipeline.stages.evaluate import CHANCE_FORMAT, _chance_key, chance_levels
+    from pipeline.stages.evaluate import chance_record
 
     codes, out, chance = tmp / "codes.h5", tmp / "metrics.json", tmp / "chance.json"
     demo_codes(codes, 500, 2000, 32)
     c = read_codes(codes)
-    write_json(chance, {"format": CHANCE_FORMAT, **_chance_key(c, 1000, "bench"), "chance": chance_levels(c, 1000)})
+    write_json(chance, chance_record(c, 1000, "bench"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = str(REPO)
     argv = ["evaluate", str(codes), "--k", "1000", "--threads", "1", "-o", str(out), "--no-progress"]
@@ -111,7 +111,7 @@ def bench_evaluate(tmp: Path, repeats: int) -> None:
 def bench_chance(tmp: Path, ndb: int, repeats: int) -> None:
     from pipeline.eval.codes import read_codes
     from pipeline.io import write_json
-    from pipeline.stages.evaluate import _chance_key, chance_levels, read_chance
+    from pipeline.stages.evaluate import chance_levels, chance_record, read_chance
 
     for nq, n in ((500, 2000), (2000, ndb)):
         path = tmp / f"chance_codes_{n}.h5"
@@ -120,8 +120,7 @@ def bench_chance(tmp: Path, ndb: int, repeats: int) -> None:
         chance_levels(codes, 1000)  # warm-up (numba)
         t_compute = median_time(lambda: chance_levels(codes, 1000), max(1, repeats // 2))
         f = tmp / f"chance_{n}.json"
-        write_json(f, {"format": "cmimh-chance/1", **_chance_key(codes, 1000, "bench"),
-                       "chance": chance_levels(codes, 1000)})
+        write_json(f, chance_record(codes, 1000, "bench"))
         t_read = median_time(lambda: read_chance(f, codes, 1000), repeats)
         report(f"chance, one evaluate ({nq} x {n}): computed vs read + checked", "ms", 1e3 * t_compute, 1e3 * t_read)
         report(f"chance, 5 methods x 1 length ({nq} x {n}): 5 computed vs 1 + 5 reads", "ms", 5e3 * t_compute,

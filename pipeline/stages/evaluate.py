@@ -57,6 +57,13 @@ def _chance_key(codes, k: int, dataset: str | None) -> dict:
             "seed": int(CHANCE_SEED), "paired_seed": int(PAIRED_CHANCE_SEED)}
 
 
+def chance_record(codes, k: int, dataset: str | None, split: str = "test", n_threads: int = 1) -> dict:
+    """The chance file's record of codes like ``codes`` (what :func:`read_chance` checks and reads):
+    format, split, the key of :func:`_chance_key` and the chance levels."""
+    return {"format": CHANCE_FORMAT, "split": split, "labelled": codes.labelled, **_chance_key(codes, k, dataset),
+            "chance": chance_levels(codes, k, n_threads)}
+
+
 def run_chance(settings: dict, features_path: str | os.PathLike, bits: int, out_json: str | os.PathLike, *,
                n_threads: int = 1) -> dict:
     """The chance level of one data set, split and code length -> ``out_json`` (rule ``chance``).
@@ -92,9 +99,7 @@ def run_chance(settings: dict, features_path: str | os.PathLike, bits: int, out_
     codes = Codes(query_image=np.zeros((len(q), 0), np.uint8), query_text=empty, db_image=np.zeros((len(db), 0), np.uint8),
                   db_text=empty, query_labels=f.labels[q].astype(np.uint8, copy=False),
                   db_labels=f.labels[db].astype(np.uint8, copy=False), bits=int(bits))
-    chance = chance_levels(codes, k, n_threads)
-    rec = {"format": CHANCE_FORMAT, "split": settings.get("split", "test"), "labelled": codes.labelled,
-           **_chance_key(codes, k, settings["dataset"]), "chance": chance,
+    rec = {**chance_record(codes, k, settings["dataset"], settings.get("split", "test"), n_threads),
            "seconds": round(time.perf_counter() - t0, 3),
            "provenance": provenance(settings, stage="chance", features=str(features_path),
                                     features_sha256=sha256_file(features_path))}
