@@ -15,7 +15,7 @@ from pipeline.eval.hamming import hamming_distances
 from pipeline.features.store import read_features
 from pipeline.methods.base import save_model
 from pipeline.methods.cmimh import CMIMH
-from pipeline.search.index import load_index, search
+from pipeline.search.index import load_index, load_query_encoder, search
 from pipeline.stages import encode, extract
 
 
@@ -285,6 +285,9 @@ def test_a_query_is_encoded_exactly_as_the_database_was(tiny_demo, tmp_path, ima
     bf16 = isinstance(text, dict) and text.get("precision") == "bf16"  # its queries in bf16 too (the record)
     if bf16:
         assert index.encoders["text"].precision == "bf16"
+        fresh = load_index(tmp_path / "index")
+        load_query_encoder(fresh, "text")
+        assert fresh.encoders["text"].traced, "loading the query encoder traces it, not the first query"
     np.testing.assert_allclose(q_txt[0], f.text[row], rtol=1e-4, atol=2e-2 if bf16 else 1e-5)
     hits = search(index, image=str(m.root / pair.image), k=3)
     assert len(hits) == 3
