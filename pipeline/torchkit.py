@@ -66,6 +66,26 @@ def progress(total: int, desc: str, enabled: bool, unit: str = "epoch"):
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+@contextlib.contextmanager
+def evaluating(module) -> Iterator[Any]:
+    """``module`` in eval mode for the block; every submodule that was training is training again
+    after it (each one's own mode, not the top module's copied down).
+
+    Why not ``was = m.training; m.eval(); ...; m.train(was)``: ``eval()`` and ``train()`` walk every
+    submodule in Python, 0.9 ms a pair on CMIMH's networks, half the time of hashing a served batch
+    of 4 texts, all of it holding the GIL; and a service's encoder threads, toggling one shared
+    model, could set each other's modes mid-batch. A model already in eval mode (a loaded or served
+    one) is not touched at all."""
+    training = [m for m in module.modules() if m.training]
+    if training:
+        module.eval()
+    try:
+        yield module
+    finally:
+        for m in training:
+            m.training = True
+
+
 def batched(fn: Callable, x: np.ndarray, device: Any, batch_size: int = 4096) -> np.ndarray:
     """``fn`` (tensor -> tensor) over the rows of ``x`` in batches on ``device``, without gradients,
     as one float32 numpy array on the CPU."""

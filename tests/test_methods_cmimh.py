@@ -367,3 +367,26 @@ def test_collapsed_run_warns(monkeypatch):
     monkeypatch.setattr(train_mod, "COLLAPSE_CONF", 1.01)  # every run counts as collapsed
     with pytest.warns(RuntimeWarning, match=r"collapsed.*reconstruction \([0-9.]+\) outweighs MI and KL \(high-dimensional features\) try rec_norm: mean"):
         _train(x, y, {"iterations": 1})
+
+
+def test_encoding_a_model_in_eval_mode_never_toggles_modes(monkeypatch):
+    """A trained (and a served) model is in eval mode: encoding sets no module's mode (no walk over
+    the networks in Python, no mode flipped under a concurrent encoder thread), and gives the codes
+    it gave before; a model put back in training mode is encoded in eval mode and left training."""
+    import torch
+
+    x, y = _data()
+    m, _ = _train(x, y)
+    ref_i, ref_t = m.encode_image(x), m.encode_text(y)
+    assert not any(sub.training for sub in m.net_.modules())
+    real_train = torch.nn.Module.train
+
+    def refuse(self, mode=True):
+        raise AssertionError("Module.train called while encoding")
+
+    monkeypatch.setattr(torch.nn.Module, "train", refuse)
+    assert np.array_equal(m.encode_image(x), ref_i) and np.array_equal(m.encode_text(y), ref_t)
+    monkeypatch.setattr(torch.nn.Module, "train", real_train)
+    m.net_.train()
+    assert np.array_equal(m.encode_text(y), ref_t)
+    assert all(sub.training for sub in m.net_.modules())

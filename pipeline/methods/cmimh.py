@@ -275,20 +275,18 @@ class CMIMH(Hasher):
         import torch
 
         from pipeline.methods import cmimh_losses as L
+        from pipeline.torchkit import evaluating
 
         out = super().diagnostics(x_db, y_db, codes_image, codes_text)
         net = self.net_
         if net.disc_x is None or net.disc_y is None:
             return out
-        was = net.training
-        net.eval()
-        with torch.no_grad():
+        with evaluating(net), torch.no_grad():
             for key, disc, p in (("tc_image", net.disc_x, self.probs_image(x_db, batch_size)),
                                  ("tc_text", net.disc_y, self.probs_text(y_db, batch_size))):
                 t = torch.from_numpy(p)
                 logits = [disc(t[i:i + batch_size].to(net.device)).cpu() for i in range(0, t.shape[0], batch_size)]
                 out[key] = float(L.tc_estimate(torch.cat(logits)))
-        net.train(was)
         return out
 
     # ------------------------------------------------------------------ persistence

@@ -112,18 +112,14 @@ class Networks(nn.Module):
     # ------------------------------------------------------------ inference
     def probs(self, which: str, feats, batch_size: int = 4096) -> np.ndarray:
         """Bernoulli parameters p (n, bits) float32 for raw features of ``which`` ("x" or "y")."""
-        from pipeline.torchkit import batched
+        from pipeline.torchkit import batched, evaluating
 
         image = which == "x"
         a = check_features(feats, "encode_image" if image else "encode_text",
                            self.dim_x if image else self.dim_y, min_rows=0)
         enc, std = (self.enc_x, self.standardize_x) if image else (self.enc_y, self.standardize_y)
-        was = self.training
-        self.eval()
-        try:
+        with evaluating(self):
             p = batched(lambda t: torch.sigmoid(enc(std(t))), a, self.device, batch_size)
-        finally:
-            self.train(was)
         return p if len(a) else np.zeros((0, self.bits), np.float32)
 
     def probs_image(self, x, batch_size: int = 4096) -> np.ndarray:

@@ -282,6 +282,8 @@ class DJSRH(Hasher):
     def _encode(self, a: Any, which: str) -> np.ndarray:
         import torch
 
+        from pipeline.torchkit import evaluating
+
         self._require_fitted(f"encode_{which}")
         img = which == "image"
         dim_x, dim_y = self.dims
@@ -290,15 +292,10 @@ class DJSRH(Hasher):
         mean = torch.from_numpy(self.mean_x_ if img else self.mean_y_).to(self.device)
         std = torch.from_numpy(self.std_x_ if img else self.std_y_).to(self.device)
         out = np.zeros((arr.shape[0], self.bits), dtype=np.uint8)
-        was = net.training
-        net.eval()
-        try:
-            with torch.no_grad():
-                for i in range(0, arr.shape[0], _ENCODE_BATCH):
-                    t = torch.from_numpy(arr[i:i + _ENCODE_BATCH]).to(self.device)
-                    out[i:i + _ENCODE_BATCH] = (net((t - mean) / std) >= 0).cpu().numpy()  # sign(H), 0 as +1
-        finally:
-            net.train(was)
+        with evaluating(net), torch.no_grad():
+            for i in range(0, arr.shape[0], _ENCODE_BATCH):
+                t = torch.from_numpy(arr[i:i + _ENCODE_BATCH]).to(self.device)
+                out[i:i + _ENCODE_BATCH] = (net((t - mean) / std) >= 0).cpu().numpy()  # sign(H), 0 as +1
         return out
 
     def encode_image(self, x: np.ndarray) -> np.ndarray:
