@@ -179,6 +179,8 @@ def trace_for_queries(enc: TextEncoder):
             warnings.simplefilter("ignore")  # TracerWarnings about the branches it records
             traced = torch.jit.freeze(torch.jit.trace(_LastHidden(enc.model, keys).eval(), tensors,
                                                       check_trace=False, strict=False))
+            if enc.device.type == "cpu" and enc.precision == "fp32":  # oneDNN linear layers: 3-6% a batch of 1-8
+                traced = torch.jit.optimize_for_inference(traced)
             eager = enc.model(**dict(zip(keys, tensors))).last_hidden_state.float()
             got = traced(*tensors).float()
         if not torch.allclose(got, eager, rtol=1e-4, atol=1e-5):
