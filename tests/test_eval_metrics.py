@@ -317,3 +317,30 @@ def test_every_metric_equals_todays_implementation(bits, nq, ndb, classes, p):
     _assert_same(legacy_eval.evaluate_all(c), evaluate_all(c))
     _assert_same(legacy_eval.chance_level(c, 100), chance_level(c, 100))
     _assert_same(legacy_eval.continuous_metrics(c, 20), continuous_metrics(c, 20))
+
+
+def test_one_engine_ranks_every_task_of_a_call(monkeypatch):
+    """rank_metrics_tasks picks its engine from all the tasks' pairs together; each task's
+    distances then come from that engine too, even where one task alone would take the NumPy
+    twins (and the numbers are the NumPy twins' numbers)."""
+    from pipeline.eval import hamming, numpy_kernels
+    from pipeline.eval.metrics import rank_metrics_tasks
+
+    rng = np.random.default_rng(3)
+    nq, ndb, T = 30, 400, 4
+    tasks = [(rng.integers(0, 256, (nq, 2), dtype=np.uint8), rng.integers(0, 256, (ndb, 2), dtype=np.uint8))
+             for _ in range(T)]
+    ql, dl = rng.random((nq, 5)) < 0.3, rng.random((ndb, 5)) < 0.3
+    monkeypatch.setattr(hamming, "ENGINE", "numpy")
+    ref = rank_metrics_tasks(tasks, ql, dl, map_ks=[10], pk=[5, 20])
+    monkeypatch.setattr(hamming, "ENGINE", "auto")
+    monkeypatch.setattr(hamming, "COMPILED_FROM_PAIRS", T * nq * ndb)  # the call: compiled; one task alone: NumPy
+
+    def refuse(*a, **k):
+        raise AssertionError("a task's distances went through the NumPy twins in a compiled call")
+
+    monkeypatch.setattr(numpy_kernels, "distances", refuse)
+    got = rank_metrics_tasks(tasks, ql, dl, map_ks=[10], pk=[5, 20])
+    for g, r in zip(got, ref, strict=True):
+        np.testing.assert_allclose(g["ap"][10], r["ap"][10], rtol=0, atol=1e-12)
+        assert np.array_equal(g["hits"], r["hits"])

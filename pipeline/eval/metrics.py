@@ -133,6 +133,8 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
     counts = np.zeros((T, nq, nv, 2), dtype=np.int64) if nrad else None  # [irrelevant, relevant] per distance
 
     kernels = compiled_engine(T * nq * ndb)
+    for p in preps:  # one engine for the whole call: the tasks' distances too (each alone may be small)
+        p.kernels = kernels
     if kernels is None:  # small: the NumPy twins rank whole rows (a stable sort), every number at once
         rows = chunk_size or max(1, min(memory_budget, _NUMPY_CHUNK_BYTES) // (_NUMPY_BYTES_PER_PAIR * ndb))
 
