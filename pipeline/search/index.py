@@ -263,9 +263,11 @@ def load_index(path: str | Path, device: torch.device | None = None, text_precis
     """Load an index folder; a missing, incomplete or damaged folder is one clear error.
 
     ``text_precision``: "fp32" or "bf16" for the text query encoder (None: as its record says)."""
-    if text_precision not in (None, "fp32", "bf16"):
-        raise PipelineError(f"--text-precision must be fp32 or bf16, not {text_precision!r}")
+    from pipeline.features.extractors.base import PRECISIONS
     from pipeline.methods.base import load_model
+
+    if text_precision is not None and text_precision not in PRECISIONS:
+        raise PipelineError(f"--text-precision must be {' or '.join(PRECISIONS)}, not {text_precision!r}")
 
     path = Path(path)
     if not path.is_dir():
