@@ -12,6 +12,11 @@ port; every request loop is bounded):
   p50 / p90 / p99 latency seen by the clients and the throughput, for each ``--workers`` (encoder
   threads per index) and ``--text-precision`` (the query encoder's arithmetic); the anchor of the
   ratios is the first of them, or ``--anchor-checkout DIR``: the service of an older checkout;
+* the same load from ``wrk`` (Debian's package; skipped when it is not on PATH), a load generator
+  in C: the same queries over ``--clients`` connections for as long as the Python clients took.
+  On a small machine the client shares the server's cores: the Python clients' own CPU (about
+  2.5 ms a query) is time the server does not get, which a user's remote clients do not take;
+  wrk's is a few percent of it. Both are printed, with the server's CPU per query (from /proc);
 * anchor 1: one client, one query at a time (no queueing), p50;
 * anchor 2: ``cmimh search --text`` as before the service: one process per query (load included);
 * where a query's time goes, in-process on the same index: the text encoder (features + the
@@ -127,6 +132,53 @@ def load_test(url: str, texts: list[str], clients: int, k: int) -> tuple[np.ndar
     for th in threads:
         th.join()
     return np.array(lat), time.perf_counter() - t0, server_ms, errors[0]
+
+
+#: wrk's script: the queries in turn (one list shared by the connections of its one thread), and
+#: one JSON line at the end (latencies in microseconds).
+_WRK_LUA = """paths = {%s}
+i = 0
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK {"p50": %%.0f, "p90": %%.0f, "p99": %%.0f, "n": %%d, "errors": %%d, "us": %%.0f}\\n',
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), summary.requests,
+    e.connect + e.read + e.write + e.status + e.timeout, summary.duration))
+end
+"""
+
+
+def wrk_load(url: str, texts: list[str], clients: int, k: int, seconds: float) -> dict | None:
+    """``wrk`` sending ``texts`` in turn over ``clients`` connections for ``seconds``: {p50, p90,
+    p99 (ms), n, errors, wall (s)}; None when wrk is not on PATH."""
+    import urllib.parse
+
+    exe = shutil.which("wrk")
+    if exe is None:
+        return None
+    paths = ",".join(json.dumps("/api/search?" + urllib.parse.urlencode({"text": t, "k": k})) for t in texts)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(_WRK_LUA % paths)
+    try:
+        out = subprocess.run([exe, "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--timeout", "120s",
+                              "-s", f.name, url], capture_output=True, text=True, timeout=seconds + 180)
+    finally:
+        os.unlink(f.name)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRK ")), None)
+    if line is None:
+        raise SystemExit(f"wrk printed no summary: {(out.stderr or out.stdout)[-400:]}")
+    r = json.loads(line[4:])
+    return {"p50": r["p50"] / 1e3, "p90": r["p90"] / 1e3, "p99": r["p99"] / 1e3, "n": r["n"], "errors": r["errors"],
+            "wall": r["us"] / 1e6}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def pct(a: np.ndarray, q: float) -> float:
@@ -255,12 +307,24 @@ def main(argv: list[str] | None = None) -> None:
             one, w1, ms1, e1 = load_test(url, texts[:100], 1, a.k)
             print(f"1 client, one query at a time ({len(one)} queries): p50 {pct(one, 50):.1f} ms, p99 {pct(one, 99):.1f} ms, "
                   f"server's own time p50 {np.median(ms1):.1f} ms")
-            c0 = time.process_time()
+            c0, s0 = time.process_time(), cpu_seconds(proc.pid)
             lat, wall, ms, errs = load_test(url, texts, a.clients, a.k)
+            own, served = time.process_time() - c0, cpu_seconds(proc.pid) - s0
             p50s[precision, workers] = pct(lat, 50)
             print(f"{a.clients} concurrent clients, {len(lat)} queries ({errs} errors): p50 {pct(lat, 50):.1f} ms, "
                   f"p90 {pct(lat, 90):.1f} ms, p99 {pct(lat, 99):.1f} ms; throughput {len(lat) / wall:.1f} queries/s "
-                  f"({wall:.1f} s); server's own time p50 {np.median(ms):.1f} ms (clients' CPU {time.process_time() - c0:.1f} s)")
+                  f"({wall:.1f} s); server's own time p50 {np.median(ms):.1f} ms; CPU a query: server "
+                  f"{1e3 * served / max(len(lat), 1):.1f} ms, Python clients {1e3 * own / max(len(lat), 1):.1f} ms")
+            s0 = cpu_seconds(proc.pid)
+            w = wrk_load(url, texts, a.clients, a.k, wall)
+            if w is None:
+                print("  wrk: not on PATH (apt-get install wrk), its load skipped")
+            else:
+                print(f"  the same from wrk, {a.clients} connections, {w['n']} queries in {w['wall']:.1f} s "
+                      f"({w['errors']} errors): p50 {w['p50']:.1f} ms, p90 {w['p90']:.1f} ms, p99 {w['p99']:.1f} ms; "
+                      f"throughput {w['n'] / w['wall']:.1f} queries/s; server CPU a query "
+                      f"{1e3 * (cpu_seconds(proc.pid) - s0) / max(w['n'], 1):.1f} ms; p50 Python clients / wrk: "
+                      f"{pct(lat, 50) / w['p50']:.2f}x")
             anchor = runs[0]
             print(f"  ratio p50 under load / alone: {pct(lat, 50) / pct(one, 50):.1f}x; server RSS {rss(proc.pid)[0]:.0f} MiB"
                   + (f"; p50 of the anchor / this: {p50s[anchor] / p50s[precision, workers]:.2f}x"
