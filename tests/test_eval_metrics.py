@@ -122,11 +122,13 @@ def test_recall_one_at_k_hand():
         recall_one_at_k(q, DB, np.array([2, 6, 0]), [1])
 
 
-def test_recall_one_matches_ranking_random():
-    rng = np.random.default_rng(0)
-    q = P(rng.integers(0, 2, (50, 8)))
-    db = P(rng.integers(0, 2, (400, 8)))
+@pytest.mark.parametrize("bits", [8, 64, 72])  # one code word (counted from the codes), a full one, two
+def test_recall_one_matches_ranking_random(bits):
+    rng = np.random.default_rng(bits)
+    q = P(rng.integers(0, 2, (50, bits)))
+    db = P(rng.integers(0, 2, (400, bits)))
     pair = rng.integers(-1, 400, 50)
+    pair[:2] = [0, 399]  # the first and the last database row
     from pipeline.eval.hamming import topk
 
     idx, _ = topk(q, db, 400)
