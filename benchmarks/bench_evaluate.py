@@ -22,6 +22,11 @@ Every figure comes from one run of this script, with its anchor:
   ``np.argsort`` (stable, so its numbers are ours), then mAP@all, mAP@1000, mAP@50, P@K and PR;
   timed on ``--peer-queries`` queries of one task and extrapolated linearly to the four tasks.
 
+* where the metrics' time goes: in this process, one thread, the first ``--parts-queries`` queries
+  of the four tasks through the same call as the stage, each compiled kernel timed (relevance,
+  keys, the key histogram, the counting sort with the APs), in nanoseconds a (task, query, item)
+  pair and scaled to the whole file; RecallOne@K's pair ranks likewise.
+
 Wall time, CPU time (user + system of the subprocess, from ``wait4``) and peak RSS are printed for
 each, with the load average before and after (the machine is shared: CPU time is the steadier
 figure). Random codes (uniform bits: many ties, ~1,800 items per distance value) and random labels
@@ -155,6 +160,65 @@ def peer_loop(codes_path: Path, n: int, pk: list[int]) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
+def kernel_parts(codes_path: Path, n: int) -> None:
+    """Print the compiled kernels' share of the metrics (one thread, the first ``n`` queries, the
+    stage's own calls with each kernel wrapped in a timer)."""
+    from pipeline.eval import kernels, metrics
+    from pipeline.eval.codes import read_codes
+    from pipeline.eval.tasks import TASKS
+
+    c = read_codes(codes_path)
+    n = min(n, c.n_query)
+    names = {"relevance": "relevance (once for the 4 tasks)", "keys": "keys (distance, relevance)",
+             "key_counts": "key histogram", "ranked_stats": "counting sort + AP@all, AP@k, P@K",
+             "pair_ranks_words": "RecallOne@K pair ranks", "pair_ranks": "RecallOne@K pair ranks (2+ words)",
+             "distances": "distances (RecallOne@K, 2+ words)"}
+    spent = dict.fromkeys(names, 0.0)
+    originals = {k: getattr(kernels, k) for k in names}
+
+    def timed(name):
+        f = originals[name]
+
+        def g(*args):
+            t = time.perf_counter()
+            r = f(*args)
+            spent[name] += time.perf_counter() - t
+            return r
+        return g
+
+    grid = metrics.pk_grid(c.n_db)
+    tasks = [(getattr(c, t.query)[:n], getattr(c, t.database)) for t in TASKS]
+    os.environ["CMIMH_RANKING_ENGINE"] = "compiled"
+    try:
+        metrics.rank_metrics_tasks(tasks, c.query_labels[:n], c.db_labels, map_ks=[1000, None, 50],  # loads the kernels
+                                   pk=sorted(set(grid) | {100}), pr_bits=int(c.bits))
+        for k in names:
+            setattr(kernels, k, timed(k))
+        t0 = time.perf_counter()
+        metrics.rank_metrics_tasks(tasks, c.query_labels[:n], c.db_labels, map_ks=[1000, None, 50],
+                                   pk=sorted(set(grid) | {100}), pr_bits=int(c.bits))
+        total = time.perf_counter() - t0
+        nr = min(n, c.n_db)
+        t1 = time.perf_counter()
+        for q, db in ((c.db_image, c.db_text), (c.db_text, c.db_image)):
+            metrics.recall_one_at_k(q[:nr], db, np.arange(nr), [1, 10])
+        total_r = time.perf_counter() - t1
+    finally:
+        for k, f in originals.items():
+            setattr(kernels, k, f)
+        del os.environ["CMIMH_RANKING_ENGINE"]
+    pairs, pairs_r = 4 * n * c.n_db, 2 * nr * c.n_db
+    full, full_r = 4 * c.n_query * c.n_db, 2 * min(5000, c.n_db) * c.n_db
+    print(f"where the metrics' time goes (in-process, one thread, {n} queries x 4 tasks, ns a (task, query, item) pair; "
+          f"x {full / pairs:.0f} for the whole file):")
+    for k, label in names.items():
+        if spent[k]:
+            per = spent[k] / (pairs_r if k.startswith(("pair", "distances")) else pairs) * 1e9
+            print(f"  {label}: {per:.2f} ns")
+    print(f"  the ranking call, all of it: {total / pairs * 1e9:.2f} ns a pair -> {total * full / pairs:.1f} CPU s for "
+          f"the file; RecallOne@K: {total_r / pairs_r * 1e9:.2f} ns a pair -> {total_r * full_r / pairs_r:.1f} CPU s")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nq", type=int, default=5000)
@@ -165,6 +229,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--today-rev", default="9e0aef7", help="the commit of today's stage (before the counting core)")
     ap.add_argument("--skip-today", action="store_true")
     ap.add_argument("--peer-queries", type=int, default=100)
+    ap.add_argument("--parts-queries", type=int, default=500, help="queries of the in-process kernel breakdown (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="keep the codes and metrics files in this folder")
     ap.add_argument("--features-for", nargs=2, metavar=("FEATURES", "CODES"), help=argparse.SUPPRESS)
@@ -242,6 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"peer-style per-query argsort loop, all metrics, 4 tasks: {pw * scale:.1f} s wall, {pc * scale:.1f} s CPU "
           f"(timed on {n} queries of one task, x{scale:.0f}; no chance level); ratio peer / ours (evaluate --chance): "
           f"{pw * scale / ours['wall']:.0f}x wall, {pc * scale / ours['cpu']:.0f}x CPU")
+    if a.parts_queries:
+        kernel_parts(codes, a.parts_queries)
     load1 = os.getloadavg()
     print(f"load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
     if not a.keep:
