@@ -56,3 +56,20 @@ def test_left_alone_when_scipy_linalg_is_already_loaded():
         print(json.dumps({"have_blas": am._HAVE_BLAS}))
     """)
     assert got["have_blas"] is True
+
+
+def test_a_numba_without_that_module_still_imports_the_kernels():
+    got = _run("""
+        import importlib.abc, json, sys
+
+        class NoArraymath(importlib.abc.MetaPathFinder):  # a numba whose modules are laid out otherwise
+            def find_spec(self, name, path=None, target=None):
+                if name == "numba.np.arraymath":
+                    raise ModuleNotFoundError(name)
+                return None
+
+        sys.meta_path.insert(0, NoArraymath())
+        from pipeline.eval import kernels  # noqa: F401
+        print(json.dumps({"imported": True, "blas_hidden": "scipy.linalg.cython_blas" in sys.modules}))
+    """)
+    assert got == {"imported": True, "blas_hidden": False}

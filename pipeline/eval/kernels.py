@@ -40,6 +40,8 @@ def _import_numba_math_without_blas_probe() -> None:
     sys.modules[blas] = None  # type: ignore[assignment]  # "import scipy.linalg.cython_blas" fails
     try:
         import numba.np.arraymath  # noqa: F401
+    except ImportError:  # a numba laid out otherwise: it loads what it needs itself, probe and all
+        pass
     finally:
         del sys.modules[blas]
 
