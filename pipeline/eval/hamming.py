@@ -106,6 +106,17 @@ class Prepared:
         return full
 
 
+    def pair_ranks(self, start: int, stop: int, pair: np.ndarray, out: np.ndarray, scratch: Scratch) -> None:
+        """0-based rank of database row ``pair[i]`` (-1: none) for queries start..stop-1 into ``out``
+        (the items before it: closer, or as close with a smaller index). Codes of one word (up to
+        64 bits) with the compiled kernels are counted straight from the codes, no distance rows
+        stored (:func:`pipeline.eval.kernels.pair_ranks_words`)."""
+        if self.kernels is not None and self.qw.shape[1] == 1:
+            self.kernels.pair_ranks_words(self.qw[start:stop], self.dbT[0], pair, out)
+        else:
+            (self.kernels or numpy_kernels).pair_ranks(self.distances(start, stop, scratch)[:, : self.ndb], pair, out)
+
+
 def hamming_distances(q_packed: np.ndarray, db_packed: np.ndarray) -> np.ndarray:
     """All (nq, ndb) Hamming distances as uint16 (for small sets; ranking never needs this)."""
     p = Prepared(q_packed, db_packed)

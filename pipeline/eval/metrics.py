@@ -262,10 +262,7 @@ def recall_one_at_k(q_packed: np.ndarray, db_packed: np.ndarray, pair_index: np.
     rows = chunk_size or chunk_rows(p.ndb, p.dist_dtype.itemsize, DEFAULT_MEMORY_BUDGET, n_threads)
 
     def fn(s: int, e: int, sc: Scratch) -> None:
-        if p.kernels is not None and p.qw.shape[1] == 1:  # up to 64 bits: no distance rows stored
-            p.kernels.pair_ranks_words(p.qw[s:e], p.dbT[0], pair[s:e], rank[s:e])
-        else:
-            (p.kernels or numpy_kernels).pair_ranks(p.distances(s, e, sc)[:, : p.ndb], pair[s:e], rank[s:e])
+        p.pair_ranks(s, e, pair[s:e], rank[s:e], sc)
 
     run_chunks(p.nq, rows, n_threads, fn)
     r = rank[valid]

@@ -22,7 +22,6 @@ from typing import Sequence
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.eval import numpy_kernels
 from pipeline.eval.hamming import Prepared, Scratch, run_chunks
 
 RECALL_KS = (1, 5, 10)
@@ -43,7 +42,7 @@ def pair_ranks(q_packed: np.ndarray, db_packed: np.ndarray, chunk_size: int | No
     rows = chunk_size or max(1, (1 << 22) // max(p.ndb, 1))
 
     def fn(s: int, e: int, sc: Scratch) -> None:  # the own pair of query row i is database row i
-        (p.kernels or numpy_kernels).pair_ranks(p.distances(s, e, sc)[:, : p.ndb], np.arange(s, e), rank[s:e])
+        p.pair_ranks(s, e, np.arange(s, e), rank[s:e], sc)
 
     run_chunks(p.nq, rows, 1, fn)
     return rank + 1
