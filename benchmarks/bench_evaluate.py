@@ -36,6 +36,7 @@ with MS-COCO-like class frequencies (the most common class in ~45% of items).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -163,7 +164,7 @@ def peer_loop(codes_path: Path, n: int, pk: list[int]) -> tuple[float, float]:
 def kernel_parts(codes_path: Path, n: int) -> None:
     """Print the compiled kernels' share of the metrics (one thread, the first ``n`` queries, the
     stage's own calls with each kernel wrapped in a timer)."""
-    from pipeline.eval import kernels, metrics
+    from pipeline.eval import hamming, kernels, metrics
     from pipeline.eval.codes import read_codes
     from pipeline.eval.tasks import TASKS
 
@@ -186,29 +187,31 @@ def kernel_parts(codes_path: Path, n: int) -> None:
             return r
         return g
 
-    grid = metrics.pk_grid(c.n_db)
     tasks = [(getattr(c, t.query)[:n], getattr(c, t.database)) for t in TASKS]
-    os.environ["CMIMH_RANKING_ENGINE"] = "compiled"
+
+    def ranking() -> None:  # evaluate_all's call, on the first n queries
+        metrics.rank_metrics_tasks(tasks, c.query_labels[:n], c.db_labels, map_ks=[1000, None, 50],
+                                   pk=sorted(set(metrics.pk_grid(c.n_db)) | {100}), pr_bits=int(c.bits))
+
+    nr = min(n, c.n_db)
+    stage_nr = min(c.n_db, inspect.signature(metrics.paired_recall_one).parameters["max_queries"].default)
+    engine, hamming.ENGINE = hamming.ENGINE, "compiled"  # whatever the size (the module read the variable at import)
     try:
-        metrics.rank_metrics_tasks(tasks, c.query_labels[:n], c.db_labels, map_ks=[1000, None, 50],  # loads the kernels
-                                   pk=sorted(set(grid) | {100}), pr_bits=int(c.bits))
+        ranking()  # loads the kernels
         for k in names:
             setattr(kernels, k, timed(k))
         t0 = time.perf_counter()
-        metrics.rank_metrics_tasks(tasks, c.query_labels[:n], c.db_labels, map_ks=[1000, None, 50],
-                                   pk=sorted(set(grid) | {100}), pr_bits=int(c.bits))
+        ranking()
         total = time.perf_counter() - t0
-        nr = min(n, c.n_db)
         t1 = time.perf_counter()
-        for q, db in ((c.db_image, c.db_text), (c.db_text, c.db_image)):
-            metrics.recall_one_at_k(q[:nr], db, np.arange(nr), [1, 10])
+        metrics.paired_recall_one(c, max_queries=nr)
         total_r = time.perf_counter() - t1
     finally:
         for k, f in originals.items():
             setattr(kernels, k, f)
-        del os.environ["CMIMH_RANKING_ENGINE"]
+        hamming.ENGINE = engine
     pairs, pairs_r = 4 * n * c.n_db, 2 * nr * c.n_db
-    full, full_r = 4 * c.n_query * c.n_db, 2 * min(5000, c.n_db) * c.n_db
+    full, full_r = 4 * c.n_query * c.n_db, 2 * stage_nr * c.n_db
     print(f"where the metrics' time goes (in-process, one thread, {n} queries x 4 tasks, ns a (task, query, item) pair; "
           f"x {full / pairs:.0f} for the whole file):")
     for k, label in names.items():
