@@ -28,9 +28,10 @@ Every figure comes from one run of this script, with its anchor:
   pair and scaled to the whole file; RecallOne@K's pair ranks likewise.
 
 Wall time, CPU time (user + system of the subprocess, from ``wait4``) and peak RSS are printed for
-each, with the load average before and after (the machine is shared: CPU time is the steadier
-figure). Random codes (uniform bits: many ties, ~1,800 items per distance value) and random labels
-with MS-COCO-like class frequencies (the most common class in ~45% of items).
+each, with the load average before and after and the hypervisor's steal during each process (the
+machine is shared: CPU time is the steadier figure; :mod:`benchmarks.steal`). Random codes
+(uniform bits: many ties, ~1,800 items per distance value) and random labels with MS-COCO-like
+class frequencies (the most common class in ~45% of items).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.steal import Steal  # noqa: E402
 from pipeline.eval.codes import write_codes  # noqa: E402
 
 
@@ -88,15 +90,16 @@ def make_features(path: Path, codes: Path) -> None:
 def run_stage(pythonpath: Path, codes: Path, out: Path, threads: int, extra: tuple[str, ...] = (),
               command: str = "evaluate") -> dict:
     """One `cmimh evaluate` (or `cmimh chance`, ``codes`` = None) process: wall, CPU (user + sys)
-    and peak RSS from wait4."""
+    and peak RSS from wait4, and the hypervisor's steal meanwhile (:mod:`benchmarks.steal`)."""
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: with Python's bytecode caches
     cmd = [sys.executable, "-m", "pipeline.cli", command, *([str(codes)] if codes else []), "-o", str(out),
            "--threads", str(threads), *extra]
     t0 = time.perf_counter()
-    # cwd = the code's folder: `python -m` puts the working directory first on sys.path
-    proc = subprocess.Popen(cmd, env=env, cwd=str(pythonpath), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(proc.pid, 0)
+    with Steal() as steal:
+        # cwd = the code's folder: `python -m` puts the working directory first on sys.path
+        proc = subprocess.Popen(cmd, env=env, cwd=str(pythonpath), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     err = proc.stderr.read().decode()
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -104,7 +107,8 @@ def run_stage(pythonpath: Path, codes: Path, out: Path, threads: int, extra: tup
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-500:]}")
     m = json.loads(out.read_text())
     rev = m.get("provenance", {}).get("code_version", "?")
-    return {"rev": rev, "wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mib": ru.ru_maxrss / 1024, "metrics": m}
+    return {"rev": rev, "wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mib": ru.ru_maxrss / 1024, "metrics": m,
+            "steal": str(steal)}
 
 
 def same(a, b, path: str = "", tol: float = 1e-9) -> list[str]:
@@ -272,14 +276,14 @@ def main(argv: list[str] | None = None) -> None:
     ours = run_stage(REPO, codes, work / "metrics_ours.json", a.threads, ("--chance", str(chance)))
     sec = ours["metrics"]["seconds"]
     print(f"ours ({ours['rev']}) `cmimh evaluate --chance` (whole process, as the pipeline runs it): "
-          f"{ours['wall']:.2f} s wall, {ours['cpu']:.2f} s CPU, peak RSS {ours['rss_mib']:.0f} MiB  "
+          f"{ours['wall']:.2f} s wall, {ours['cpu']:.2f} s CPU, peak RSS {ours['rss_mib']:.0f} MiB{ours['steal']}  "
           f"[in-process: metrics {sec['metrics']:.2f} s, chance read {sec['chance']:.2f} s]"
           + (f"  target <= 4 s: {'met' if ours['wall'] <= 4 else 'NOT met'}"
              if (a.nq, a.ndb, a.bits) == (5000, 117000, 64) else ""))
     alone = run_stage(REPO, codes, work / "metrics_alone.json", a.threads)
     asec = alone["metrics"]["seconds"]
     print(f"ours `cmimh evaluate` without a chance file (chance computed in the process, like today's stage): "
-          f"{alone['wall']:.2f} s wall, {alone['cpu']:.2f} s CPU  [in-process: metrics {asec['metrics']:.2f} s, "
+          f"{alone['wall']:.2f} s wall, {alone['cpu']:.2f} s CPU{alone['steal']}  [in-process: metrics {asec['metrics']:.2f} s, "
           f"chance {asec['chance']:.2f} s]")
     d = same(alone["metrics"], ours["metrics"])
     print(f"  metrics.json with and without the chance file equal to 1e-9: {'yes, every number' if not d else 'NO: ' + '; '.join(d[:5])}")
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
         today = run_stage(old, codes, work / "metrics_today.json", a.threads)
         tsec = today["metrics"]["seconds"]
         diff = same(today["metrics"], alone["metrics"])
-        print(f"today's stage ({a.today_rev}: ran {today['rev']}), same command: {today['wall']:.2f} s wall, {today['cpu']:.2f} s CPU, "
+        print(f"today's stage ({a.today_rev}: ran {today['rev']}), same command: {today['wall']:.2f} s wall, {today['cpu']:.2f} s CPU{today['steal']}, "
               f"peak RSS {today['rss_mib']:.0f} MiB  [in-process: metrics {tsec['metrics']:.2f} s, "
               f"chance {tsec['chance']:.2f} s]")
         print(f"  ratio today / ours (both computing the chance level): {today['wall'] / alone['wall']:.1f}x wall, "

@@ -25,7 +25,8 @@ port; every request loop is bounded):
   same way: the server's resident memory after loading and after queries (VmRSS / VmHWM from
   /proc), and its query latency.
 
-The load average is printed before and after (the machine is shared).
+The load average is printed before and after, and the hypervisor's steal during each load (the
+machine is shared: :mod:`benchmarks.steal`).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from benchmarks.steal import Steal  # noqa: E402
 
 
 def free_port() -> int:
@@ -308,22 +311,24 @@ def main(argv: list[str] | None = None) -> None:
             print(f"1 client, one query at a time ({len(one)} queries): p50 {pct(one, 50):.1f} ms, p99 {pct(one, 99):.1f} ms, "
                   f"server's own time p50 {np.median(ms1):.1f} ms")
             c0, s0 = time.process_time(), cpu_seconds(proc.pid)
-            lat, wall, ms, errs = load_test(url, texts, a.clients, a.k)
+            with Steal() as st:
+                lat, wall, ms, errs = load_test(url, texts, a.clients, a.k)
             own, served = time.process_time() - c0, cpu_seconds(proc.pid) - s0
             p50s[precision, workers] = pct(lat, 50)
             print(f"{a.clients} concurrent clients, {len(lat)} queries ({errs} errors): p50 {pct(lat, 50):.1f} ms, "
                   f"p90 {pct(lat, 90):.1f} ms, p99 {pct(lat, 99):.1f} ms; throughput {len(lat) / wall:.1f} queries/s "
                   f"({wall:.1f} s); server's own time p50 {np.median(ms):.1f} ms; CPU a query: server "
-                  f"{1e3 * served / max(len(lat), 1):.1f} ms, Python clients {1e3 * own / max(len(lat), 1):.1f} ms")
+                  f"{1e3 * served / max(len(lat), 1):.1f} ms, Python clients {1e3 * own / max(len(lat), 1):.1f} ms{st}")
             s0 = cpu_seconds(proc.pid)
-            w = wrk_load(url, texts, a.clients, a.k, wall)
+            with Steal() as st:
+                w = wrk_load(url, texts, a.clients, a.k, wall)
             if w is None:
                 print("  wrk: not on PATH (apt-get install wrk), its load skipped")
             else:
                 print(f"  the same from wrk, {a.clients} connections, {w['n']} queries in {w['wall']:.1f} s "
                       f"({w['errors']} errors): p50 {w['p50']:.1f} ms, p90 {w['p90']:.1f} ms, p99 {w['p99']:.1f} ms; "
                       f"throughput {w['n'] / w['wall']:.1f} queries/s; server CPU a query "
-                      f"{1e3 * (cpu_seconds(proc.pid) - s0) / max(w['n'], 1):.1f} ms; p50 Python clients / wrk: "
+                      f"{1e3 * (cpu_seconds(proc.pid) - s0) / max(w['n'], 1):.1f} ms{st}; p50 Python clients / wrk: "
                       f"{pct(lat, 50) / w['p50']:.2f}x")
             anchor = runs[0]
             print(f"  ratio p50 under load / alone: {pct(lat, 50) / pct(one, 50):.1f}x; server RSS {rss(proc.pid)[0]:.0f} MiB"
