@@ -236,14 +236,16 @@ def pack_texts(enc: "TextEncoder", batch: Sequence[str], capacity: int | None = 
 
 
 def _pool_packed(enc: "TextEncoder", packed: PackedTexts, hidden: torch.Tensor) -> torch.Tensor:
-    """Per-text embeddings from the packed rows' hidden states (rows, T, dim)."""
+    """Per-text embeddings from the packed rows' hidden states (rows, T, dim): the [CLS] slot, or
+    the mean over a text's slots as one product with a (texts, slots) 0/1 matrix (not
+    ``index_add_``, whose CUDA kernel adds in a varying order: a query must give the same code
+    every time)."""
     flat = hidden.float().reshape(-1, hidden.shape[-1])
     if enc.pooling == "cls":
         return flat[packed.starts]
-    real = packed.text_of >= 0
-    sums = torch.zeros((packed.lengths.numel(), flat.shape[1]), dtype=flat.dtype, device=flat.device)
-    sums.index_add_(0, packed.text_of[real], flat[real])
-    return sums / packed.lengths.clamp_min(1)[:, None].to(flat.dtype)
+    n = packed.lengths.numel()
+    member = packed.text_of[None, :] == torch.arange(n, device=flat.device)[:, None]
+    return (member.to(flat.dtype) @ flat) / packed.lengths.clamp_min(1)[:, None].to(flat.dtype)
 
 
 #: One thread traces; the others wait and use its graph.
