@@ -275,6 +275,8 @@ def _check_graph(enc: "TextEncoder", graph: QueryGraph) -> None:
 
 
 def _trace(enc: "TextEncoder", packed: bool) -> QueryGraph:
+    """The model traced (then frozen) on an example of packed rows or of a padded batch, checked
+    by :func:`_check_graph`; raises where either fails."""
     if packed:
         ex = pack_texts(enc, ["a query to trace", "a second and longer query to trace the padding"], capacity=8)
         keys = tuple(k for k in ex.tensors if k not in _PACK_KEYS) + _PACK_KEYS
@@ -322,6 +324,7 @@ def trace_for_queries(enc: TextEncoder):
 
 
 def _embed_packed(enc: "TextEncoder", graph: QueryGraph, packed: PackedTexts) -> torch.Tensor:
+    """Per-text embeddings (texts, dim) of ``packed`` through a packed ``graph``."""
     with torch.inference_mode():
         hidden = graph.fn(*(packed.tensors[k] for k in graph.keys))
         return _pool_packed(enc, packed, hidden)
