@@ -251,9 +251,10 @@ def _pool_packed(enc: "TextEncoder", packed: PackedTexts, hidden: torch.Tensor) 
 #: One thread traces; the others wait and use its graph.
 _TRACING = threading.Lock()
 #: Texts the traced graphs are checked on against the eager model, one by one: lengths 4 to 64
-#: (truncated), laid in more than one packed row.
+#: (truncated), laid in more than one packed row. The first two are the example the trace records.
 _CHECK_TEXTS = ("a query to trace", "a second and longer query to trace the padding", "tree",
                 "a red ball beside " * 20, "two small houses by a river at night")
+_TRACE_TEXTS = list(_CHECK_TEXTS[:2])
 
 
 def _check_graph(enc: "TextEncoder", graph: QueryGraph) -> None:
@@ -278,13 +279,13 @@ def _trace(enc: "TextEncoder", packed: bool) -> QueryGraph:
     """The model traced (then frozen) on an example of packed rows or of a padded batch, checked
     by :func:`_check_graph`; raises where either fails."""
     if packed:
-        ex = pack_texts(enc, ["a query to trace", "a second and longer query to trace the padding"], capacity=8)
+        ex = pack_texts(enc, _TRACE_TEXTS)
         keys = tuple(k for k in ex.tensors if k not in _PACK_KEYS) + _PACK_KEYS
         tensors = tuple(ex.tensors[k] for k in keys)
     else:
         with _TOKENIZE:
-            tok = enc.tokenizer(["a query to trace", "a second and longer query to trace the padding"],
-                                padding=True, truncation=True, max_length=enc.max_length, return_tensors="pt")
+            tok = enc.tokenizer(_TRACE_TEXTS, padding=True, truncation=True, max_length=enc.max_length,
+                                return_tensors="pt")
         keys = tuple(tok.keys())
         tensors = tuple(tok[k].to(enc.device) for k in keys)
     with torch.inference_mode(), warnings.catch_warnings():
