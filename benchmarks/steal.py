@@ -1,7 +1,7 @@
 """CPU time the hypervisor gave to other guests ("steal", /proc/stat) during a measurement.
 
 On a shared VM a run's wall time depends on it: this machine measured 0-33% of its two CPUs
-stolen in runs ten minutes apart, which is most of the spread between runs of the same code. The
+stolen in runs ten minutes apart, a large part of the spread between runs of the same code. The
 benchmarks print it beside their wall times so that a figure can be read with it (CPU time, which
 excludes it, is the steadier figure). Linux only; elsewhere nothing is printed.
 """

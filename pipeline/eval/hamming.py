@@ -105,7 +105,6 @@ class Prepared:
             (self.kernels or numpy_kernels).distances(self.qw[start:stop], self.dbT, full[:, : self.ndb])
         return full
 
-
     def pair_ranks(self, start: int, stop: int, pair: np.ndarray, out: np.ndarray, scratch: Scratch) -> None:
         """0-based rank of database row ``pair[i]`` (-1: none) for queries start..stop-1 into ``out``
         (the items before it: closer, or as close with a smaller index). Codes of one word (up to
