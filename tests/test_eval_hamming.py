@@ -109,11 +109,18 @@ def test_database_prepared_once_answers_like_topk(tmp_path):
 
 def test_engine_by_size_and_setting(monkeypatch):
     """Small problems rank with the NumPy twins (no numba start-up), real sizes with the compiled
-    kernels; CMIMH_RANKING_ENGINE (hamming.ENGINE) forces either, anything else is one line."""
+    kernels, and so do small ones once a process has loaded the kernels; CMIMH_RANKING_ENGINE
+    (hamming.ENGINE) forces either, anything else is one line."""
+    import sys
+
     from pipeline.eval import kernels
 
     monkeypatch.setattr(hamming, "ENGINE", "auto")
+    assert hamming.compiled_engine(hamming.COMPILED_FROM_PAIRS - 1) is kernels  # loaded above: no start-up left
+    assert hamming.compiled_engine(1) is kernels
+    monkeypatch.delitem(sys.modules, "pipeline.eval.kernels")  # as in a process that has not loaded them
     assert hamming.compiled_engine(hamming.COMPILED_FROM_PAIRS - 1) is None
+    assert "pipeline.eval.kernels" not in sys.modules  # deciding did not import them
     assert hamming.compiled_engine(hamming.COMPILED_FROM_PAIRS) is kernels
     monkeypatch.setattr(hamming, "ENGINE", "numpy")
     assert hamming.compiled_engine(10 ** 12) is None
