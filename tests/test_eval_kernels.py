@@ -1,5 +1,8 @@
-"""pipeline.eval.kernels: how the module loads numba (the kernels' numbers are tested through
-their callers, tests/test_eval_hamming.py and tests/test_eval_metrics.py)."""
+"""pipeline.eval.kernels: how the module loads numba, and the AVX-512 blocks and their kernel,
+ranked_stats_simd, against NumPy and the scalar kernel (the other kernels' numbers are tested
+through their callers, tests/test_eval_hamming.py and tests/test_eval_metrics.py). The blocks run
+only where the CPU has AVX-512 VBMI2; elsewhere those tests skip, and the scalar path, tested
+everywhere, is the one used."""
 
 from __future__ import annotations
 
@@ -8,6 +11,12 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import numpy as np
+import pytest
+from numba import njit
+
+from pipeline.eval import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +82,192 @@ def test_a_numba_without_that_module_still_imports_the_kernels():
         print(json.dumps({"imported": True, "blas_hidden": "scipy.linalg.cython_blas" in sys.modules}))
     """)
     assert got == {"imported": True, "blas_hidden": False}
+
+
+needs_simd = pytest.mark.skipif(not kernels.SIMD, reason="the CPU lacks AVX-512 VBMI2 (or CMIMH_SIMD=0)")
+
+
+@njit
+def _key_range(keys, j0):
+    return kernels.block_key_range(keys, j0)
+
+
+@njit
+def _place(keys, j0, lo, hi, out, pos):
+    kernels.place_block(keys, j0, lo, hi, out, pos)
+
+
+@njit
+def _bits(arr, j0):
+    return kernels.nonzero_bits(arr, j0)
+
+
+@njit
+def _ap(bits, before, rank0, inv, is_set, count, acc):
+    return kernels.ap_block(bits, before, rank0, inv, is_set, count, acc)
+
+
+def test_prefix_tables_by_hand():
+    is_set, count = kernels.prefix_tables()
+    assert is_set.shape == count.shape == (256, 8)
+    assert is_set[0b1011].tolist() == [1, 1, 0, 1, 0, 0, 0, 0]
+    assert count[0b1011].tolist() == [1, 2, 0, 3, 0, 0, 0, 0]
+    assert count[255].tolist() == list(range(1, 9)) and not count[0].any()
+
+
+def test_available_follows_the_switch_and_the_cpu(monkeypatch):
+    monkeypatch.setenv("CMIMH_SIMD", "0")
+    assert kernels._available() is False
+    monkeypatch.delenv("CMIMH_SIMD")
+    monkeypatch.setattr(kernels._ll, "get_host_cpu_features", lambda: {"avx512f": True, "avx512bw": True})
+    assert kernels._available() is False  # no VBMI2: no one-instruction compress
+    monkeypatch.setattr(kernels._ll, "get_host_cpu_features",
+                        lambda: {"avx512f": True, "avx512bw": True, "avx512vbmi2": True})
+    assert kernels._available() is (kernels._ll.llvm_version_info >= (19,) and kernels.config.CPU_NAME in (None, "host"))
+
+
+@needs_simd
+def test_key_range_and_nonzero_bits():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 130, 200).astype(np.uint8)
+    for j0 in (0, 7, 136):
+        block = a[j0:j0 + 64]
+        assert _key_range(a, j0) == (int(block.min()) << 8) | int(block.max())
+        want = sum(1 << t for t in range(64) if block[t])
+        assert int(_bits(a, j0)) == want
+
+
+@needs_simd
+@pytest.mark.parametrize("lo,hi", [(0, 64), (10, 20), (15, 15)])
+def test_place_block_packs_each_distance_in_block_order(lo, hi):
+    rng = np.random.default_rng(1)
+    keys = (2 * rng.binomial(64, 0.5, 64) + (rng.random(64) < 0.4)).astype(np.uint8)
+    keys[:5] = [2 * 15, 2 * 15 + 1, 2 * 15, 2 * 12 + 1, 2 * 18]  # ties at 15, and 12, 18 for the small range
+    nv = 65
+    room = 64 + 64  # every item could be at one distance, plus the free 64 bytes
+    guard = 7
+    out = np.full(nv * room + 64, guard, np.uint8)
+    pos = np.arange(nv, dtype=np.int64) * room
+    _place(keys, 0, lo, hi, out, pos)
+    for d in range(nv):
+        mine = keys[(keys >> 1) == d] & 1
+        if lo <= d <= hi:
+            assert pos[d] - d * room == mine.size
+            assert out[d * room:d * room + mine.size].tolist() == mine.tolist()  # database order kept
+        else:
+            assert pos[d] == d * room and (out[d * room:(d + 1) * room] == guard).all()  # untouched
+    # nothing written past the 64 bytes after any bucket's items
+    for d in range(lo, hi + 1):
+        n = pos[d] - d * room
+        assert (out[d * room + n + 64:(d + 1) * room] == guard).all()
+
+
+@needs_simd
+def test_place_block_appends_across_blocks():
+    rng = np.random.default_rng(2)
+    keys = (2 * rng.integers(3, 9, 256) + (rng.random(256) < 0.5)).astype(np.uint8)
+    nv, room = 10, 256 + 64
+    out = np.zeros(nv * room, np.uint8)
+    pos = np.arange(nv, dtype=np.int64) * room
+    for j0 in range(0, 256, 64):
+        kr = int(_key_range(keys, j0))
+        _place(keys, j0, kr >> 9, (kr & 255) >> 1, out, pos)
+    for d in range(nv):
+        mine = keys[(keys >> 1) == d] & 1
+        assert out[d * room:d * room + mine.size].tolist() == mine.tolist() and pos[d] == d * room + mine.size
+
+
+@needs_simd
+@pytest.mark.parametrize("before,rank0", [(0, 0), (17, 100), (3, 5)])
+def test_ap_block_adds_count_over_rank(before, rank0):
+    rng = np.random.default_rng(rank0)
+    bits = int(rng.integers(0, 2 ** 63)) | (1 << 63)
+    inv = 1.0 / np.arange(1, rank0 + 64 + 1)
+    is_set, count = kernels.prefix_tables()
+    acc = np.zeros(32)
+    after = _ap(np.uint64(bits), before, rank0, inv, is_set, count, acc)
+    m, want = before, 0.0
+    for t in range(64):
+        if bits >> t & 1:
+            m += 1
+            want += m / (rank0 + t + 1)
+    assert after == m
+    assert acc.sum() == pytest.approx(want, rel=1e-14)
+    acc2 = acc.copy()
+    assert _ap(np.uint64(0), after, rank0 + 64, np.concatenate([inv, np.ones(64)]), is_set, count, acc2) == after
+    assert np.array_equal(acc2, acc)  # no relevant item: nothing added, whatever inv holds past the ranks
+
+
+def _scalar(keys, nv, need_all, ap_ks, pk):
+    r, ndb = keys.shape
+    H = np.zeros((r, 2 * nv), np.int64)
+    kernels.key_counts(keys, H)
+    out = np.zeros(r), np.zeros((r, ap_ks.size)), np.zeros((r, pk.size), np.int64)
+    inv = 1.0 / np.arange(1, ndb + 1)
+    kernels.ranked_stats(keys, H, need_all, ap_ks, pk, np.empty((2, ndb), np.uint8), inv, np.empty(ndb), *out)
+    return H, out
+
+
+def _vector(keys, nv, need_all, ap_ks, pk, exact):
+    r, ndb = keys.shape
+    H = np.zeros((r, 2 * nv), np.int64)
+    if exact:
+        kernels.key_counts(keys, H)
+    buf = np.full(ndb + 64 * nv if exact else nv * (ndb + 64), 99, np.uint8)  # garbage where not written
+    kmax = max(ap_ks.tolist() + pk.tolist() + [1])
+    out = np.zeros(r), np.zeros((r, ap_ks.size)), np.zeros((r, pk.size), np.int64)
+    inv = 1.0 / np.arange(1, ndb + 64 + 1)
+    is_set, count = kernels.prefix_tables()
+    kernels.ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, np.empty(kmax, np.uint8), inv, is_set, count,
+                              np.zeros(32), *out)
+    return H, out
+
+
+@needs_simd
+@pytest.mark.parametrize("ndb", [1, 63, 64, 65, 200, 1000])
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("need_all", [True, False])
+def test_ranked_stats_simd_equals_the_scalar_kernel(ndb, exact, need_all):
+    """Many ties (8 bits: 9 distances), rows with no relevant item and rows all relevant; every
+    count, AP@k and P@K equal, AP@all to float rounding (its additions go in another order)."""
+    rng = np.random.default_rng(ndb)
+    r, bits = 7, 8
+    nv = bits + 1
+    keys = (2 * rng.binomial(bits, 0.5, (r, ndb)) + (rng.random((r, ndb)) < 0.3)).astype(np.uint8)
+    keys[1] &= 0xFE  # no relevant item
+    keys[2] |= 1  # every item relevant
+    keys[3] = 2 * 4 + (np.arange(ndb) % 2)  # one distance only
+    ap_ks = np.array(sorted({min(k, ndb) for k in (1, 5, 50)}), np.int64)
+    pk = np.array(sorted({min(k, ndb) for k in (1, 10, 100, 500)}), np.int64)
+    H0, (all0, apk0, hits0) = _scalar(keys, nv, need_all, ap_ks, pk)
+    H1, (all1, apk1, hits1) = _vector(keys, nv, need_all, ap_ks, pk, exact)
+    assert np.array_equal(H1, H0)
+    assert np.array_equal(apk1, apk0) and np.array_equal(hits1, hits0)
+    np.testing.assert_allclose(all1, all0, rtol=1e-13, atol=0)
+    assert all1[1] == 0.0 and (not need_all or all1[2] == 1.0)
+
+
+@needs_simd
+def test_rank_metrics_same_with_and_without_the_vector_kernel(monkeypatch):
+    """The whole call: the vector kernel (both bucket layouts) against the scalar one, 64-bit codes
+    with ties, P@K, AP@k, AP@all and the PR counts."""
+    from pipeline.eval import hamming, metrics
+
+    rng = np.random.default_rng(5)
+    nq, ndb = 40, 3001
+    q, db = rng.integers(0, 256, (nq, 8), dtype=np.uint8), rng.integers(0, 256, (ndb, 8), dtype=np.uint8)
+    db[1000:1100] = db[0]  # exact ties
+    ql, dl = rng.random((nq, 6)) < 0.3, rng.random((ndb, 6)) < 0.3
+    monkeypatch.setattr(hamming, "ENGINE", "compiled")
+    kw = dict(map_ks=[None, 50, 1000], pk=[1, 100, 2000], pr_bits=64, n_threads=2)
+    monkeypatch.setattr(kernels, "SIMD", False)
+    ref = metrics.rank_metrics(q, db, ql, dl, **kw)
+    monkeypatch.setattr(kernels, "SIMD", True)
+    for budget in (metrics._SIMD_BUCKET_BYTES, 0):  # room for every item / laid end to end
+        monkeypatch.setattr(metrics, "_SIMD_BUCKET_BYTES", budget)
+        got = metrics.rank_metrics(q, db, ql, dl, **kw)
+        assert np.array_equal(got["hits"], ref["hits"])
+        for k in ref["ap"]:
+            np.testing.assert_allclose(got["ap"][k], ref["ap"][k], rtol=1e-13, atol=0)
+        for k in ref["pr"]:
+            np.testing.assert_array_equal(got["pr"][k], ref["pr"][k])

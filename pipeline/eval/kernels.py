@@ -19,6 +19,7 @@ instead (:func:`pipeline.eval.hamming.compiled_engine` decides).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -48,8 +49,10 @@ def _import_numba_math_without_blas_probe() -> None:
 
 _import_numba_math_without_blas_probe()
 
+from llvmlite import binding as _ll  # noqa: E402
+from llvmlite import ir  # noqa: E402
 from numba import njit  # noqa: E402
-from numba.core import types  # noqa: E402
+from numba.core import cgutils, config, types  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
 #: Database items per block of :func:`distances` (a block's code words stay in L1).
@@ -78,8 +81,6 @@ def _cttz(typingctx, x):
         return None
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir
-
         return builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))
 
     return types.int64(types.uint64), codegen
@@ -93,11 +94,193 @@ def _half(typingctx, x):
         return None
 
     def codegen(context, builder, signature, args):
-        from llvmlite import ir
-
         return builder.lshr(args[0], ir.Constant(args[0].type, 1))
 
     return x(x), codegen
+
+
+# ----------------------------------------------------------------------------- AVX-512 blocks
+# The vector building blocks of :func:`ranked_stats_simd`: numba intrinsics, LLVM IR written by
+# hand. Why: the scalar counting sort (:func:`ranked_stats`) moves one item at a time, a few
+# nanoseconds each, and that was most of ``cmimh evaluate``'s time at MS-COCO size. With 64 items
+# in one vector register, the items of one Hamming distance are picked out by one comparison and
+# packed together by one ``vpcompressb`` (AVX-512 VBMI2), so a block of 64 items is placed in as
+# many steps as its range of distances (about 20 for 64-bit codes), not 64; and AP@all adds 8
+# ranks a fused multiply-add.
+#
+# Each block reads or writes exactly 64 bytes; the callers handle the tails and keep the memory
+# past each read and write in bounds (see the docstrings). LLVM lowers these generic intrinsics
+# (``llvm.experimental.vector.compress``, ``llvm.fma``, vector reductions) on any CPU, but only
+# with AVX-512 VBMI2 is the compress one instruction: :data:`SIMD` says whether this process has
+# it, and the callers take the scalar kernels otherwise (``CMIMH_SIMD=0`` forces them).
+#
+# The blocks live in this file, not a module of their own, because numba's on-disk cache checks
+# only the source file of a cached kernel: a block changed in another file would leave the
+# compiled kernels that inline it stale.
+
+
+def _available() -> bool:
+    """AVX-512 F/BW/VBMI2 on the CPU numba compiles for (the host), and an LLVM that knows
+    ``llvm.experimental.vector.compress`` (LLVM 19+); ``CMIMH_SIMD=0`` turns the path off."""
+    if os.environ.get("CMIMH_SIMD", "1") == "0":
+        return False
+    if config.CPU_NAME not in (None, "host") or _ll.llvm_version_info < (19,):
+        return False  # a named target (say, a portable cache) may lack the instructions
+    try:
+        feats = _ll.get_host_cpu_features()
+    except RuntimeError:
+        return False
+    return all(feats.get(f, False) for f in ("avx512f", "avx512bw", "avx512vbmi2"))
+
+
+#: Whether the compress path is used (fixed at import; tests and benchmarks set it).
+SIMD = _available()
+
+#: Items a block (bytes a vector).
+LANES = 64
+
+_I1, _I8, _I32, _I64, _F64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.DoubleType()
+_V8 = ir.VectorType(_I8, LANES)
+_V1 = ir.VectorType(_I1, LANES)
+_VD = ir.VectorType(_F64, 8)
+
+
+def _data(context, builder, aty, arr):
+    return context.make_array(aty)(context, builder, arr).data
+
+
+def _load64(context, builder, aty, arr, offset):
+    """The 64 bytes of array ``arr`` from element ``offset`` (unaligned)."""
+    p = builder.gep(_data(context, builder, aty, arr), [offset])
+    return builder.load(builder.bitcast(p, _V8.as_pointer()), align=1)
+
+
+def _splat(builder, value, vty):
+    undef = ir.Constant(vty, ir.Undefined)
+    v = builder.insert_element(undef, value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, undef, ir.Constant(ir.VectorType(_I32, vty.count), [0] * vty.count))
+
+
+def _byte_array(t) -> bool:
+    return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == types.uint8
+
+
+@intrinsic
+def block_key_range(typingctx, keys, j0):
+    """``(min << 8) | max`` of the keys ``keys[j0:j0 + 64]`` (uint8; the caller keeps j0 + 64 <= size)."""
+    if not _byte_array(keys):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vec = _load64(context, builder, signature.args[0], args[0], args[1])
+        fty = ir.FunctionType(_I8, [_V8])
+        umin = cgutils.get_or_insert_function(builder.module, fty, "llvm.vector.reduce.umin.v64i8")
+        umax = cgutils.get_or_insert_function(builder.module, fty, "llvm.vector.reduce.umax.v64i8")
+        lo = builder.zext(builder.call(umin, [vec]), _I64)
+        hi = builder.zext(builder.call(umax, [vec]), _I64)
+        return builder.or_(builder.shl(lo, ir.Constant(_I64, 8)), hi)
+
+    return types.int64(keys, j0), codegen
+
+
+@intrinsic
+def place_block(typingctx, keys, j0, lo, hi, out, pos):
+    """One block of the counting sort: for each distance d in lo..hi, the relevance bits (key & 1)
+    of the items of ``keys[j0:j0 + 64]`` with key >> 1 == d, in block order, go to
+    ``out[pos[d]:]`` and ``pos[d]`` advances by their number.
+
+    Each packed vector is stored whole, 64 bytes: the bytes past the items are garbage, which the
+    bucket's next store overwrites or which lies in the 64 bytes the caller leaves free past every
+    bucket (so ``out`` must hold pos[d] + 64 for every d at every call)."""
+    if not (_byte_array(keys) and _byte_array(out) and isinstance(pos, types.Array) and pos.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        k, j, lo_, hi_, o, ps = args
+        vec = _load64(context, builder, signature.args[0], k, j)
+        dist2 = builder.and_(vec, _splat(builder, ir.Constant(_I8, 0xFE), _V8))  # 2 * distance
+        bit = builder.and_(vec, _splat(builder, ir.Constant(_I8, 1), _V8))
+        odata = _data(context, builder, signature.args[4], o)
+        pdata = _data(context, builder, signature.args[5], ps)
+        compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8, _V1, _V8]),
+                                                  "llvm.experimental.vector.compress.v64i8")
+        popcount = builder.module.declare_intrinsic("llvm.ctpop", [_I64])
+        want = cgutils.alloca_once(builder, _V8)  # 2 * d for every lane, stepped by 2 (no broadcast a step)
+        builder.store(_splat(builder, builder.trunc(builder.shl(lo_, ir.Constant(_I64, 1)), _I8), _V8), want)
+        two = _splat(builder, ir.Constant(_I8, 2), _V8)
+        with cgutils.for_range(builder, builder.add(builder.sub(hi_, lo_), ir.Constant(_I64, 1))) as loop:
+            d = builder.add(lo_, loop.index)
+            w = builder.load(want)
+            builder.store(builder.add(w, two), want)
+            mask = builder.icmp_unsigned("==", dist2, w)
+            n = builder.call(popcount, [builder.bitcast(mask, _I64)])
+            packed = builder.call(compress, [bit, mask, ir.Constant(_V8, ir.Undefined)])
+            pp = builder.gep(pdata, [d])
+            at = builder.load(pp)
+            builder.store(packed, builder.bitcast(builder.gep(odata, [at]), _V8.as_pointer()), align=1)
+            builder.store(builder.add(at, n), pp)
+        return context.get_dummy_value()
+
+    return types.void(keys, j0, lo, hi, out, pos), codegen
+
+
+@intrinsic
+def nonzero_bits(typingctx, arr, j0):
+    """Bit t set where ``arr[j0 + t] != 0``, t < 64 (uint8; the caller keeps j0 + 64 <= size)."""
+    if not _byte_array(arr):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vec = _load64(context, builder, signature.args[0], args[0], args[1])
+        return builder.bitcast(builder.icmp_unsigned("!=", vec, ir.Constant(_V8, [0] * LANES)), _I64)
+
+    return types.uint64(arr, j0), codegen
+
+
+def prefix_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(is_set, count) (256, 8) float64: for an 8-bit mask m, ``is_set[m, l]`` = bit l of m and
+    ``count[m, l]`` = the set bits of m up to and including l where bit l is set, else 0 (the
+    relevant items' counts inside a group of 8 ranks, for :func:`ap_block`)."""
+    m = np.arange(256)[:, None]
+    bits = (m >> np.arange(8)[None, :]) & 1
+    return bits.astype(np.float64), (np.cumsum(bits, axis=1) * bits).astype(np.float64)
+
+
+@intrinsic
+def ap_block(typingctx, bits, before, rank0, inv, is_set, count, acc):
+    """AP@all's sum over 64 consecutive ranks ``rank0 + 1 .. rank0 + 64``, bit t of ``bits``
+    marking a relevant item at rank rank0 + t + 1, ``before`` relevant items ranked above them:
+    the m-th relevant item at rank p adds m / p = m * inv[p - 1], into ``acc`` (32 float64: four
+    vectors of 8 lanes, so that the adds do not wait on each other). Returns ``before`` plus the
+    set bits. ``inv`` must hold rank0 + 64 entries (masked lanes read, and multiply by 0, the
+    entries past the last rank); ``is_set`` and ``count`` are :func:`prefix_tables`."""
+    sig = types.int64(bits, before, rank0, inv, is_set, count, acc)
+
+    def codegen(context, builder, signature, args):
+        b, h, r0, iv, ts, tc, ac = args
+        inv_d = _data(context, builder, signature.args[3], iv)
+        set_d = _data(context, builder, signature.args[4], ts)
+        cnt_d = _data(context, builder, signature.args[5], tc)
+        acc_d = _data(context, builder, signature.args[6], ac)
+        accp = [builder.bitcast(builder.gep(acc_d, [ir.Constant(_I64, 8 * q)]), _VD.as_pointer()) for q in range(4)]
+        accs = [builder.load(p, align=8) for p in accp]
+        popcount = builder.module.declare_intrinsic("llvm.ctpop", [_I64])
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VD, [_VD, _VD, _VD]), "llvm.fma.v8f64")
+        for g in range(8):
+            m = builder.and_(builder.lshr(b, ir.Constant(_I64, 8 * g)), ir.Constant(_I64, 255))
+            row = builder.shl(m, ir.Constant(_I64, 3))
+            s = builder.load(builder.bitcast(builder.gep(set_d, [row]), _VD.as_pointer()), align=8)
+            c = builder.load(builder.bitcast(builder.gep(cnt_d, [row]), _VD.as_pointer()), align=8)
+            p = builder.gep(inv_d, [builder.add(r0, ir.Constant(_I64, 8 * g))])
+            iv8 = builder.load(builder.bitcast(p, _VD.as_pointer()), align=8)
+            m_th = builder.call(fma, [_splat(builder, builder.sitofp(h, _F64), _VD), s, c])  # before + count, or 0
+            accs[g % 4] = builder.call(fma, [m_th, iv8, accs[g % 4]])
+            h = builder.add(h, builder.call(popcount, [m]))
+        for p, a in zip(accp, accs, strict=True):
+            builder.store(a, p, align=8)
+        return h
+
+    return sig, codegen
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -320,6 +503,79 @@ def ranked_stats(keys, H, need_all, ap_ks, pk, ranked, inv, w, ap_all, ap_k, hit
                         ra[p] = key & 1
                     pa[d] = p + one
         _head_stats(ra, inv, ap_ks, pk, ap_k[i], hits[i])
+
+
+@njit(**_JIT)
+def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, head, inv, is_set, count, acc,
+                      ap_all, ap_k, hits):  # pragma: no cover - compiled
+    """:func:`ranked_stats` from 64-item blocks (the AVX-512 blocks above): the same
+    counting sort by distance, database order inside, AP@all from 8 ranks a multiply-add (to
+    float rounding of :func:`ranked_stats`: the additions go in another order), AP@k and P@K
+    from the same ranked relevance (equal).
+
+    Buckets lie in ``buf`` (uint8) with 64 free bytes past each (:func:`place_block` stores
+    whole vectors). ``exact``: ``H`` holds the key counts (:func:`key_counts`) and the buckets lie
+    end to end, ``buf`` of ndb + 64 * nv bytes; else each bucket has room for every item, ``buf``
+    of nv * (ndb + 64) bytes, no counting pass is needed, and ``H`` (zeros) is filled here.
+    ``head`` (kmax,) uint8 scratch; ``inv[p] = 1 / (p + 1)`` with 64 entries past ndb (any
+    finite value); ``is_set``, ``count`` from :func:`prefix_tables`; ``acc`` (32,) float64."""
+    r, ndb = keys.shape
+    nv = H.shape[1] // 2
+    kmax = 0
+    if ap_ks.size:
+        kmax = max(kmax, ap_ks[-1])
+    if pk.size:
+        kmax = max(kmax, pk[-1])
+    start = np.empty(nv, np.int64)
+    pos = np.empty(nv, np.int64)
+    nfull = ndb - ndb % LANES
+    one = np.uint64(1)
+    for i in range(r):
+        Hi = H[i]
+        ki = keys[i]
+        s = 0
+        for d in range(nv):
+            if exact:
+                start[d] = s + LANES * d
+                s += Hi[2 * d] + Hi[2 * d + 1]
+            else:
+                start[d] = d * (ndb + LANES)
+            pos[d] = start[d]
+        for j0 in range(0, nfull, LANES):
+            kr = block_key_range(ki, j0)
+            place_block(ki, j0, kr >> 9, (kr & 255) >> 1, buf, pos)
+        for j in range(nfull, ndb):
+            key = ki[j]
+            d = _half(key)
+            buf[pos[d]] = key & 1
+            pos[d] += 1
+        acc[:] = 0.0
+        h = 0  # relevant items ranked so far
+        rank0 = 0  # items ranked so far
+        for d in range(nv):
+            n = pos[d] - start[d]
+            before = h
+            for t in range(0, n, LANES):
+                bits = nonzero_bits(buf, start[d] + t)
+                if n - t < LANES:
+                    bits &= (one << np.uint64(n - t)) - one
+                if need_all:
+                    h = ap_block(bits, h, rank0 + t, inv, is_set, count, acc)
+                else:
+                    h += _popcnt(bits)
+            if not exact:
+                Hi[2 * d] = n - (h - before)
+                Hi[2 * d + 1] = h - before
+            if rank0 < kmax:
+                m = min(n, kmax - rank0)
+                head[rank0:rank0 + m] = buf[start[d]:start[d] + m]
+            rank0 += n
+        if need_all:
+            tot = 0.0
+            for q in range(acc.size):
+                tot += acc[q]
+            ap_all[i] = tot / h if h > 0 else 0.0
+        _head_stats(head, inv, ap_ks, pk, ap_k[i], hits[i])
 
 
 @njit(**_JIT)

@@ -44,6 +44,12 @@ from pipeline.eval.tasks import TASKS
 DEFAULT_PK: tuple[int, ...] = (1, 5, 10, 20, 50) + tuple(range(100, 5001, 100))
 #: Scratch bytes per (query, item) pair of a counting chunk: relevance and key.
 _FULL_BYTES_PER_PAIR = 2
+#: Bytes past every distance's bucket that the vector kernel may write, and past the last rank
+#: that it may read (whole 64-byte vectors).
+_SIMD_PAD = 64
+#: Most bytes of one thread's buckets with room for every item in each (nv * (ndb + 64): 7.6 MB
+#: for 64-bit codes and 117,000 items); bigger problems count first and lay the buckets end to end.
+_SIMD_BUCKET_BYTES = 64 << 20
 #: The head of the ranking (top-k path) is enough while max(k) is below this fraction of ndb.
 _HEAD_FRACTION = 0.25
 #: Scratch bytes per (query, item) pair of a NumPy chunk (order, ranked relevance, prefix counts,
@@ -146,23 +152,38 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
                 numpy_kernels.ranked_stats(rel, dist, nv, head_ks, pk_sorted, ap_all[t, s:e], ap_head[t, s:e],
                                            hits[t, s:e], None if counts is None else counts[t, s:e])
     elif counting:
-        inv = 1.0 / np.arange(1, ndb + 1, dtype=np.float64)  # 1 / rank
+        inv = 1.0 / np.arange(1, ndb + 1 + _SIMD_PAD, dtype=np.float64)  # 1 / rank (and a pad the vectors may read)
         dblT = np.ascontiguousarray(dblw.T)
         rows = chunk_size or chunk_rows(ndb, _FULL_BYTES_PER_PAIR, memory_budget, n_threads)
+        # the vector kernel (AVX-512) where the CPU has it and keys are bytes (up to 127 bits); with
+        # room for every item in each distance's bucket while that fits _SIMD_BUCKET_BYTES a
+        # thread (no counting pass), else the buckets laid end to end after a counting pass
+        simd = kernels.SIMD and p0.key_dtype == np.uint8
+        exact = nv * (ndb + _SIMD_PAD) > _SIMD_BUCKET_BYTES
+        if simd:
+            is_set, count = kernels.prefix_tables()
 
         def fn(s: int, e: int, sc: Scratch) -> None:
             r = e - s
             rel = sc.get("rel", (r, ndb), np.uint8)
             kernels.relevance(qlw[s:e], dblT, rel)
-            ranked = sc.get("ranked", (2, ndb), np.uint8)
-            w = sc.get("w", (ndb,), np.float64)
             keys = sc.get("keys", (r, ndb), p0.key_dtype)
             for t, p in enumerate(preps):
                 kernels.keys(p.qw[s:e], p.dbT, rel, keys)
                 H = sc.zeros("H", (r, 2 * nv), np.int64)
-                kernels.key_counts(keys, H)
-                kernels.ranked_stats(keys, H, need_all, head_ks, pk_sorted, ranked, inv, w, ap_all[t, s:e],
-                                     ap_head[t, s:e], hits[t, s:e])
+                if simd:
+                    if exact:
+                        kernels.key_counts(keys, H)
+                    buf = sc.get("buckets", (ndb + _SIMD_PAD * nv if exact else nv * (ndb + _SIMD_PAD),), np.uint8)
+                    kernels.ranked_stats_simd(keys, H, exact, need_all, head_ks, pk_sorted, buf,
+                                              sc.get("head", (max(kmax, 1),), np.uint8), inv, is_set, count,
+                                              sc.get("acc", (32,), np.float64), ap_all[t, s:e], ap_head[t, s:e],
+                                              hits[t, s:e])
+                else:
+                    kernels.key_counts(keys, H)
+                    kernels.ranked_stats(keys, H, need_all, head_ks, pk_sorted, sc.get("ranked", (2, ndb), np.uint8),
+                                         inv, sc.get("w", (ndb,), np.float64), ap_all[t, s:e], ap_head[t, s:e],
+                                         hits[t, s:e])
                 if counts is not None:
                     counts[t, s:e] = H.reshape(r, nv, 2)
     else:
