@@ -179,6 +179,7 @@ def kernel_parts(codes_path: Path, n: int) -> None:
                                query_ids=None if c.query_ids is None else c.query_ids[:n])
     names = {"relevance": "relevance (once for the 4 tasks)", "keys": "keys (distance, relevance)",
              "key_counts": "key histogram", "ranked_stats": "counting sort + AP@all, AP@k, P@K",
+             "ranked_stats_simd": "counting sort + AP@all, AP@k, P@K (AVX-512)",
              "pair_ranks_words": "RecallOne@K pair ranks", "pair_ranks": "RecallOne@K pair ranks (2+ words)",
              "distances": "distances (RecallOne@K, 2+ words)"}
     timed_in = {**{k: kernels for k in names}, "paired_recall_one": metrics}

@@ -183,6 +183,33 @@ def block_key_range(typingctx, keys, j0):
     return types.int64(keys, j0), codegen
 
 
+def _emit_buckets(context, builder, values, bit, first, lo, hi, step, odata, pdata):
+    """The loop of :func:`place_block`: for d in lo..hi, the lanes where ``values`` equal
+    ``first + step * (d - lo)`` (one vector compared, stepped by ``step``: no broadcast a step)
+    have their ``bit`` packed and stored whole at ``out[pos[d]]``, and ``pos[d]`` advances."""
+    compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8, _V1, _V8]),
+                                              "llvm.experimental.vector.compress.v64i8")
+    popcount = builder.module.declare_intrinsic("llvm.ctpop", [_I64])
+    want = cgutils.alloca_once(builder, _V8)
+    builder.store(_splat(builder, first, _V8), want)
+    inc = _splat(builder, ir.Constant(_I8, step), _V8)
+    with cgutils.for_range(builder, builder.add(builder.sub(hi, lo), ir.Constant(_I64, 1))) as loop:
+        d = builder.add(lo, loop.index)
+        w = builder.load(want)
+        builder.store(builder.add(w, inc), want)
+        mask = builder.icmp_unsigned("==", values, w)
+        n = builder.call(popcount, [builder.bitcast(mask, _I64)])
+        packed = builder.call(compress, [bit, mask, ir.Constant(_V8, ir.Undefined)])
+        pp = builder.gep(pdata, [d])
+        at = builder.load(pp)
+        builder.store(packed, builder.bitcast(builder.gep(odata, [at]), _V8.as_pointer()), align=1)
+        builder.store(builder.add(at, n), pp)
+
+
+def _positions(pos) -> bool:
+    return isinstance(pos, types.Array) and pos.ndim == 1 and pos.dtype == types.int64
+
+
 @intrinsic
 def place_block(typingctx, keys, j0, lo, hi, out, pos):
     """One block of the counting sort: for each distance d in lo..hi, the relevance bits (key & 1)
@@ -192,7 +219,7 @@ def place_block(typingctx, keys, j0, lo, hi, out, pos):
     Each packed vector is stored whole, 64 bytes: the bytes past the items are garbage, which the
     bucket's next store overwrites or which lies in the 64 bytes the caller leaves free past every
     bucket (so ``out`` must hold pos[d] + 64 for every d at every call)."""
-    if not (_byte_array(keys) and _byte_array(out) and isinstance(pos, types.Array) and pos.dtype == types.int64):
+    if not (_byte_array(keys) and _byte_array(out) and _positions(pos)):
         return None
 
     def codegen(context, builder, signature, args):
@@ -200,25 +227,9 @@ def place_block(typingctx, keys, j0, lo, hi, out, pos):
         vec = _load64(context, builder, signature.args[0], k, j)
         dist2 = builder.and_(vec, _splat(builder, ir.Constant(_I8, 0xFE), _V8))  # 2 * distance
         bit = builder.and_(vec, _splat(builder, ir.Constant(_I8, 1), _V8))
-        odata = _data(context, builder, signature.args[4], o)
-        pdata = _data(context, builder, signature.args[5], ps)
-        compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8, _V1, _V8]),
-                                                  "llvm.experimental.vector.compress.v64i8")
-        popcount = builder.module.declare_intrinsic("llvm.ctpop", [_I64])
-        want = cgutils.alloca_once(builder, _V8)  # 2 * d for every lane, stepped by 2 (no broadcast a step)
-        builder.store(_splat(builder, builder.trunc(builder.shl(lo_, ir.Constant(_I64, 1)), _I8), _V8), want)
-        two = _splat(builder, ir.Constant(_I8, 2), _V8)
-        with cgutils.for_range(builder, builder.add(builder.sub(hi_, lo_), ir.Constant(_I64, 1))) as loop:
-            d = builder.add(lo_, loop.index)
-            w = builder.load(want)
-            builder.store(builder.add(w, two), want)
-            mask = builder.icmp_unsigned("==", dist2, w)
-            n = builder.call(popcount, [builder.bitcast(mask, _I64)])
-            packed = builder.call(compress, [bit, mask, ir.Constant(_V8, ir.Undefined)])
-            pp = builder.gep(pdata, [d])
-            at = builder.load(pp)
-            builder.store(packed, builder.bitcast(builder.gep(odata, [at]), _V8.as_pointer()), align=1)
-            builder.store(builder.add(at, n), pp)
+        first = builder.trunc(builder.shl(lo_, ir.Constant(_I64, 1)), _I8)
+        _emit_buckets(context, builder, dist2, bit, first, lo_, hi_, 2, _data(context, builder, signature.args[4], o),
+                      _data(context, builder, signature.args[5], ps))
         return context.get_dummy_value()
 
     return types.void(keys, j0, lo, hi, out, pos), codegen
@@ -505,42 +516,81 @@ def ranked_stats(keys, H, need_all, ap_ks, pk, ranked, inv, w, ap_all, ap_k, hit
         _head_stats(ra, inv, ap_ks, pk, ap_k[i], hits[i])
 
 
+@njit(**_JIT, inline="always")
+def _simd_starts(Hi, exact, ndb, start, pos):  # pragma: no cover - compiled
+    """Where each distance's bucket starts in the buffer of :func:`ranked_stats_simd` (``pos``
+    too): end to end from the key counts ``Hi`` with 64 bytes free past each (``exact``), or
+    ndb + 64 bytes apart."""
+    s = 0
+    for d in range(start.size):
+        if exact:
+            start[d] = s + LANES * d
+            s += Hi[2 * d] + Hi[2 * d + 1]
+        else:
+            start[d] = d * (ndb + LANES)
+        pos[d] = start[d]
+
+
+@njit(**_JIT, inline="always")
+def _simd_row_stats(buf, start, pos, Hi, exact, need_all, ap_ks, pk, kmax, head, inv, is_set, count, acc,
+                    ap_row, hits_row):  # pragma: no cover - compiled
+    """One row's numbers from its placed buckets (``pos[d]``: the end of bucket d): AP@all (when
+    ``need_all``; returned, else 0), the relevant count of each bucket (into ``Hi`` unless
+    ``exact``, where ``Hi`` already holds them), and AP@k and P@K from the head of the ranking."""
+    one = np.uint64(1)
+    acc[:] = 0.0
+    h = 0  # relevant items ranked so far
+    rank0 = 0  # items ranked so far
+    for d in range(start.size):
+        n = pos[d] - start[d]
+        before = h
+        for t in range(0, n, LANES):
+            bits = nonzero_bits(buf, start[d] + t)
+            if n - t < LANES:
+                bits &= (one << np.uint64(n - t)) - one
+            if need_all:
+                h = ap_block(bits, h, rank0 + t, inv, is_set, count, acc)
+            else:
+                h += _popcnt(bits)
+        if not exact:
+            Hi[2 * d] = n - (h - before)
+            Hi[2 * d + 1] = h - before
+        if rank0 < kmax:
+            m = min(n, kmax - rank0)
+            head[rank0:rank0 + m] = buf[start[d]:start[d] + m]
+        rank0 += n
+    _head_stats(head, inv, ap_ks, pk, ap_row, hits_row)
+    if not need_all or h == 0:
+        return 0.0
+    tot = 0.0
+    for q in range(acc.size):
+        tot += acc[q]
+    return tot / h
+
+
 @njit(**_JIT)
 def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, head, inv, is_set, count, acc,
                       ap_all, ap_k, hits):  # pragma: no cover - compiled
-    """:func:`ranked_stats` from 64-item blocks (the AVX-512 blocks above): the same
-    counting sort by distance, database order inside, AP@all from 8 ranks a multiply-add (to
-    float rounding of :func:`ranked_stats`: the additions go in another order), AP@k and P@K
-    from the same ranked relevance (equal).
+    """:func:`ranked_stats` from 64-item blocks (the AVX-512 blocks above): the same counting sort
+    by distance, database order inside, AP@all from 8 ranks a multiply-add (to float rounding of
+    :func:`ranked_stats`: the additions go in another order), AP@k and P@K from the same ranked
+    relevance (equal).
 
-    Buckets lie in ``buf`` (uint8) with 64 free bytes past each (:func:`place_block` stores
-    whole vectors). ``exact``: ``H`` holds the key counts (:func:`key_counts`) and the buckets lie
-    end to end, ``buf`` of ndb + 64 * nv bytes; else each bucket has room for every item, ``buf``
-    of nv * (ndb + 64) bytes, no counting pass is needed, and ``H`` (zeros) is filled here.
-    ``head`` (kmax,) uint8 scratch; ``inv[p] = 1 / (p + 1)`` with 64 entries past ndb (any
-    finite value); ``is_set``, ``count`` from :func:`prefix_tables`; ``acc`` (32,) float64."""
+    Buckets lie in ``buf`` (uint8) with 64 free bytes past each (:func:`place_block` stores whole
+    vectors). ``exact``: ``H`` holds the key counts (:func:`key_counts`) and the buckets lie end
+    to end, ``buf`` of ndb + 64 * nv bytes; else each bucket has room for every item, ``buf`` of
+    nv * (ndb + 64) bytes, no counting pass is needed, and ``H`` (zeros) is filled here. ``head``
+    (kmax,) uint8 scratch; ``inv[p] = 1 / (p + 1)`` with 64 entries past ndb (any finite value);
+    ``is_set``, ``count`` from :func:`prefix_tables`; ``acc`` (32,) float64."""
     r, ndb = keys.shape
     nv = H.shape[1] // 2
-    kmax = 0
-    if ap_ks.size:
-        kmax = max(kmax, ap_ks[-1])
-    if pk.size:
-        kmax = max(kmax, pk[-1])
+    kmax = max(ap_ks[-1] if ap_ks.size else 0, pk[-1] if pk.size else 0)
     start = np.empty(nv, np.int64)
     pos = np.empty(nv, np.int64)
     nfull = ndb - ndb % LANES
-    one = np.uint64(1)
     for i in range(r):
-        Hi = H[i]
         ki = keys[i]
-        s = 0
-        for d in range(nv):
-            if exact:
-                start[d] = s + LANES * d
-                s += Hi[2 * d] + Hi[2 * d + 1]
-            else:
-                start[d] = d * (ndb + LANES)
-            pos[d] = start[d]
+        _simd_starts(H[i], exact, ndb, start, pos)
         for j0 in range(0, nfull, LANES):
             kr = block_key_range(ki, j0)
             place_block(ki, j0, kr >> 9, (kr & 255) >> 1, buf, pos)
@@ -549,33 +599,8 @@ def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, head, inv, is_se
             d = _half(key)
             buf[pos[d]] = key & 1
             pos[d] += 1
-        acc[:] = 0.0
-        h = 0  # relevant items ranked so far
-        rank0 = 0  # items ranked so far
-        for d in range(nv):
-            n = pos[d] - start[d]
-            before = h
-            for t in range(0, n, LANES):
-                bits = nonzero_bits(buf, start[d] + t)
-                if n - t < LANES:
-                    bits &= (one << np.uint64(n - t)) - one
-                if need_all:
-                    h = ap_block(bits, h, rank0 + t, inv, is_set, count, acc)
-                else:
-                    h += _popcnt(bits)
-            if not exact:
-                Hi[2 * d] = n - (h - before)
-                Hi[2 * d + 1] = h - before
-            if rank0 < kmax:
-                m = min(n, kmax - rank0)
-                head[rank0:rank0 + m] = buf[start[d]:start[d] + m]
-            rank0 += n
-        if need_all:
-            tot = 0.0
-            for q in range(acc.size):
-                tot += acc[q]
-            ap_all[i] = tot / h if h > 0 else 0.0
-        _head_stats(head, inv, ap_ks, pk, ap_k[i], hits[i])
+        ap_all[i] = _simd_row_stats(buf, start, pos, H[i], exact, need_all, ap_ks, pk, kmax, head, inv, is_set,
+                                    count, acc, ap_k[i], hits[i])
 
 
 @njit(**_JIT)
