@@ -271,3 +271,24 @@ def test_rank_metrics_same_with_and_without_the_vector_kernel(monkeypatch):
             np.testing.assert_allclose(got["ap"][k], ref["ap"][k], rtol=1e-13, atol=0)
         for k in ref["pr"]:
             np.testing.assert_array_equal(got["pr"][k], ref["pr"][k])
+
+
+def test_pair_ranks_words_across_database_blocks():
+    """The own pair's rank (items closer, or as close with a smaller row) when the database spans
+    several blocks and the pair sits at a block's edges; against a NumPy count."""
+    rng = np.random.default_rng(9)
+    B = kernels.BLOCK
+    ndb = 2 * B + 37
+    db0 = rng.integers(0, 2 ** 12, ndb, dtype=np.uint64)  # 12 bits: many ties
+    pair = np.array([0, B - 1, B, B + 1, 2 * B, ndb - 1, 777, -1, 5000], np.int64)
+    qw = rng.integers(0, 2 ** 12, (pair.size, 1), dtype=np.uint64)
+    out = np.zeros(pair.size, np.int64)
+    kernels.pair_ranks_words(qw, db0, pair, out)
+    d = np.array([[bin(int(a) ^ int(b)).count("1") for b in db0] for a in qw[:, 0]])
+    for i, p in enumerate(pair):
+        if p < 0:
+            assert out[i] == -1
+            continue
+        rows = np.arange(ndb)
+        want = int(((d[i] < d[i, p]) | ((d[i] == d[i, p]) & (rows < p))).sum())
+        assert out[i] == want, (i, p)
