@@ -292,3 +292,21 @@ def test_pair_ranks_words_across_database_blocks():
         rows = np.arange(ndb)
         want = int(((d[i] < d[i, p]) | ((d[i] == d[i, p]) & (rows < p))).sum())
         assert out[i] == want, (i, p)
+
+
+@needs_simd
+@pytest.mark.parametrize("ndb", [1, 64, 200, 2 * kernels.BLOCK + 70])
+def test_keys_simd_equals_keys(ndb):
+    """Keys of one-word codes from the 512-bit blocks equal the scalar kernel's, across database
+    blocks and with a tail of fewer than 64 items."""
+    rng = np.random.default_rng(ndb)
+    r = 5
+    qw = rng.integers(0, 2 ** 63, (r, 1), dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # all 64 bits used
+    db = rng.integers(0, 2 ** 63, (1, ndb), dtype=np.uint64) * np.uint64(2)
+    rel = (rng.random((r, ndb)) < 0.5).astype(np.uint8)
+    want, got = np.empty((r, ndb), np.uint8), np.empty((r, ndb), np.uint8)
+    kernels.keys(qw, db, rel, want)
+    kernels.keys_simd(qw, db[0], rel, got)
+    assert np.array_equal(got, want)
+    d = np.array([[bin(int(a) ^ int(b)).count("1") for b in db[0]] for a in qw[:, 0]])
+    assert np.array_equal(want, 2 * d + rel)

@@ -17,6 +17,7 @@ unless the process has loaded them already (:func:`compiled_engine`).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import threading
@@ -69,7 +70,7 @@ class Scratch:
         self._bufs: dict[str, np.ndarray] = {}
 
     def get(self, name: str, shape: tuple[int, ...], dtype: np.dtype | type) -> np.ndarray:
-        n = int(np.prod(shape, dtype=np.int64))
+        n = math.prod(shape)  # (np.prod took ~8% of a counting chunk's time: ~20 us a call)
         dt = np.dtype(dtype)
         buf = self._bufs.get(name)
         if buf is None or buf.dtype != dt or buf.size < n:

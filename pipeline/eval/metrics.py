@@ -169,7 +169,10 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
             kernels.relevance(qlw[s:e], dblT, rel)
             keys = sc.get("keys", (r, ndb), p0.key_dtype)
             for t, p in enumerate(preps):
-                kernels.keys(p.qw[s:e], p.dbT, rel, keys)
+                if simd and p.qw.shape[1] == 1:  # up to 64 bits: 8 keys a 512-bit popcount
+                    kernels.keys_simd(p.qw[s:e], p.dbT[0], rel, keys)
+                else:
+                    kernels.keys(p.qw[s:e], p.dbT, rel, keys)
                 H = sc.zeros("H", (r, 2 * nv), np.int64)
                 if simd:
                     if exact:
