@@ -214,12 +214,10 @@ def _vector(keys, nv, need_all, ap_ks, pk, exact):
     if exact:
         kernels.key_counts(keys, H)
     buf = np.full(ndb + 64 * nv if exact else nv * (ndb + 64), 99, np.uint8)  # garbage where not written
-    kmax = max(ap_ks.tolist() + pk.tolist() + [1])
     out = np.zeros(r), np.zeros((r, ap_ks.size)), np.zeros((r, pk.size), np.int64)
     inv = 1.0 / np.arange(1, ndb + 64 + 1)
     is_set, count = kernels.prefix_tables()
-    kernels.ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, np.empty(kmax, np.uint8), inv, is_set, count,
-                              np.zeros(32), *out)
+    kernels.ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, inv, is_set, count, np.zeros(32), *out)
     return H, out
 
 
@@ -228,8 +226,9 @@ def _vector(keys, nv, need_all, ap_ks, pk, exact):
 @pytest.mark.parametrize("exact", [True, False])
 @pytest.mark.parametrize("need_all", [True, False])
 def test_ranked_stats_simd_equals_the_scalar_kernel(ndb, exact, need_all):
-    """Many ties (8 bits: 9 distances), rows with no relevant item and rows all relevant; every
-    count, AP@k and P@K equal, AP@all to float rounding (its additions go in another order)."""
+    """Many ties (8 bits: 9 distances), rows with no relevant item and rows all relevant, cut-offs
+    at and around 64-rank blocks' edges (several in one block, AP@k and P@K at the same k); the
+    counts and P@K equal, AP@all and AP@k to float rounding (their additions go in another order)."""
     rng = np.random.default_rng(ndb)
     r, bits = 7, 8
     nv = bits + 1
@@ -237,12 +236,13 @@ def test_ranked_stats_simd_equals_the_scalar_kernel(ndb, exact, need_all):
     keys[1] &= 0xFE  # no relevant item
     keys[2] |= 1  # every item relevant
     keys[3] = 2 * 4 + (np.arange(ndb) % 2)  # one distance only
-    ap_ks = np.array(sorted({min(k, ndb) for k in (1, 5, 50)}), np.int64)
-    pk = np.array(sorted({min(k, ndb) for k in (1, 10, 100, 500)}), np.int64)
+    ap_ks = np.array(sorted({min(k, ndb) for k in (1, 5, 50, 64, 65)}), np.int64)
+    pk = np.array(sorted({min(k, ndb) for k in (1, 10, 63, 64, 100, 128, 500, ndb)}), np.int64)
     H0, (all0, apk0, hits0) = _scalar(keys, nv, need_all, ap_ks, pk)
     H1, (all1, apk1, hits1) = _vector(keys, nv, need_all, ap_ks, pk, exact)
     assert np.array_equal(H1, H0)
-    assert np.array_equal(apk1, apk0) and np.array_equal(hits1, hits0)
+    assert np.array_equal(hits1, hits0)
+    np.testing.assert_allclose(apk1, apk0, rtol=1e-13, atol=0)
     np.testing.assert_allclose(all1, all0, rtol=1e-13, atol=0)
     assert all1[1] == 0.0 and (not need_all or all1[2] == 1.0)
 

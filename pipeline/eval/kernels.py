@@ -585,12 +585,26 @@ def _simd_starts(Hi, exact, ndb, start, pos):  # pragma: no cover - compiled
 
 
 @njit(**_JIT, inline="always")
-def _simd_row_stats(buf, start, pos, Hi, exact, need_all, ap_ks, pk, kmax, head, inv, is_set, count, acc,
+def _acc_total(acc):  # pragma: no cover - compiled
+    tot = 0.0
+    for q in range(acc.size):
+        tot += acc[q]
+    return tot
+
+
+@njit(**_JIT, inline="always")
+def _simd_row_stats(buf, start, pos, Hi, exact, need_all, ap_ks, pk, inv, is_set, count, acc,
                     ap_row, hits_row):  # pragma: no cover - compiled
-    """One row's numbers from its placed buckets (``pos[d]``: the end of bucket d): AP@all (when
-    ``need_all``; returned, else 0), the relevant count of each bucket (into ``Hi`` unless
-    ``exact``, where ``Hi`` already holds them), and AP@k and P@K from the head of the ranking."""
+    """One row's numbers from its placed buckets (``pos[d]``: the end of bucket d), in one pass
+    over the ranks, 64 at a time: AP@all (when ``need_all``; returned, else 0), the relevant count
+    of each bucket (into ``Hi`` unless ``exact``, where ``Hi`` holds them already), and at each
+    cut-off k of ``ap_ks`` and ``pk`` (ascending) AP@k and the relevant items in the top k: a block
+    holding a cut-off is added in two parts, the ranks up to k first."""
     one = np.uint64(1)
+    na, npk = ap_ks.size, pk.size
+    kap = ap_ks[-1] if na else 0  # AP sums are needed up to this rank (all of them with need_all)
+    a = 0
+    b = 0
     acc[:] = 0.0
     h = 0  # relevant items ranked so far
     rank0 = 0  # items ranked so far
@@ -598,46 +612,51 @@ def _simd_row_stats(buf, start, pos, Hi, exact, need_all, ap_ks, pk, kmax, head,
         n = pos[d] - start[d]
         before = h
         for t in range(0, n, LANES):
+            r0 = rank0 + t
+            nb = min(LANES, n - t)
             bits = nonzero_bits(buf, start[d] + t)
-            if n - t < LANES:
-                bits &= (one << np.uint64(n - t)) - one
-            if need_all:
-                h = ap_block(bits, h, rank0 + t, inv, is_set, count, acc)
-            else:
-                h += _popcnt(bits)
+            if nb < LANES:
+                bits &= (one << np.uint64(nb)) - one
+            sums = need_all or r0 < kap
+            while a < na or b < npk:  # the cut-offs within ranks r0 + 1 .. r0 + nb
+                k = ap_ks[a] if a < na else pk[b]
+                if b < npk and pk[b] < k:
+                    k = pk[b]
+                if k > r0 + nb:
+                    break
+                low = bits if k - r0 == LANES else bits & ((one << np.uint64(k - r0)) - one)
+                bits &= ~low
+                h = ap_block(low, h, r0, inv, is_set, count, acc) if sums else h + _popcnt(low)
+                while a < na and ap_ks[a] == k:
+                    ap_row[a] = _acc_total(acc) / h if h > 0 else 0.0
+                    a += 1
+                while b < npk and pk[b] == k:
+                    hits_row[b] = h
+                    b += 1
+            h = ap_block(bits, h, r0, inv, is_set, count, acc) if sums else h + _popcnt(bits)
         if not exact:
             Hi[2 * d] = n - (h - before)
             Hi[2 * d + 1] = h - before
-        if rank0 < kmax:
-            m = min(n, kmax - rank0)
-            head[rank0:rank0 + m] = buf[start[d]:start[d] + m]
         rank0 += n
-    _head_stats(head, inv, ap_ks, pk, ap_row, hits_row)
-    if not need_all or h == 0:
-        return 0.0
-    tot = 0.0
-    for q in range(acc.size):
-        tot += acc[q]
-    return tot / h
+    return _acc_total(acc) / h if need_all and h > 0 else 0.0
 
 
 @njit(**_JIT)
-def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, head, inv, is_set, count, acc,
+def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, inv, is_set, count, acc,
                       ap_all, ap_k, hits):  # pragma: no cover - compiled
     """:func:`ranked_stats` from 64-item blocks (the AVX-512 blocks above): the same counting sort
-    by distance, database order inside, AP@all from 8 ranks a multiply-add (to float rounding of
-    :func:`ranked_stats`: the additions go in another order), AP@k and P@K from the same ranked
-    relevance (equal).
+    by distance, database order inside, then one pass over the ranks for AP@all, AP@k (8 ranks a
+    multiply-add: to float rounding of :func:`ranked_stats`, whose additions go in another order)
+    and the relevant counts of P@K (equal).
 
     Buckets lie in ``buf`` (uint8) with 64 free bytes past each (:func:`place_block` stores whole
     vectors). ``exact``: ``H`` holds the key counts (:func:`key_counts`) and the buckets lie end
     to end, ``buf`` of ndb + 64 * nv bytes; else each bucket has room for every item, ``buf`` of
-    nv * (ndb + 64) bytes, no counting pass is needed, and ``H`` (zeros) is filled here. ``head``
-    (kmax,) uint8 scratch; ``inv[p] = 1 / (p + 1)`` with 64 entries past ndb (any finite value);
-    ``is_set``, ``count`` from :func:`prefix_tables`; ``acc`` (32,) float64."""
+    nv * (ndb + 64) bytes, no counting pass is needed, and ``H`` (zeros) is filled here.
+    ``inv[p] = 1 / (p + 1)`` with 64 entries past ndb (any finite value); ``is_set``, ``count``
+    from :func:`prefix_tables`; ``acc`` (32,) float64 scratch."""
     r, ndb = keys.shape
     nv = H.shape[1] // 2
-    kmax = max(ap_ks[-1] if ap_ks.size else 0, pk[-1] if pk.size else 0)
     start = np.empty(nv, np.int64)
     pos = np.empty(nv, np.int64)
     nfull = ndb - ndb % LANES
@@ -652,8 +671,8 @@ def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, head, inv, is_se
             d = _half(key)
             buf[pos[d]] = key & 1
             pos[d] += 1
-        ap_all[i] = _simd_row_stats(buf, start, pos, H[i], exact, need_all, ap_ks, pk, kmax, head, inv, is_set,
-                                    count, acc, ap_k[i], hits[i])
+        ap_all[i] = _simd_row_stats(buf, start, pos, H[i], exact, need_all, ap_ks, pk, inv, is_set, count, acc,
+                                    ap_k[i], hits[i])
 
 
 @njit(**_JIT)

@@ -178,8 +178,7 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
                     if exact:
                         kernels.key_counts(keys, H)
                     buf = sc.get("buckets", (ndb + _SIMD_PAD * nv if exact else nv * (ndb + _SIMD_PAD),), np.uint8)
-                    kernels.ranked_stats_simd(keys, H, exact, need_all, head_ks, pk_sorted, buf,
-                                              sc.get("head", (max(kmax, 1),), np.uint8), inv, is_set, count,
+                    kernels.ranked_stats_simd(keys, H, exact, need_all, head_ks, pk_sorted, buf, inv, is_set, count,
                                               sc.get("acc", (32,), np.float64), ap_all[t, s:e], ap_head[t, s:e],
                                               hits[t, s:e])
                 else:
