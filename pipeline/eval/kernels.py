@@ -4,7 +4,9 @@ A Hamming distance takes only ``bits + 1`` values, so a ranking "by distance, ti
 database index" is a counting sort: one pass counts the items (and the relevant items) at each
 distance, the prefix sums give where each distance's bucket starts, and a second pass in database
 order hands out ranks inside each bucket. Every kernel here is O(n_db) per query, exact, with no
-comparison sort, and releases the GIL (the callers run query chunks on threads).
+comparison sort, and releases the GIL (the callers run query chunks on threads). On CPUs with
+AVX-512 VBMI2 the counting sort and the APs go 64 items at a time (the AVX-512 blocks below and
+:func:`ranked_stats_simd`), with the same numbers to float rounding.
 
 Codes and labels come as (n, words) ``uint64`` rows (:func:`pipeline.eval.words.words64`). The first pass walks the
 database in blocks of :data:`BLOCK` items, each block against all the rows of the chunk, so the

@@ -22,7 +22,8 @@ How (:mod:`pipeline.eval.kernels`; small problems take their NumPy twins,
 counts of irrelevant and relevant items at each distance give the PR curve outright, and their
 prefix sums say where each distance's bucket starts in the ranking; one counting pass in database
 order (the tie rule) then places every item's relevance at its rank, which gives mAP@all, every
-mAP@k and P@K exactly, in O(n_db) per query with no comparison sort. When only the head of the
+mAP@k and P@K exactly, in O(n_db) per query with no comparison sort (on CPUs with AVX-512 VBMI2,
+64 items at a time: :func:`pipeline.eval.kernels.ranked_stats_simd`). When only the head of the
 ranking matters (mAP@k, P@K for small k), the exact top-k selection is enough. Queries go in
 cache-sized chunks, on threads; the relevance of a chunk is computed once for all the tasks that
 share its labels (:func:`rank_metrics_tasks`).
