@@ -179,7 +179,8 @@ def kernel_parts(codes_path: Path, n: int) -> None:
     head = dataclasses.replace(c, query_image=c.query_image[:n], query_text=c.query_text[:n],
                                query_labels=c.query_labels[:n],
                                query_ids=None if c.query_ids is None else c.query_ids[:n])
-    names = {"relevance": "relevance (once for the 4 tasks)", "keys": "keys (distance, relevance)",
+    names = {"relevance": "relevance (once for the 4 tasks)", "relevance_simd": "relevance (once for the 4 tasks, AVX-512)",
+             "keys": "keys (distance, relevance)",
              "key_counts": "key histogram", "ranked_stats": "counting sort + AP@all, AP@k, P@K",
              "keys_simd": "keys (AVX-512)", "ranked_stats_simd": "counting sort + AP@all, AP@k, P@K (AVX-512)",
              "pair_ranks_words": "RecallOne@K pair ranks", "pair_ranks": "RecallOne@K pair ranks (2+ words)",

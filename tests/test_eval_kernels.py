@@ -310,3 +310,25 @@ def test_keys_simd_equals_keys(ndb):
     assert np.array_equal(got, want)
     d = np.array([[bin(int(a) ^ int(b)).count("1") for b in db[0]] for a in qw[:, 0]])
     assert np.array_equal(want, 2 * d + rel)
+
+
+@needs_simd
+@pytest.mark.parametrize("ndb,nl", [(1, 1), (64, 2), (200, 3), (2 * kernels.BLOCK + 70, 2)])
+def test_relevance_simd_equals_relevance(ndb, nl):
+    """Shares-a-label bytes from the 512-bit blocks equal the scalar kernel's and a NumPy test,
+    across database blocks, with a tail, for 1 to 3 label words, a query with no label too."""
+    rng = np.random.default_rng(ndb + nl)
+    r = 6
+
+    def sparse(shape):  # about one bit in eight set
+        return (rng.integers(0, 2 ** 63, shape, dtype=np.uint64) & rng.integers(0, 2 ** 63, shape, dtype=np.uint64)
+                & rng.integers(0, 2 ** 63, shape, dtype=np.uint64))
+
+    qlw, dblT = sparse((r, nl)) >> np.uint64(40), sparse((nl, ndb)) >> np.uint64(40)  # ~3 bits a word: some miss
+    qlw[0] = 0
+    want, got = np.empty((r, ndb), np.uint8), np.full((r, ndb), 7, np.uint8)
+    kernels.relevance(qlw, dblT, want)
+    kernels.relevance_simd(qlw, dblT, got)
+    assert np.array_equal(got, want)
+    assert np.array_equal(want, ((qlw[:, :, None] & dblT[None, :, :]) != 0).any(axis=1))
+    assert not want[0].any() and (ndb < 64 or 0 < want.mean() < 1)

@@ -167,7 +167,7 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
         def fn(s: int, e: int, sc: Scratch) -> None:
             r = e - s
             rel = sc.get("rel", (r, ndb), np.uint8)
-            kernels.relevance(qlw[s:e], dblT, rel)
+            (kernels.relevance_simd if simd else kernels.relevance)(qlw[s:e], dblT, rel)
             keys = sc.get("keys", (r, ndb), p0.key_dtype)
             for t, p in enumerate(preps):
                 if simd and p.qw.shape[1] == 1:  # up to 64 bits: 8 keys a 512-bit popcount
