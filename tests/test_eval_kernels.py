@@ -103,16 +103,8 @@ def _bits(arr, j0):
 
 
 @njit
-def _ap(bits, before, rank0, inv, is_set, count, acc):
-    return kernels.ap_block(bits, before, rank0, inv, is_set, count, acc)
-
-
-def test_prefix_tables_by_hand():
-    is_set, count = kernels.prefix_tables()
-    assert is_set.shape == count.shape == (256, 8)
-    assert is_set[0b1011].tolist() == [1, 1, 0, 1, 0, 0, 0, 0]
-    assert count[0b1011].tolist() == [1, 2, 0, 3, 0, 0, 0, 0]
-    assert count[255].tolist() == list(range(1, 9)) and not count[0].any()
+def _ap(bits, before, rank0, inv, acc):
+    return kernels.ap_block(bits, before, rank0, inv, acc)
 
 
 def test_available_follows_the_switch_and_the_cpu(monkeypatch):
@@ -183,9 +175,8 @@ def test_ap_block_adds_count_over_rank(before, rank0):
     rng = np.random.default_rng(rank0)
     bits = int(rng.integers(0, 2 ** 63)) | (1 << 63)
     inv = 1.0 / np.arange(1, rank0 + 64 + 1)
-    is_set, count = kernels.prefix_tables()
     acc = np.zeros(32)
-    after = _ap(np.uint64(bits), before, rank0, inv, is_set, count, acc)
+    after = _ap(np.uint64(bits), before, rank0, inv, acc)
     m, want = before, 0.0
     for t in range(64):
         if bits >> t & 1:
@@ -194,7 +185,7 @@ def test_ap_block_adds_count_over_rank(before, rank0):
     assert after == m
     assert acc.sum() == pytest.approx(want, rel=1e-14)
     acc2 = acc.copy()
-    assert _ap(np.uint64(0), after, rank0 + 64, np.concatenate([inv, np.ones(64)]), is_set, count, acc2) == after
+    assert _ap(np.uint64(0), after, rank0 + 64, np.concatenate([inv, np.ones(64)]), acc2) == after
     assert np.array_equal(acc2, acc)  # no relevant item: nothing added, whatever inv holds past the ranks
 
 
@@ -216,8 +207,7 @@ def _vector(keys, nv, need_all, ap_ks, pk, exact):
     buf = np.full(ndb + 64 * nv if exact else nv * (ndb + 64), 99, np.uint8)  # garbage where not written
     out = np.zeros(r), np.zeros((r, ap_ks.size)), np.zeros((r, pk.size), np.int64)
     inv = 1.0 / np.arange(1, ndb + 64 + 1)
-    is_set, count = kernels.prefix_tables()
-    kernels.ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, inv, is_set, count, np.zeros(32), *out)
+    kernels.ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, inv, np.zeros(32), *out)
     return H, out
 
 

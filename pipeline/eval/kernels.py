@@ -310,48 +310,40 @@ def nonzero_bits(typingctx, arr, j0):
     return types.uint64(arr, j0), codegen
 
 
-def prefix_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(is_set, count) (256, 8) float64: for an 8-bit mask m, ``is_set[m, l]`` = bit l of m and
-    ``count[m, l]`` = the set bits of m up to and including l where bit l is set, else 0 (the
-    relevant items' counts inside a group of 8 ranks, for :func:`ap_block`)."""
-    m = np.arange(256)[:, None]
-    bits = (m >> np.arange(8)[None, :]) & 1
-    return bits.astype(np.float64), (np.cumsum(bits, axis=1) * bits).astype(np.float64)
-
-
 @intrinsic
-def ap_block(typingctx, bits, before, rank0, inv, is_set, count, acc):
+def ap_block(typingctx, bits, before, rank0, inv, acc):
     """AP@all's sum over 64 consecutive ranks ``rank0 + 1 .. rank0 + 64``, bit t of ``bits``
     marking a relevant item at rank rank0 + t + 1, ``before`` relevant items ranked above them:
     the m-th relevant item at rank p adds m / p = m * inv[p - 1], into ``acc`` (32 float64: four
     vectors of 8 lanes, so that the adds do not wait on each other). Returns ``before`` plus the
-    set bits. ``inv`` must hold rank0 + 64 entries (masked lanes read, and multiply by 0, the
-    entries past the last rank); ``is_set`` and ``count`` are :func:`prefix_tables`."""
-    sig = types.int64(bits, before, rank0, inv, is_set, count, acc)
+    set bits. Each lane's m is ``before`` plus a popcount of ``bits`` below it (8 lanes a
+    512-bit popcount, none waiting on another), and the lanes without a relevant item are masked
+    out of the multiply-add. ``inv`` must hold rank0 + 64 entries (the masked lanes read the
+    entries past the last rank)."""
+    sig = types.int64(bits, before, rank0, inv, acc)
 
     def codegen(context, builder, signature, args):
-        b, h, r0, iv, ts, tc, ac = args
+        b, h, r0, iv, ac = args
+        v64 = ir.VectorType(_I64, 8)
         inv_d = _data(context, builder, signature.args[3], iv)
-        set_d = _data(context, builder, signature.args[4], ts)
-        cnt_d = _data(context, builder, signature.args[5], tc)
-        acc_d = _data(context, builder, signature.args[6], ac)
+        acc_d = _data(context, builder, signature.args[4], ac)
         accp = [builder.bitcast(builder.gep(acc_d, [ir.Constant(_I64, 8 * q)]), _VD.as_pointer()) for q in range(4)]
         accs = [builder.load(p, align=8) for p in accp]
         popcount = builder.module.declare_intrinsic("llvm.ctpop", [_I64])
+        popv = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v64, [v64]), "llvm.ctpop.v8i64")
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VD, [_VD, _VD, _VD]), "llvm.fma.v8f64")
+        all_bits = _splat(builder, b, v64)
+        hv = _splat(builder, builder.sitofp(h, _F64), _VD)
         for g in range(8):
-            m = builder.and_(builder.lshr(b, ir.Constant(_I64, 8 * g)), ir.Constant(_I64, 255))
-            row = builder.shl(m, ir.Constant(_I64, 3))
-            s = builder.load(builder.bitcast(builder.gep(set_d, [row]), _VD.as_pointer()), align=8)
-            c = builder.load(builder.bitcast(builder.gep(cnt_d, [row]), _VD.as_pointer()), align=8)
+            upto = ir.Constant(v64, [((2 << (8 * g + lane)) - 1) & ((1 << 64) - 1) for lane in range(8)])
+            m_th = builder.fadd(hv, builder.sitofp(builder.call(popv, [builder.and_(all_bits, upto)]), _VD))
             p = builder.gep(inv_d, [builder.add(r0, ir.Constant(_I64, 8 * g))])
             iv8 = builder.load(builder.bitcast(p, _VD.as_pointer()), align=8)
-            m_th = builder.call(fma, [_splat(builder, builder.sitofp(h, _F64), _VD), s, c])  # before + count, or 0
-            accs[g % 4] = builder.call(fma, [m_th, iv8, accs[g % 4]])
-            h = builder.add(h, builder.call(popcount, [m]))
+            lane_set = builder.bitcast(builder.trunc(builder.lshr(b, ir.Constant(_I64, 8 * g)), _I8), ir.VectorType(_I1, 8))
+            accs[g % 4] = builder.select(lane_set, builder.call(fma, [m_th, iv8, accs[g % 4]]), accs[g % 4])
         for p, a in zip(accp, accs, strict=True):
             builder.store(a, p, align=8)
-        return h
+        return builder.add(h, builder.call(popcount, [b]))
 
     return sig, codegen
 
@@ -651,7 +643,7 @@ def _acc_total(acc):  # pragma: no cover - compiled
 
 
 @njit(**_JIT, inline="always")
-def _simd_row_stats(buf, start, pos, Hi, exact, need_all, ap_ks, pk, inv, is_set, count, acc,
+def _simd_row_stats(buf, start, pos, Hi, exact, need_all, ap_ks, pk, inv, acc,
                     ap_row, hits_row):  # pragma: no cover - compiled
     """One row's numbers from its placed buckets (``pos[d]``: the end of bucket d), in one pass
     over the ranks, 64 at a time: AP@all (when ``need_all``; returned, else 0), the relevant count
@@ -684,14 +676,14 @@ def _simd_row_stats(buf, start, pos, Hi, exact, need_all, ap_ks, pk, inv, is_set
                     break
                 low = bits if k - r0 == LANES else bits & ((one << np.uint64(k - r0)) - one)
                 bits &= ~low
-                h = ap_block(low, h, r0, inv, is_set, count, acc) if sums else h + _popcnt(low)
+                h = ap_block(low, h, r0, inv, acc) if sums else h + _popcnt(low)
                 while a < na and ap_ks[a] == k:
                     ap_row[a] = _acc_total(acc) / h if h > 0 else 0.0
                     a += 1
                 while b < npk and pk[b] == k:
                     hits_row[b] = h
                     b += 1
-            h = ap_block(bits, h, r0, inv, is_set, count, acc) if sums else h + _popcnt(bits)
+            h = ap_block(bits, h, r0, inv, acc) if sums else h + _popcnt(bits)
         if not exact:
             Hi[2 * d] = n - (h - before)
             Hi[2 * d + 1] = h - before
@@ -700,7 +692,7 @@ def _simd_row_stats(buf, start, pos, Hi, exact, need_all, ap_ks, pk, inv, is_set
 
 
 @njit(**_JIT)
-def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, inv, is_set, count, acc,
+def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, inv, acc,
                       ap_all, ap_k, hits):  # pragma: no cover - compiled
     """:func:`ranked_stats` from 64-item blocks (the AVX-512 blocks above): the same counting sort
     by distance, database order inside, then one pass over the ranks for AP@all, AP@k (8 ranks a
@@ -711,8 +703,8 @@ def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, inv, is_set, cou
     vectors). ``exact``: ``H`` holds the key counts (:func:`key_counts`) and the buckets lie end
     to end, ``buf`` of ndb + 64 * nv bytes; else each bucket has room for every item, ``buf`` of
     nv * (ndb + 64) bytes, no counting pass is needed, and ``H`` (zeros) is filled here.
-    ``inv[p] = 1 / (p + 1)`` with 64 entries past ndb (any finite value); ``is_set``, ``count``
-    from :func:`prefix_tables`; ``acc`` (32,) float64 scratch."""
+    ``inv[p] = 1 / (p + 1)`` with 64 entries past ndb (any finite value); ``acc`` (32,) float64
+    scratch."""
     r, ndb = keys.shape
     nv = H.shape[1] // 2
     start = np.empty(nv, np.int64)
@@ -729,8 +721,7 @@ def ranked_stats_simd(keys, H, exact, need_all, ap_ks, pk, buf, inv, is_set, cou
             d = _half(key)
             buf[pos[d]] = key & 1
             pos[d] += 1
-        ap_all[i] = _simd_row_stats(buf, start, pos, H[i], exact, need_all, ap_ks, pk, inv, is_set, count, acc,
-                                    ap_k[i], hits[i])
+        ap_all[i] = _simd_row_stats(buf, start, pos, H[i], exact, need_all, ap_ks, pk, inv, acc, ap_k[i], hits[i])
 
 
 @njit(**_JIT)

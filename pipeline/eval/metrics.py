@@ -161,8 +161,6 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
         # thread (no counting pass), else the buckets laid end to end after a counting pass
         simd = kernels.SIMD and p0.key_dtype == np.uint8
         exact = nv * (ndb + _SIMD_PAD) > _SIMD_BUCKET_BYTES
-        if simd:
-            is_set, count = kernels.prefix_tables()
 
         def fn(s: int, e: int, sc: Scratch) -> None:
             r = e - s
@@ -179,7 +177,7 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
                     if exact:
                         kernels.key_counts(keys, H)
                     buf = sc.get("buckets", (ndb + _SIMD_PAD * nv if exact else nv * (ndb + _SIMD_PAD),), np.uint8)
-                    kernels.ranked_stats_simd(keys, H, exact, need_all, head_ks, pk_sorted, buf, inv, is_set, count,
+                    kernels.ranked_stats_simd(keys, H, exact, need_all, head_ks, pk_sorted, buf, inv,
                                               sc.get("acc", (32,), np.float64), ap_all[t, s:e], ap_head[t, s:e],
                                               hits[t, s:e])
                 else:
