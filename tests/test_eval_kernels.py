@@ -253,9 +253,17 @@ def test_rank_metrics_same_with_and_without_the_vector_kernel(monkeypatch):
     monkeypatch.setattr(kernels, "SIMD", False)
     ref = metrics.rank_metrics(q, db, ql, dl, **kw)
     monkeypatch.setattr(kernels, "SIMD", True)
-    for budget in (metrics._SIMD_BUCKET_BYTES, 0):  # room for every item / laid end to end
-        monkeypatch.setattr(metrics, "_SIMD_BUCKET_BYTES", budget)
-        got = metrics.rank_metrics(q, db, ql, dl, **kw)
+    counted = []
+    key_counts = kernels.key_counts
+    monkeypatch.setattr(kernels, "key_counts", lambda *a: (counted.append(1), key_counts(*a)))
+    room = 65 * (ndb + 64)
+    for bucket_bytes, memory, exact in ((room, 8 * room, False), (room - 1, 8 * room, True), (room, 8 * room - 1, True)):
+        # room for every item (no counting pass), then laid end to end after one (a thread's buckets
+        # too big for _SIMD_BUCKET_BYTES / the two threads' too big for a quarter of the budget)
+        monkeypatch.setattr(metrics, "_SIMD_BUCKET_BYTES", bucket_bytes)
+        counted.clear()
+        got = metrics.rank_metrics(q, db, ql, dl, **kw, memory_budget=memory)
+        assert bool(counted) == exact
         assert np.array_equal(got["hits"], ref["hits"])
         for k in ref["ap"]:
             np.testing.assert_allclose(got["ap"][k], ref["ap"][k], rtol=1e-13, atol=0)

@@ -158,9 +158,11 @@ def rank_metrics_tasks(tasks: Sequence[tuple[np.ndarray, np.ndarray]], q_labels:
         rows = chunk_size or chunk_rows(ndb, _FULL_BYTES_PER_PAIR, memory_budget, n_threads)
         # the vector kernel (AVX-512) where the CPU has it and keys are bytes (up to 127 bits); with
         # room for every item in each distance's bucket while that fits _SIMD_BUCKET_BYTES a
-        # thread (no counting pass), else the buckets laid end to end after a counting pass
+        # thread and all threads' buckets a quarter of the memory budget (no counting pass), else
+        # the buckets laid end to end after a counting pass
         simd = kernels.SIMD and p0.key_dtype == np.uint8
-        exact = nv * (ndb + _SIMD_PAD) > _SIMD_BUCKET_BYTES
+        room = nv * (ndb + _SIMD_PAD)
+        exact = room > _SIMD_BUCKET_BYTES or room * max(1, n_threads) > memory_budget // 4
 
         def fn(s: int, e: int, sc: Scratch) -> None:
             r = e - s
