@@ -159,12 +159,13 @@ def run_chunks(n: int, rows: int, n_threads: int, fn: Callable[[int, int, Scratc
 
 
 def chunk_rows(ndb: int, bytes_per_pair: int, memory_budget: int, n_threads: int,
-               cap: int | None = None) -> int:
-    """Query rows per chunk: about :data:`_CHUNK_BYTES` of per-pair scratch (cache-sized), at most
-    ``cap`` (default :data:`_MAX_ROWS`), and all threads' chunks within ``memory_budget`` bytes."""
+               cap: int | None = None, chunk_bytes: int | None = None) -> int:
+    """Query rows per chunk: about ``chunk_bytes`` of per-pair scratch (default
+    :data:`_CHUNK_BYTES`, cache-sized), at most ``cap`` (default :data:`_MAX_ROWS`), and all
+    threads' chunks within ``memory_budget`` bytes."""
     per_thread = max(1, memory_budget // max(1, n_threads))
     per_pair = max(1, bytes_per_pair * max(ndb, 1))
-    rows = min(cap or _MAX_ROWS, max(1, _CHUNK_BYTES // per_pair), per_thread // per_pair)
+    rows = min(cap or _MAX_ROWS, max(1, (chunk_bytes or _CHUNK_BYTES) // per_pair), per_thread // per_pair)
     return int(max(1, rows))
 
 
