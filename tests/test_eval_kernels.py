@@ -111,6 +111,9 @@ def test_available_follows_the_switch_and_the_cpu(monkeypatch):
     monkeypatch.setenv("CMIMH_SIMD", "0")
     assert kernels._available() is False
     monkeypatch.delenv("CMIMH_SIMD")
+    monkeypatch.setattr(kernels.config, "DISABLE_JIT", True)
+    assert kernels._available() is False  # the blocks cannot run as Python
+    monkeypatch.setattr(kernels.config, "DISABLE_JIT", False)
     monkeypatch.setattr(kernels._ll, "get_host_cpu_features", lambda: {"avx512f": True, "avx512bw": True})
     assert kernels._available() is False  # no VBMI2: no one-instruction compress
     monkeypatch.setattr(kernels._ll, "get_host_cpu_features",

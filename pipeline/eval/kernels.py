@@ -123,8 +123,9 @@ def _half(typingctx, x):
 
 def _available() -> bool:
     """AVX-512 F/BW/VBMI2 on the CPU numba compiles for (the host), and an LLVM that knows
-    ``llvm.experimental.vector.compress`` (LLVM 19+); ``CMIMH_SIMD=0`` turns the path off."""
-    if os.environ.get("CMIMH_SIMD", "1") == "0":
+    ``llvm.experimental.vector.compress`` (LLVM 19+); ``CMIMH_SIMD=0`` turns the path off, and so
+    does ``NUMBA_DISABLE_JIT=1`` (the blocks are IR: they cannot run as Python)."""
+    if os.environ.get("CMIMH_SIMD", "1") == "0" or config.DISABLE_JIT:
         return False
     if config.CPU_NAME not in (None, "host") or _ll.llvm_version_info < (19,):
         return False  # a named target (say, a portable cache) may lack the instructions
