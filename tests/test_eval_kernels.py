@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from numba import njit
 
+from pipeline.errors import PipelineError
 from pipeline.eval import kernels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,6 +111,9 @@ def _ap(bits, before, rank0, inv, acc):
 def test_available_follows_the_switch_and_the_cpu(monkeypatch):
     monkeypatch.setenv("CMIMH_SIMD", "0")
     assert kernels._available() is False
+    monkeypatch.setenv("CMIMH_SIMD", "off")
+    with pytest.raises(PipelineError, match="CMIMH_SIMD must be 0 .* or 1 .*, not 'off'"):
+        kernels._available()
     monkeypatch.delenv("CMIMH_SIMD")
     monkeypatch.setattr(kernels.config, "DISABLE_JIT", True)
     assert kernels._available() is False  # the blocks cannot run as Python

@@ -57,6 +57,8 @@ from numba import njit  # noqa: E402
 from numba.core import cgutils, config, types  # noqa: E402
 from numba.extending import intrinsic  # noqa: E402
 
+from pipeline.errors import PipelineError  # noqa: E402
+
 #: Database items per block of :func:`distances` (a block's code words stay in L1).
 BLOCK = 4096
 
@@ -125,7 +127,10 @@ def _available() -> bool:
     """AVX-512 F/BW/VBMI2 on the CPU numba compiles for (the host), and an LLVM that knows
     ``llvm.experimental.vector.compress`` (LLVM 19+); ``CMIMH_SIMD=0`` turns the path off, and so
     does ``NUMBA_DISABLE_JIT=1`` (the blocks are IR: they cannot run as Python)."""
-    if os.environ.get("CMIMH_SIMD", "1") == "0" or config.DISABLE_JIT:
+    switch = os.environ.get("CMIMH_SIMD", "1")
+    if switch not in ("0", "1"):
+        raise PipelineError(f"CMIMH_SIMD must be 0 (the scalar kernels) or 1 (the default), not {switch!r}")
+    if switch == "0" or config.DISABLE_JIT:
         return False
     if config.CPU_NAME not in (None, "host") or _ll.llvm_version_info < (19,):
         return False  # a named target (say, a portable cache) may lack the instructions
