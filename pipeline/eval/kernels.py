@@ -151,6 +151,8 @@ _I1, _I8, _I32, _I64, _F64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.In
 _V8 = ir.VectorType(_I8, LANES)
 _V1 = ir.VectorType(_I1, LANES)
 _VD = ir.VectorType(_F64, 8)
+_VW = ir.VectorType(_I64, 8)  # 8 code or label words
+_VB8 = ir.VectorType(_I8, 8)  # their 8 bytes of output
 
 
 def _data(context, builder, aty, arr):
@@ -173,6 +175,10 @@ def _byte_array(t) -> bool:
     return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == types.uint8
 
 
+def _word_array(t) -> bool:
+    return isinstance(t, types.Array) and t.ndim == 1 and t.dtype == types.uint64
+
+
 @intrinsic
 def block_key_range(typingctx, keys, j0):
     """``(min << 8) | max`` of the keys ``keys[j0:j0 + 64]`` (uint8; the caller keeps j0 + 64 <= size)."""
@@ -191,29 +197,6 @@ def block_key_range(typingctx, keys, j0):
     return types.int64(keys, j0), codegen
 
 
-def _emit_buckets(context, builder, values, bit, first, lo, hi, step, odata, pdata):
-    """The loop of :func:`place_block`: for d in lo..hi, the lanes where ``values`` equal
-    ``first + step * (d - lo)`` (one vector compared, stepped by ``step``: no broadcast a step)
-    have their ``bit`` packed and stored whole at ``out[pos[d]]``, and ``pos[d]`` advances."""
-    compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8, _V1, _V8]),
-                                              "llvm.experimental.vector.compress.v64i8")
-    popcount = builder.module.declare_intrinsic("llvm.ctpop", [_I64])
-    want = cgutils.alloca_once(builder, _V8)
-    builder.store(_splat(builder, first, _V8), want)
-    inc = _splat(builder, ir.Constant(_I8, step), _V8)
-    with cgutils.for_range(builder, builder.add(builder.sub(hi, lo), ir.Constant(_I64, 1))) as loop:
-        d = builder.add(lo, loop.index)
-        w = builder.load(want)
-        builder.store(builder.add(w, inc), want)
-        mask = builder.icmp_unsigned("==", values, w)
-        n = builder.call(popcount, [builder.bitcast(mask, _I64)])
-        packed = builder.call(compress, [bit, mask, ir.Constant(_V8, ir.Undefined)])
-        pp = builder.gep(pdata, [d])
-        at = builder.load(pp)
-        builder.store(packed, builder.bitcast(builder.gep(odata, [at]), _V8.as_pointer()), align=1)
-        builder.store(builder.add(at, n), pp)
-
-
 def _positions(pos) -> bool:
     return isinstance(pos, types.Array) and pos.ndim == 1 and pos.dtype == types.int64
 
@@ -222,7 +205,8 @@ def _positions(pos) -> bool:
 def place_block(typingctx, keys, j0, lo, hi, out, pos):
     """One block of the counting sort: for each distance d in lo..hi, the relevance bits (key & 1)
     of the items of ``keys[j0:j0 + 64]`` with key >> 1 == d, in block order, go to
-    ``out[pos[d]:]`` and ``pos[d]`` advances by their number.
+    ``out[pos[d]:]`` and ``pos[d]`` advances by their number. The keys are compared with one
+    vector of 2 * d stepped by 2 (no broadcast a step).
 
     Each packed vector is stored whole, 64 bytes: the bytes past the items are garbage, which the
     bucket's next store overwrites or which lies in the 64 bytes the caller leaves free past every
@@ -235,9 +219,25 @@ def place_block(typingctx, keys, j0, lo, hi, out, pos):
         vec = _load64(context, builder, signature.args[0], k, j)
         dist2 = builder.and_(vec, _splat(builder, ir.Constant(_I8, 0xFE), _V8))  # 2 * distance
         bit = builder.and_(vec, _splat(builder, ir.Constant(_I8, 1), _V8))
-        first = builder.trunc(builder.shl(lo_, ir.Constant(_I64, 1)), _I8)
-        _emit_buckets(context, builder, dist2, bit, first, lo_, hi_, 2, _data(context, builder, signature.args[4], o),
-                      _data(context, builder, signature.args[5], ps))
+        odata = _data(context, builder, signature.args[4], o)
+        pdata = _data(context, builder, signature.args[5], ps)
+        compress = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8, [_V8, _V1, _V8]),
+                                                  "llvm.experimental.vector.compress.v64i8")
+        popcount = builder.module.declare_intrinsic("llvm.ctpop", [_I64])
+        want = cgutils.alloca_once(builder, _V8)
+        builder.store(_splat(builder, builder.trunc(builder.shl(lo_, ir.Constant(_I64, 1)), _I8), _V8), want)
+        two = _splat(builder, ir.Constant(_I8, 2), _V8)
+        with cgutils.for_range(builder, builder.add(builder.sub(hi_, lo_), ir.Constant(_I64, 1))) as loop:
+            d = builder.add(lo_, loop.index)
+            w = builder.load(want)
+            builder.store(builder.add(w, two), want)
+            mask = builder.icmp_unsigned("==", dist2, w)
+            n = builder.call(popcount, [builder.bitcast(mask, _I64)])
+            packed = builder.call(compress, [bit, mask, ir.Constant(_V8, ir.Undefined)])
+            pp = builder.gep(pdata, [d])
+            at = builder.load(pp)
+            builder.store(packed, builder.bitcast(builder.gep(odata, [at]), _V8.as_pointer()), align=1)
+            builder.store(builder.add(at, n), pp)
         return context.get_dummy_value()
 
     return types.void(keys, j0, lo, hi, out, pos), codegen
@@ -249,26 +249,23 @@ def keys_block(typingctx, a, db0, rel, j0, out):
     :func:`keys` for codes of one 64-bit word, 8 items a 512-bit popcount (LLVM's own loop takes
     256-bit vectors on this CPU, and the popcount and the narrowing share one port). Bounds as
     the blocks above: j0 + 64 <= the arrays' sizes."""
-    u64 = isinstance(db0, types.Array) and db0.ndim == 1 and db0.dtype == types.uint64
-    if not (isinstance(a, types.Integer) and u64 and _byte_array(rel) and _byte_array(out)):
+    if not (isinstance(a, types.Integer) and _word_array(db0) and _byte_array(rel) and _byte_array(out)):
         return None
 
     def codegen(context, builder, signature, args):
         aw, dbw, rl, j, o = args
-        v64 = ir.VectorType(_I64, 8)
-        v8x8 = ir.VectorType(_I8, 8)
         words = builder.gep(_data(context, builder, signature.args[1], dbw), [j])
         rels = builder.gep(_data(context, builder, signature.args[2], rl), [j])
         outs = builder.gep(_data(context, builder, signature.args[4], o), [j])
-        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v64, [v64]), "llvm.ctpop.v8i64")
-        qa = _splat(builder, aw, v64)
+        popcount = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VW, [_VW]), "llvm.ctpop.v8i64")
+        qa = _splat(builder, aw, _VW)
         for g in range(8):
             at = ir.Constant(_I64, 8 * g)
-            w = builder.load(builder.bitcast(builder.gep(words, [at]), v64.as_pointer()), align=8)
-            dist = builder.trunc(builder.call(popcount, [builder.xor(w, qa)]), v8x8)
-            r = builder.load(builder.bitcast(builder.gep(rels, [at]), v8x8.as_pointer()), align=1)
+            w = builder.load(builder.bitcast(builder.gep(words, [at]), _VW.as_pointer()), align=8)
+            dist = builder.trunc(builder.call(popcount, [builder.xor(w, qa)]), _VB8)
+            r = builder.load(builder.bitcast(builder.gep(rels, [at]), _VB8.as_pointer()), align=1)
             key = builder.add(builder.add(dist, dist), r)
-            builder.store(key, builder.bitcast(builder.gep(outs, [at]), v8x8.as_pointer()), align=1)
+            builder.store(key, builder.bitcast(builder.gep(outs, [at]), _VB8.as_pointer()), align=1)
         return context.get_dummy_value()
 
     return types.void(a, db0, rel, j0, out), codegen
@@ -278,24 +275,22 @@ def keys_block(typingctx, a, db0, rel, j0, out):
 def any_bits_block(typingctx, a, words, j0, out, first):
     """``out[j0 + t] = (first ? 0 : out[j0 + t]) | ((a & words[j0 + t]) != 0)`` for t < 64: one
     label word of :func:`relevance_simd`, 8 items a 512-bit test. Bounds as the blocks above."""
-    u64 = isinstance(words, types.Array) and words.ndim == 1 and words.dtype == types.uint64
-    if not (isinstance(a, types.Integer) and u64 and _byte_array(out) and isinstance(first, types.Boolean)):
+    if not (isinstance(a, types.Integer) and _word_array(words) and _byte_array(out)
+            and isinstance(first, types.Boolean)):
         return None
 
     def codegen(context, builder, signature, args):
         aw, ws, j, o, fst = args
-        v64 = ir.VectorType(_I64, 8)
-        v8x8 = ir.VectorType(_I8, 8)
         src = builder.gep(_data(context, builder, signature.args[1], ws), [j])
         dst = builder.gep(_data(context, builder, signature.args[3], o), [j])
-        qa = _splat(builder, aw, v64)
-        zero64, zero8 = ir.Constant(v64, [0] * 8), ir.Constant(v8x8, [0] * 8)
+        qa = _splat(builder, aw, _VW)
+        zero64, zero8 = ir.Constant(_VW, [0] * 8), ir.Constant(_VB8, [0] * 8)
         keep = builder.not_(context.cast(builder, fst, signature.args[4], types.boolean))
         for g in range(8):
             at = ir.Constant(_I64, 8 * g)
-            w = builder.load(builder.bitcast(builder.gep(src, [at]), v64.as_pointer()), align=8)
-            hit = builder.zext(builder.icmp_unsigned("!=", builder.and_(w, qa), zero64), v8x8)
-            op = builder.bitcast(builder.gep(dst, [at]), v8x8.as_pointer())
+            w = builder.load(builder.bitcast(builder.gep(src, [at]), _VW.as_pointer()), align=8)
+            hit = builder.zext(builder.icmp_unsigned("!=", builder.and_(w, qa), zero64), _VB8)
+            op = builder.bitcast(builder.gep(dst, [at]), _VB8.as_pointer())
             prev = builder.select(keep, builder.load(op, align=1), zero8)
             builder.store(builder.or_(prev, hit), op, align=1)
         return context.get_dummy_value()
@@ -330,22 +325,22 @@ def ap_block(typingctx, bits, before, rank0, inv, acc):
 
     def codegen(context, builder, signature, args):
         b, h, r0, iv, ac = args
-        v64 = ir.VectorType(_I64, 8)
         inv_d = _data(context, builder, signature.args[3], iv)
         acc_d = _data(context, builder, signature.args[4], ac)
         accp = [builder.bitcast(builder.gep(acc_d, [ir.Constant(_I64, 8 * q)]), _VD.as_pointer()) for q in range(4)]
         accs = [builder.load(p, align=8) for p in accp]
         popcount = builder.module.declare_intrinsic("llvm.ctpop", [_I64])
-        popv = cgutils.get_or_insert_function(builder.module, ir.FunctionType(v64, [v64]), "llvm.ctpop.v8i64")
+        popv = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VW, [_VW]), "llvm.ctpop.v8i64")
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VD, [_VD, _VD, _VD]), "llvm.fma.v8f64")
-        all_bits = _splat(builder, b, v64)
+        all_bits = _splat(builder, b, _VW)
         hv = _splat(builder, builder.sitofp(h, _F64), _VD)
         for g in range(8):
-            upto = ir.Constant(v64, [((2 << (8 * g + lane)) - 1) & ((1 << 64) - 1) for lane in range(8)])
+            upto = ir.Constant(_VW, [((2 << (8 * g + lane)) - 1) & ((1 << 64) - 1) for lane in range(8)])
             m_th = builder.fadd(hv, builder.sitofp(builder.call(popv, [builder.and_(all_bits, upto)]), _VD))
             p = builder.gep(inv_d, [builder.add(r0, ir.Constant(_I64, 8 * g))])
             iv8 = builder.load(builder.bitcast(p, _VD.as_pointer()), align=8)
-            lane_set = builder.bitcast(builder.trunc(builder.lshr(b, ir.Constant(_I64, 8 * g)), _I8), ir.VectorType(_I1, 8))
+            byte = builder.trunc(builder.lshr(b, ir.Constant(_I64, 8 * g)), _I8)
+            lane_set = builder.bitcast(byte, ir.VectorType(_I1, 8))
             accs[g % 4] = builder.select(lane_set, builder.call(fma, [m_th, iv8, accs[g % 4]]), accs[g % 4])
         for p, a in zip(accp, accs, strict=True):
             builder.store(a, p, align=8)
