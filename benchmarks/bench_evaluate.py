@@ -90,10 +90,12 @@ def make_features(path: Path, codes: Path) -> None:
 
 
 def run_stage(pythonpath: Path, codes: Path, out: Path, threads: int, extra: tuple[str, ...] = (),
-              command: str = "evaluate") -> dict:
+              command: str = "evaluate", env_extra: dict[str, str] | None = None) -> dict:
     """One `cmimh evaluate` (or `cmimh chance`, ``codes`` = None) process: wall, CPU (user + sys)
-    and peak RSS from wait4, and the hypervisor's steal meanwhile (:mod:`benchmarks.steal`)."""
-    env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    and peak RSS from wait4, and the hypervisor's steal meanwhile (:mod:`benchmarks.steal`).
+    ``env_extra``: variables set for that process only (this process's environment, and so the
+    user's own settings for the other runs, stay as they are)."""
+    env = {**os.environ, **(env_extra or {}), "PYTHONPATH": str(pythonpath)}
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: with Python's bytecode caches
     cmd = [sys.executable, "-m", "pipeline.cli", command, *([str(codes)] if codes else []), "-o", str(out),
            "--threads", str(threads), *extra]
@@ -255,12 +257,10 @@ def main(argv: list[str] | None = None) -> None:
           f"threads={a.threads}, cpus={os.cpu_count()}, numpy {np.__version__}")
     print(f"load average before: {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f} (on {os.cpu_count()} cores)")
 
-    os.environ["CMIMH_RANKING_ENGINE"] = "compiled"  # the tiny warm-up file would otherwise rank in NumPy
-    cold = run_stage(REPO, tiny, work / "tiny.json", a.threads)  # compiles the kernels if the cache is cold
-    warm = run_stage(REPO, tiny, work / "tiny.json", a.threads)
-    os.environ["CMIMH_SIMD"] = "0"  # and the scalar kernels, timed below too
-    run_stage(REPO, tiny, work / "tiny.json", a.threads)
-    del os.environ["CMIMH_RANKING_ENGINE"], os.environ["CMIMH_SIMD"]
+    compiled = {"CMIMH_RANKING_ENGINE": "compiled"}  # the tiny warm-up file would otherwise rank in NumPy
+    cold = run_stage(REPO, tiny, work / "tiny.json", a.threads, env_extra=compiled)  # compiles a cold cache
+    warm = run_stage(REPO, tiny, work / "tiny.json", a.threads, env_extra=compiled)
+    run_stage(REPO, tiny, work / "tiny.json", a.threads, env_extra={**compiled, "CMIMH_SIMD": "0"})  # timed below too
     print(f"warm-up on a tiny file: {cold['wall']:.2f} s (compiles the kernels on a machine's first run), "
           f"then {warm['wall']:.2f} s wall / {warm['cpu']:.2f} s CPU (process start, imports, cached kernels)")
 
@@ -289,9 +289,8 @@ def main(argv: list[str] | None = None) -> None:
           + (f"  target <= 4 s: {'met' if ours['wall'] <= 4 else 'NOT met'}"
              if (a.nq, a.ndb, a.bits) == (5000, 117000, 64) else ""))
     if kernels.SIMD:  # what CPUs without AVX-512 VBMI2 run
-        os.environ["CMIMH_SIMD"] = "0"
-        scalar = run_stage(REPO, codes, work / "metrics_scalar.json", a.threads, ("--chance", str(chance)))
-        del os.environ["CMIMH_SIMD"]
+        scalar = run_stage(REPO, codes, work / "metrics_scalar.json", a.threads, ("--chance", str(chance)),
+                           env_extra={"CMIMH_SIMD": "0"})
         d = same(scalar["metrics"], ours["metrics"])
         print(f"ours with the scalar kernels (CMIMH_SIMD=0, as on CPUs without AVX-512 VBMI2): {scalar['wall']:.2f} s "
               f"wall, {scalar['cpu']:.2f} s CPU{scalar['steal']}; scalar / vector {scalar['wall'] / ours['wall']:.2f}x "
